@@ -1,0 +1,159 @@
+"""The ``mlx-align`` command: one thin command per stage (options -> config -> one call)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import typing
+from collections.abc import Callable
+
+import click
+
+from .config import InitModelConfig, PretrainConfig, SFTConfig, build_config
+from .data.errors import DataError
+
+
+def options_from(cls: type) -> Callable:
+    """Click options for every field of a config dataclass; unset flags stay None."""
+    hints = typing.get_type_hints(cls)
+
+    def decorate(command: Callable) -> Callable:
+        for f in reversed(dataclasses.fields(cls)):
+            flag = "--" + f.name.replace("_", "-")
+            kind = hints[f.name]
+            shown = (
+                f"(default: {f.default})"
+                if not f.metadata.get("required")
+                else "(required)"
+            )
+            help_text = f"{f.metadata.get('help', '')} {shown}"
+            if kind is bool:
+                option = click.option(
+                    f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text
+                )
+            else:
+                option = click.option(
+                    flag, f.name, type=kind, default=None, help=help_text
+                )
+            command = option(command)
+        return click.option(
+            "--config",
+            "config_file",
+            type=click.Path(),
+            help="YAML file of settings; flags override it.",
+        )(command)
+
+    return decorate
+
+
+def stage_command(name: str, cls: type, epilog: str) -> Callable:
+    def decorate(run: Callable) -> Callable:
+        @cli.command(name, help=run.__doc__, epilog=epilog)
+        @options_from(cls)
+        def command(config_file: str | None, **flags) -> None:
+            run(build_config(cls, flags, config_file))
+
+        return command
+
+    return decorate
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
+def cli() -> None:
+    """mlx-align: pretrain, SFT, preference-tune and fuse language models on MLX."""
+
+
+@stage_command(
+    "init-model",
+    InitModelConfig,
+    "Example:\n\n  mlx-align init-model --preset tiny --corpus data/pretrain --out models/base",
+)
+def init_model_command(config: InitModelConfig) -> None:
+    """Build a llama-style model and a byte-level BPE tokenizer from scratch, offline."""
+    from .model.tiny import init_model_from_config
+
+    path = init_model_from_config(config)
+    click.echo(f"model written to {path}")
+
+
+@stage_command(
+    "pretrain",
+    PretrainConfig,
+    "Example:\n\n  mlx-align pretrain --model models/base --data data/pretrain --out runs/pt --steps 500",
+)
+def pretrain_command(config: PretrainConfig) -> None:
+    """Next-token training of the whole model on `text` JSONL records."""
+    from .train.pretrain import run_pretrain
+
+    click.echo(f"model written to {run_pretrain(config)}")
+
+
+@stage_command(
+    "sft",
+    SFTConfig,
+    "Examples:\n\n  mlx-align sft --model runs/pt/model --data data/sft --out runs/sft\n\n"
+    "  mlx-align sft --model M --data D --out R --dora --lora-rank 16\n\n"
+    "  mlx-align sft --model M --data D --out R --quantize 4   # QLoRA\n\n"
+    "  mlx-align sft --config sft.yaml --steps 50   # flags override the file",
+)
+def sft_command(config: SFTConfig) -> None:
+    """Supervised fine-tuning on completions (LoRA by default; --dora, --full, --quantize)."""
+    from .train.sft import run_sft
+
+    click.echo(f"result written to {run_sft(config)}")
+
+
+@cli.command(
+    "fuse",
+    epilog="Example:\n\n  mlx-align fuse --model runs/pt/model --adapter-path runs/sft --save-path models/sft-fused\n\n"
+    "  python -m mlx_lm generate --model models/sft-fused --prompt 'Question: What is 2 + 3?'",
+)
+@click.option(
+    "--model",
+    required=True,
+    help="Base model the adapters were trained on (path or hub id).",
+)
+@click.option(
+    "--adapter-path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Directory with adapters.safetensors + adapter_config.json.",
+)
+@click.option("--save-path", required=True, help="Output mlx-lm model directory.")
+@click.option(
+    "--dequantize",
+    is_flag=True,
+    help="Write a dequantized model when the base is quantized.",
+)
+def fuse_command(
+    model: str, adapter_path: str, save_path: str, dequantize: bool
+) -> None:
+    """Fold LoRA / DoRA adapters into the base weights; mlx-lm serves the result."""
+    from .fuse import fuse_adapters
+
+    click.echo(
+        f"fused model written to {fuse_adapters(model, adapter_path, save_path, dequantize)}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: fast BLAS first, then one-line errors for bad input."""
+    from .blas import blas_notice, ensure_fast_blas
+
+    ensure_fast_blas()
+    click.echo(blas_notice(), err=True)
+    try:
+        cli.main(args=argv, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except DataError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

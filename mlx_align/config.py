@@ -1,0 +1,166 @@
+"""One small dataclass per stage; precedence is CLI flag > ``--config`` YAML > default.
+
+Each field's ``help`` metadata is the text ``--help`` shows, so the
+dataclass is the single place a setting is described.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .data.errors import DataError
+
+
+def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class RunSettings:
+    """Where a stage reads and writes."""
+
+    model: str = setting(
+        "", "Local mlx-lm model directory or Hugging Face hub id.", required=True
+    )
+    data: str = setting(
+        "",
+        "Directory with train.jsonl (and valid.jsonl), or one .jsonl file.",
+        required=True,
+    )
+    out: str = setting(
+        "runs/out", "Run directory: results, checkpoints, metrics.jsonl."
+    )
+
+
+@dataclass
+class TrainSettings:
+    """The training loop: steps, batch, schedule, eval, checkpoints."""
+
+    steps: int = setting(200, "Optimizer steps to train for.")
+    batch_size: int = setting(4, "Examples per micro-batch.")
+    grad_accumulation: int = setting(1, "Micro-batches per optimizer step.")
+    learning_rate: float = setting(
+        1e-4, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+    warmup_steps: int = setting(10, "Linear warmup steps before cosine decay.")
+    min_lr_ratio: float = setting(0.1, "Final learning rate as a fraction of the peak.")
+    weight_decay: float = setting(0.0, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Clip the global gradient norm (0 disables).")
+    max_length: int = setting(
+        512, "Longest sequence in tokens; longer examples are truncated."
+    )
+    eval_every: int = setting(
+        50, "Evaluate on the valid split every N steps (0: only at the end)."
+    )
+    eval_batches: int = setting(
+        25, "Valid batches per evaluation (-1: the whole split)."
+    )
+    log_every: int = setting(10, "Write a metrics line every N steps.")
+    save_every: int = setting(100, "Checkpoint every N steps (0: only at the end).")
+    seed: int = setting(0, "Seed for data order, LoRA init and dropout.")
+    compile: bool = setting(True, "mx.compile the training step.")
+    grad_checkpoint: bool = setting(
+        False, "Recompute layer activations in the backward pass to save memory."
+    )
+    resume: bool = setting(False, "Continue from the newest checkpoint in --out.")
+
+
+@dataclass
+class AdapterSettings:
+    """LoRA / DoRA / full fine-tuning and the quantized base (QLoRA)."""
+
+    lora_rank: int = setting(8, "LoRA rank r.")
+    lora_alpha: float = setting(
+        16.0, "LoRA alpha; the update is scaled by alpha / rank."
+    )
+    lora_dropout: float = setting(0.0, "Dropout on the LoRA input.")
+    lora_layers: int = setting(
+        -1, "Number of final transformer blocks to adapt (-1: all)."
+    )
+    lora_keys: str = setting(
+        "",
+        "Comma-separated module paths to adapt, e.g. self_attn.q_proj (empty: all linear layers).",
+    )
+    dora: bool = setting(False, "Weight-decomposed LoRA (DoRA) instead of LoRA.")
+    full: bool = setting(False, "Train all weights instead of adapters.")
+    quantize: int = setting(
+        0,
+        "Quantize the base to 4 or 8 bits in memory before attaching adapters (QLoRA).",
+    )
+
+
+@dataclass
+class PretrainConfig(RunSettings, TrainSettings):
+    learning_rate: float = setting(
+        1e-3, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+    max_length: int = setting(
+        256, "Longest sequence in tokens; longer documents are truncated."
+    )
+
+
+@dataclass
+class SFTConfig(RunSettings, TrainSettings, AdapterSettings):
+    pass
+
+
+@dataclass
+class InitModelConfig:
+    corpus: str = setting(
+        "",
+        "Directory (or .jsonl file) whose text trains the BPE tokenizer.",
+        required=True,
+    )
+    out: str = setting("models/base", "Output model directory.")
+    preset: str = setting("tiny", "Size preset: tiny, small (~3M), base (~25M).")
+    vocab_size: int = setting(0, "BPE vocabulary size (0: the preset's).")
+    hidden_size: int = setting(0, "Override the preset's hidden size.")
+    num_layers: int = setting(0, "Override the preset's number of layers.")
+    seed: int = setting(0, "Seed for the weight initialisation.")
+
+
+C = TypeVar("C")
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise DataError(path, 0, "config file not found") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise DataError(
+            path, mark.line + 1 if mark else 0, f"invalid YAML: {e}"
+        ) from None
+    if not isinstance(values, dict):
+        raise DataError(path, 0, "a config file must be a mapping of setting: value")
+    return values
+
+
+def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> C:
+    """Defaults, then the YAML file, then flags the user actually gave (non-None)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if config_file:
+        for key, value in load_yaml(config_file).items():
+            key = key.replace("-", "_")
+            if key not in names:
+                raise DataError(config_file, 0, f"unknown setting '{key}'")
+            values[key] = value
+    values.update({k: v for k, v in cli.items() if v is not None and k in names})
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("required") and not values.get(f.name)
+    ]
+    if missing:
+        flags = ", ".join("--" + m.replace("_", "-") for m in missing)
+        raise DataError(
+            config_file or "command line", 0, f"missing required setting {flags}"
+        )
+    return cls(**values)

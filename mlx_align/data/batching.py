@@ -1,0 +1,87 @@
+"""Length-bucketed batches padded to a few fixed lengths.
+
+Every distinct batch shape is a separate compiled training step (and, on the
+CPU backend, a g++ build), so rows are padded to the next length on a short
+ladder that grows by about 1.5x: at most a third of a batch is padding, and a
+run sees a handful of shapes. A batch short of rows is filled with empty
+rows (mask 0) so the batch dimension never changes either.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .tokenize import Encoded
+
+
+def bucket_lengths(max_length: int) -> list[int]:
+    """32, 48, 64, 96, 128, 192, ... below ``max_length``, then ``max_length`` itself."""
+    ladder, low = [], 32
+    while low < max_length:
+        ladder += [low, low * 3 // 2]
+        low *= 2
+    return [n for n in ladder if n < max_length] + [max_length]
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    for n in buckets:
+        if length <= n:
+            return n
+    raise ValueError(
+        f"sequence of {length} tokens is longer than the largest bucket {buckets[-1]}"
+    )
+
+
+def pad_examples(
+    examples: Sequence[Encoded], rows: int, buckets: Sequence[int], pad_id: int
+) -> tuple[mx.array, mx.array]:
+    """``tokens`` (rows, T) int32 and ``loss_mask`` (rows, T) float32.
+
+    ``loss_mask[b, t]`` is 1 where token t is a trained target: inside the
+    completion and never position 0 (no token predicts it).
+    """
+    width = bucket_for(max(len(e.tokens) for e in examples), buckets)
+    tokens = np.full((rows, width), pad_id, dtype=np.int32)
+    mask = np.zeros((rows, width), dtype=np.float32)
+    for row, example in enumerate(examples):
+        n = len(example.tokens)
+        tokens[row, :n] = example.tokens
+        mask[row, max(example.completion_start, 1) : n] = 1.0
+    return mx.array(tokens), mx.array(mask)
+
+
+@dataclass
+class BatchPlan:
+    """Batches of example indices, sorted by length, visited in a seeded order.
+
+    The order of epoch e is a permutation drawn from ``(seed, e)`` alone, so
+    batch k of a run can be found without replaying batches 0..k-1: this is
+    what makes a resumed run see the same data as an uninterrupted one.
+    """
+
+    batches: list[list[int]]
+    seed: int
+
+    @classmethod
+    def by_length(cls, lengths: Sequence[int], batch_size: int, seed: int) -> BatchPlan:
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        return cls(batches, seed)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def batch(self, k: int) -> list[int]:
+        epoch, position = divmod(k, len(self.batches))
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
+        return self.batches[order[position]]
+
+    def iterate(self, start: int = 0) -> Iterator[list[int]]:
+        k = start
+        while True:
+            yield self.batch(k)
+            k += 1

@@ -1,0 +1,74 @@
+"""Checkpoints that make ``--resume`` exact: trainable weights, optimizer state, step, RNG.
+
+Each checkpoint is written into a temporary directory and renamed into
+place, so an interrupted write never leaves a half checkpoint behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+STEP_PREFIX = "step_"
+
+
+def checkpoint_dir(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"{STEP_PREFIX}{step:07d}"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    root = out / "checkpoints"
+    if not root.is_dir():
+        return None
+    done = sorted(p for p in root.iterdir() if p.name.startswith(STEP_PREFIX))
+    return done[-1] if done else None
+
+
+def save_checkpoint(
+    out: Path,
+    step: int,
+    model: nn.Module,
+    optimizer: optim.Optimizer,
+    write_weights: Callable[[Path], None],
+    config: dict,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` of them."""
+    final = checkpoint_dir(out, step)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_weights(tmp)
+    mx.save_safetensors(
+        str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
+    )
+    mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
+    (tmp / "state.json").write_text(
+        json.dumps({"step": step, "config": config}, indent=2)
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(final.parent.glob(f"{STEP_PREFIX}*"))[:-keep]:
+        if not old.name.endswith(".tmp"):
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(
+    path: Path, model: nn.Module, optimizer: optim.Optimizer, weights_file: str
+) -> int:
+    """Restore weights, optimizer state and RNG from ``path``; returns its step."""
+    model.load_weights(str(path / weights_file), strict=False)
+    state = mx.load(str(path / "optimizer.safetensors"))
+    # The optimizer keeps its dict (a compiled step may already hold it); fill it in place.
+    optimizer.state.update(tree_unflatten(list(state.items())))
+    mx.random.state[0] = mx.load(str(path / "rng.safetensors"))["key"]
+    return json.loads((path / "state.json").read_text())["step"]

@@ -1,0 +1,69 @@
+"""Training metrics: running sums between log lines, one JSONL line per logged step."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+
+
+class MetricsLog:
+    """Collects per-step numbers and writes ``{"step": ..., ...}`` lines to ``path``."""
+
+    def __init__(self, path: Path, resume_from: int = 0) -> None:
+        self.path = path
+        if resume_from == 0:
+            path.unlink(missing_ok=True)
+        else:  # drop lines from steps the resumed run will redo
+            self._truncate_after(resume_from)
+        self._reset()
+        self.latest: dict[str, float] = {}
+
+    def _reset(self) -> None:
+        self.seconds = self.n_tokens = self.loss_sum = 0.0
+        self.steps = 0
+        self.metric_sums: dict[str, float] = {}
+
+    def _truncate_after(self, step: int) -> None:
+        if self.path.exists():
+            lines = self.path.read_text().splitlines()
+            kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def add(
+        self, seconds: float, n_tokens: float, loss: float, metrics: dict[str, float]
+    ) -> None:
+        self.seconds += seconds
+        self.n_tokens += n_tokens
+        self.loss_sum += loss
+        self.steps += 1
+        for name, value in metrics.items():
+            self.metric_sums[name] = self.metric_sums.get(name, 0.0) + value
+        self.latest = {"loss": loss, "tokens_per_sec": n_tokens / max(seconds, 1e-9)}
+
+    def flush(self, **extra: float) -> dict[str, float]:
+        """Means since the last flush, plus throughput and peak memory."""
+        n = max(self.steps, 1)
+        record = {
+            "loss": self.loss_sum / n,
+            **{k: v / n for k, v in self.metric_sums.items()},
+            "tokens": self.n_tokens,
+            "tokens_per_sec": self.n_tokens / max(self.seconds, 1e-9),
+            "peak_memory_gb": mx.get_peak_memory() / 1e9,
+            **extra,
+        }
+        self._reset()
+        return record
+
+    def write(self, step: int, record: dict[str, float]) -> dict[str, float]:
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+        return record
+
+    def postfix(self) -> str:
+        loss = self.latest.get("loss", float("nan"))
+        speed = self.latest.get("tokens_per_sec", 0.0)
+        return (
+            f"loss={loss:.4f} tok/s={speed:.0f} peak={mx.get_peak_memory() / 1e9:.2f}GB"
+        )

@@ -1,0 +1,140 @@
+"""Supervised fine-tuning (LoRA, DoRA, QLoRA or full) on completions; pretraining reuses it.
+
+The loss is the mean negative log-likelihood over completion tokens only.
+Unlike mlx-lm's ``default_loss`` (whose mask uses ``<=`` and so scores one
+pad token per row), padding never counts here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from tqdm import tqdm
+
+from ..config import SFTConfig
+from ..data.batching import BatchPlan, bucket_lengths, pad_examples
+from ..data.sft import Encoder, load_examples
+from ..data.tokenize import Encoded, encode_sft_record
+from ..logprobs import sequence_logps
+from ..model.adapters import (
+    ADAPTER_WEIGHTS,
+    adapter_config,
+    attach_adapters,
+    count_parameters,
+    quantize_base,
+    save_adapters,
+)
+from ..model.load import load_model, save_full_model
+from .loop import Batch, TrainJob, train
+
+FULL_WEIGHTS = "model.safetensors"
+
+
+def completion_nll_loss(model: nn.Module, tokens: mx.array, loss_mask: mx.array):
+    """Mean NLL per completion token: (B, T) ids and mask -> (loss, n_tokens, metrics)."""
+    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (B,), (B, T-1)
+    n_tokens = mask.sum()
+    return -summed.sum() / mx.maximum(n_tokens, 1), n_tokens, {}
+
+
+class PaddedBatches:
+    """Examples -> fixed-shape (tokens, loss_mask) batches in a seeded, resumable order."""
+
+    def __init__(
+        self,
+        examples: list[Encoded],
+        batch_size: int,
+        max_length: int,
+        pad_id: int,
+        seed: int,
+    ):
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.buckets = bucket_lengths(max_length)
+        self.plan = BatchPlan.by_length(
+            [len(e.tokens) for e in examples], batch_size, seed
+        )
+
+    def _pad(self, indices: list[int]) -> Batch:
+        chosen = [self.examples[i] for i in indices]
+        return pad_examples(chosen, self.batch_size, self.buckets, self.pad_id)
+
+    def train_batch(self, k: int) -> Batch:
+        return self._pad(self.plan.batch(k))
+
+    def in_order(self, limit: int = -1) -> Iterator[Batch]:
+        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
+        for indices in batches:
+            yield self._pad(indices)
+
+
+def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
+    """Train and write the result: adapters in ``out`` (LoRA/DoRA) or ``out/model`` (full)."""
+    out = Path(config.out)
+    model, tokenizer, model_config = load_model(config.model)
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    load = lambda split, **kw: load_examples(  # noqa: E731
+        tokenizer,
+        config.data,
+        split,
+        config.max_length,
+        encoder,
+        report=tqdm.write,
+        **kw,
+    )
+    train_set = PaddedBatches(
+        load("train", required=True),
+        config.batch_size,
+        config.max_length,
+        pad_id,
+        config.seed,
+    )
+    valid = load("valid")
+    valid_set = valid and PaddedBatches(
+        valid, config.batch_size, config.max_length, pad_id, config.seed
+    )
+
+    mx.random.seed(config.seed)  # before LoRA init draws lora_a
+    adapters = None if config.full else adapter_config(config)
+    if config.quantize:
+        quantize_base(model, config.quantize)
+    if adapters:
+        attach_adapters(model, adapters)
+    trainable, total = count_parameters(model)
+    tqdm.write(
+        f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+    )
+
+    def write_weights(directory: Path) -> None:
+        if adapters:
+            save_adapters(model, adapters, directory)
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            mx.save_safetensors(
+                str(directory / FULL_WEIGHTS),
+                dict(tree_flatten(model.trainable_parameters())),
+            )
+
+    job = TrainJob(
+        model=model,
+        loss_fn=completion_nll_loss,
+        train_batch=train_set.train_batch,
+        out=out,
+        write_weights=write_weights,
+        weights_file=ADAPTER_WEIGHTS if adapters else FULL_WEIGHTS,
+        eval_batches=valid_set and (lambda: valid_set.in_order(config.eval_batches)),
+        config=dataclasses.asdict(config),
+    )
+    train(job, config)
+    if adapters:
+        save_adapters(model, adapters, out)
+        return out
+    return save_full_model(out / "model", config.model, model, tokenizer, model_config)
