@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .jsonl import Record, load_split, require_str
+from .errors import DataError
+from .jsonl import Record, require_str
 from .tokenize import Encoded, encode_sft_record, encode_text, truncate
 
 Encoder = Callable[[object, Record], Encoded]
@@ -15,19 +16,15 @@ def encode_pretrain_record(tokenizer, record: Record) -> Encoded:
     return encode_text(tokenizer, require_str(record, "text"))
 
 
-def load_examples(
+def encode_examples(
     tokenizer,
-    data: str | Path,
-    split: str,
+    records: list[Record],
     max_length: int,
     encoder: Encoder = encode_sft_record,
-    required: bool = False,
     report: Callable[[str], None] = print,
-) -> list[Encoded] | None:
+) -> list[Encoded]:
     """Encode one split; truncated and unusable examples are counted, never dropped silently."""
-    records = load_split(data, split, required=required)
-    if records is None:
-        return None
+    split = Path(records[0].path).stem
     examples, truncated, unusable = [], 0, 0
     for record in records:
         encoded = encoder(tokenizer, record)
@@ -46,7 +43,5 @@ def load_examples(
             f"{split}: {unusable} examples skipped: no completion token fits in {max_length}"
         )
     if not examples:
-        from .errors import DataError
-
         raise DataError(records[0].path, 0, "no usable examples")
     return examples

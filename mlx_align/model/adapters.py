@@ -38,7 +38,15 @@ def quantize_base(model: nn.Module, bits: int, group_size: int = 64) -> None:
     """Quantize the linear layers and embeddings in memory (QLoRA's frozen base)."""
     if bits not in (4, 8):
         raise ValueError(f"--quantize takes 4 or 8, got {bits}")
-    nn.quantize(model, group_size=group_size, bits=bits)
+    # Layers whose input width is not a multiple of the group size stay in full precision.
+    nn.quantize(
+        model,
+        group_size=group_size,
+        bits=bits,
+        class_predicate=lambda _, m: (
+            hasattr(m, "to_quantized") and m.weight.shape[-1] % group_size == 0
+        ),
+    )
 
 
 def attach_adapters(model: nn.Module, config: dict) -> None:

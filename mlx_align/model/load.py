@@ -8,11 +8,22 @@ import mlx.nn as nn
 import mlx_lm
 from mlx_lm.utils import save as mlx_lm_save
 
+from ..data.errors import DataError
+
 
 def load_model(path_or_hub_id: str) -> tuple[nn.Module, object, dict]:
     """``(model, tokenizer, config)`` via ``mlx_lm.load``, which also resolves hub ids."""
-    model, tokenizer, config = mlx_lm.load(path_or_hub_id, return_config=True)
-    return model, tokenizer, config
+    try:
+        return mlx_lm.load(path_or_hub_id, return_config=True)
+    except Exception as e:  # mlx-lm raises hub, file and config errors of many types
+        if Path(path_or_hub_id).exists():
+            raise
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(
+            path_or_hub_id,
+            0,
+            f"not a local model directory, and loading it from the hub failed: {reason}",
+        ) from None
 
 
 def save_full_model(

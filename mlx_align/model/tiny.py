@@ -45,7 +45,7 @@ class TinyLlamaSpec:
 
 PRESETS: dict[str, TinyLlamaSpec] = {
     # For tests: a forward pass costs next to nothing.
-    "tiny": TinyLlamaSpec(64, 2, 4, 2, 176, 512, 256),
+    "tiny": TinyLlamaSpec(64, 2, 4, 2, 192, 512, 256),
     # ~3M parameters: the capstone and the benchmarks.
     "small": TinyLlamaSpec(256, 4, 8, 4, 688, 2048, 512),
     # ~25M parameters.

@@ -1,4 +1,8 @@
-"""Checkpoints that make ``--resume`` exact: trainable weights, optimizer state, step, RNG.
+"""Checkpoints that make ``--resume`` exact: trainable weights, optimizer state, step.
+
+The RNG needs no saving: the loop re-seeds MLX from ``(seed, step)`` at every
+step (``mx.random.state`` cannot be assigned from Python), so the step number
+is the random state.
 
 Each checkpoint is written into a temporary directory and renamed into
 place, so an interrupted write never leaves a half checkpoint behind.
@@ -50,7 +54,6 @@ def save_checkpoint(
     mx.save_safetensors(
         str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
     )
-    mx.save_safetensors(str(tmp / "rng.safetensors"), {"key": mx.random.state[0]})
     (tmp / "state.json").write_text(
         json.dumps({"step": step, "config": config}, indent=2)
     )
@@ -65,10 +68,12 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: optim.Optimizer, weights_file: str
 ) -> int:
-    """Restore weights, optimizer state and RNG from ``path``; returns its step."""
+    """Restore weights and optimizer state from ``path``; returns its step."""
     model.load_weights(str(path / weights_file), strict=False)
     state = mx.load(str(path / "optimizer.safetensors"))
     # The optimizer keeps its dict (a compiled step may already hold it); fill it in place.
     optimizer.state.update(tree_unflatten(list(state.items())))
-    mx.random.state[0] = mx.load(str(path / "rng.safetensors"))["key"]
+    optimizer.init(
+        model.trainable_parameters()
+    )  # restores empty branches flattening dropped
     return json.loads((path / "state.json").read_text())["step"]

@@ -50,9 +50,9 @@ class TrainJob:
 def build_optimizer(settings: TrainSettings) -> optim.Optimizer:
     """AdamW with PyTorch's bias correction, linear warmup, then cosine decay."""
     peak, warmup = settings.learning_rate, min(settings.warmup_steps, settings.steps)
-    decay = optim.cosine_decay(
-        peak, max(settings.steps - warmup, 1), peak * settings.min_lr_ratio
-    )
+    # The last update (step index steps - 1) lands exactly on the floor.
+    decay_steps = max(settings.steps - warmup - 1, 1)
+    decay = optim.cosine_decay(peak, decay_steps, peak * settings.min_lr_ratio)
     schedule = decay
     if warmup > 0:
         ramp = (
@@ -168,11 +168,17 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     return last
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The RNG seed of one step: a resumed run draws the same dropout masks."""
+    return (seed * 1_000_003 + step) % 2**32
+
+
 def run_optimizer_step(
     job, step, optimizer, settings: TrainSettings, it: int, log: MetricsLog
 ):
     """The micro-batches of optimizer step ``it``; logs every ``log_every`` steps."""
     tic = time.perf_counter()
+    mx.random.seed(step_seed(settings.seed, it))
     grad, losses, n_tokens, metrics = None, [], 0.0, {}
     for micro in range(settings.grad_accumulation):
         batch = job.train_batch((it - 1) * settings.grad_accumulation + micro)

@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from ..config import SFTConfig
 from ..data.batching import BatchPlan, bucket_lengths, pad_examples
-from ..data.sft import Encoder, load_examples
+from ..data.jsonl import load_split
+from ..data.sft import Encoder, encode_examples
 from ..data.tokenize import Encoded, encode_sft_record
 from ..logprobs import sequence_logps
 from ..model.adapters import (
@@ -75,32 +76,23 @@ class PaddedBatches:
 def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     """Train and write the result: adapters in ``out`` (LoRA/DoRA) or ``out/model`` (full)."""
     out = Path(config.out)
+    # Bad data fails before a large model is loaded.
+    train_records = load_split(config.data, "train", required=True)
+    valid_records = load_split(config.data, "valid")
     model, tokenizer, model_config = load_model(config.model)
-    pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id
-    )
-    load = lambda split, **kw: load_examples(  # noqa: E731
-        tokenizer,
-        config.data,
-        split,
-        config.max_length,
-        encoder,
-        report=tqdm.write,
-        **kw,
-    )
-    train_set = PaddedBatches(
-        load("train", required=True),
-        config.batch_size,
-        config.max_length,
-        pad_id,
-        config.seed,
-    )
-    valid = load("valid")
-    valid_set = valid and PaddedBatches(
-        valid, config.batch_size, config.max_length, pad_id, config.seed
-    )
+    pad_id = tokenizer.pad_token_id
+    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+
+    def batches(records):
+        examples = encode_examples(
+            tokenizer, records, config.max_length, encoder, report=tqdm.write
+        )
+        return PaddedBatches(
+            examples, config.batch_size, config.max_length, pad_id, config.seed
+        )
+
+    train_set = batches(train_records)
+    valid_set = valid_records and batches(valid_records)
 
     mx.random.seed(config.seed)  # before LoRA init draws lora_a
     adapters = None if config.full else adapter_config(config)

@@ -1,0 +1,44 @@
+"""Reward functions by name: builtins, or any importable callable."""
+
+import importlib
+from collections.abc import Callable
+
+from mlx_align.rewards.format import format_reward
+from mlx_align.rewards.math import math_reward
+
+# TRL's reward-function contract: (prompts, completions, **columns) -> rewards,
+# one float per completion, or None where the function does not apply.
+RewardFunction = Callable[..., list[float | None]]
+
+REWARD_FUNCTIONS: dict[str, RewardFunction] = {
+    "math": math_reward,
+    "format": format_reward,
+}
+
+
+def resolve_reward(spec: str) -> RewardFunction:
+    """A builtin reward by name (``math``, ``format``), or a callable named by an
+    import path ``package.module:function`` or ``package.module.function``.
+
+    Raises:
+        ValueError: naming ``spec`` when it is neither, cannot be imported, or
+            is not callable.
+    """
+    if spec in REWARD_FUNCTIONS:
+        return REWARD_FUNCTIONS[spec]
+    module_name, _, attribute = spec.rpartition(":" if ":" in spec else ".")
+    if not module_name or not attribute:
+        raise ValueError(
+            f"unknown reward {spec!r}: not a builtin ({', '.join(REWARD_FUNCTIONS)}) "
+            "nor an import path 'module:function'"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import reward {spec!r}: {error}") from error
+    function = getattr(module, attribute, None)
+    if not callable(function):
+        raise ValueError(
+            f"reward {spec!r}: {module_name} has no callable {attribute!r}"
+        )
+    return function
