@@ -9,7 +9,14 @@ from collections.abc import Callable
 
 import click
 
-from .config import InitModelConfig, PretrainConfig, SFTConfig, build_config
+from .config import (
+    DPOConfig,
+    InitModelConfig,
+    ORPOConfig,
+    PretrainConfig,
+    SFTConfig,
+    build_config,
+)
 from .data.errors import DataError
 
 
@@ -103,6 +110,33 @@ def sft_command(config: SFTConfig) -> None:
     from .train.sft import run_sft
 
     click.echo(f"result written to {run_sft(config)}")
+
+
+@stage_command(
+    "dpo",
+    DPOConfig,
+    "Examples:\n\n  mlx-align dpo --model runs/pt/model --data data/preference --out runs/dpo\n\n"
+    "  mlx-align dpo --model M --data D --out R --loss ipo --beta 0.5\n\n"
+    "  mlx-align dpo --model M --data D --out R --sft-weight 1.0   # RPO\n\n"
+    "  mlx-align dpo --model M --data D --out R --ref-model SFT_MODEL --no-precompute",
+)
+def dpo_command(config: DPOConfig) -> None:
+    """Direct preference optimisation (sigmoid, ipo, hinge, robust) on prompt/chosen/rejected."""
+    from .train.dpo import run_dpo
+
+    click.echo(f"result written to {run_dpo(config)}")
+
+
+@stage_command(
+    "orpo",
+    ORPOConfig,
+    "Example:\n\n  mlx-align orpo --model runs/pt/model --data data/preference --out runs/orpo --beta 0.1",
+)
+def orpo_command(config: ORPOConfig) -> None:
+    """Odds-ratio preference optimisation: SFT on chosen + odds-ratio term, no reference."""
+    from .train.orpo import run_orpo
+
+    click.echo(f"result written to {run_orpo(config)}")
 
 
 @cli.command(

@@ -164,3 +164,57 @@ def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> 
             config_file or "command line", 0, f"missing required setting {flags}"
         )
     return cls(**values)
+
+
+@dataclass
+class PreferenceSettings:
+    """Shared by the reference-based preference stages (DPO family, KTO)."""
+
+    beta: float = setting(0.1, "β: strength of the KL constraint to the reference.")
+    ref_model: str = setting(
+        "", "A separate reference model (default: the base weights with adapters off)."
+    )
+    precompute: bool = setting(
+        True, "Compute reference log-probs once before training and cache them."
+    )
+
+
+@dataclass
+class DPOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings):
+    loss: str = setting(
+        "sigmoid",
+        "sigmoid (DPO), ipo, hinge (SLiC) or robust (cDPO-style, needs --label-smoothing).",
+    )
+    label_smoothing: float = setting(
+        0.0, "ε for the robust loss: assumed fraction of flipped labels."
+    )
+    sft_weight: float = setting(0.0, "α: add α · NLL of the chosen completion (RPO).")
+    learning_rate: float = setting(
+        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+
+
+@dataclass
+class ORPOConfig(RunSettings, TrainSettings, AdapterSettings):
+    beta: float = setting(
+        0.1, "λ: weight of the odds-ratio term against the chosen NLL."
+    )
+    learning_rate: float = setting(
+        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+
+
+@dataclass
+class KTOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings):
+    desirable_weight: float = setting(1.0, "λ_D: weight of desirable examples.")
+    undesirable_weight: float = setting(1.0, "λ_U: weight of undesirable examples.")
+    learning_rate: float = setting(
+        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+
+
+@dataclass
+class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
+    center_rewards_coefficient: float = setting(
+        0.0, "Add c · (r_w + r_l)² to keep rewards centred at 0 (TRL's option)."
+    )

@@ -92,15 +92,16 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
 
 
 def evaluate(job: TrainJob) -> dict[str, float]:
-    """Token-weighted mean of the loss and metrics over the eval batches."""
+    """Mean loss and metrics over the eval batches, weighted by tokens (or ``n_examples``)."""
     job.model.eval()
     totals: dict[str, mx.array] = {}
     n_total = mx.array(0.0)
     for batch in job.eval_batches():
         loss, n_tokens, metrics = job.loss_fn(job.model, *batch)
+        weight = metrics.pop("n_examples", n_tokens)  # per-pair metrics weigh by pairs
         for name, value in {"loss": loss, **metrics}.items():
-            totals[name] = totals.get(name, 0.0) + value * n_tokens
-        n_total = n_total + n_tokens
+            totals[name] = totals.get(name, 0.0) + value * weight
+        n_total = n_total + weight
         mx.eval(totals, n_total)
     job.model.train()
     return {f"val_{k}": (v / mx.maximum(n_total, 1)).item() for k, v in totals.items()}

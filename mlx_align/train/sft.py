@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from ..config import SFTConfig
@@ -22,18 +22,10 @@ from ..data.jsonl import load_split
 from ..data.sft import Encoder, encode_examples
 from ..data.tokenize import Encoded, encode_sft_record
 from ..logprobs import sequence_logps
-from ..model.adapters import (
-    ADAPTER_WEIGHTS,
-    adapter_config,
-    attach_adapters,
-    count_parameters,
-    quantize_base,
-    save_adapters,
-)
-from ..model.load import load_model, save_full_model
+from ..model.adapters import quantize_base
+from ..model.load import load_model
+from .adapted import prepare_trainable, weights_file, write_result, write_weights
 from .loop import Batch, TrainJob, train
-
-FULL_WEIGHTS = "model.safetensors"
 
 
 def completion_nll_loss(model: nn.Module, tokens: mx.array, loss_mask: mx.array):
@@ -94,39 +86,19 @@ def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     train_set = batches(train_records)
     valid_set = valid_records and batches(valid_records)
 
-    mx.random.seed(config.seed)  # before LoRA init draws lora_a
-    adapters = None if config.full else adapter_config(config)
     if config.quantize:
         quantize_base(model, config.quantize)
-    if adapters:
-        attach_adapters(model, adapters)
-    trainable, total = count_parameters(model)
-    tqdm.write(
-        f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
-    )
-
-    def write_weights(directory: Path) -> None:
-        if adapters:
-            save_adapters(model, adapters, directory)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
-            mx.save_safetensors(
-                str(directory / FULL_WEIGHTS),
-                dict(tree_flatten(model.trainable_parameters())),
-            )
+    adapters = prepare_trainable(model, config, config.seed)
 
     job = TrainJob(
         model=model,
         loss_fn=completion_nll_loss,
         train_batch=train_set.train_batch,
         out=out,
-        write_weights=write_weights,
-        weights_file=ADAPTER_WEIGHTS if adapters else FULL_WEIGHTS,
+        write_weights=partial(write_weights, model, adapters),
+        weights_file=weights_file(adapters),
         eval_batches=valid_set and (lambda: valid_set.in_order(config.eval_batches)),
         config=dataclasses.asdict(config),
     )
     train(job, config)
-    if adapters:
-        save_adapters(model, adapters, out)
-        return out
-    return save_full_model(out / "model", config.model, model, tokenizer, model_config)
+    return write_result(model, adapters, out, config.model, tokenizer, model_config)

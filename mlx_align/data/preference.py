@@ -1,0 +1,141 @@
+"""Preference pairs: ``prompt`` + ``chosen`` / ``rejected`` -> one concatenated batch.
+
+Chosen and rejected go through ONE forward: a batch of B pairs is a (2B, T)
+array, chosen rows first, both halves padded to the same bucket length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .batching import BatchPlan, bucket_lengths, pad_examples
+from .errors import DataError
+from .jsonl import Record, require_str
+from .tokenize import (
+    Encoded,
+    encode_chat,
+    encode_prompt_completion,
+    is_chat_field,
+    require_messages,
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: Encoded
+    rejected: Encoded
+    margin: float = 0.0
+
+
+def encode_completion(tokenizer, record: Record, key: str) -> Encoded:
+    """``prompt`` + ``record[key]``: plain strings, or chat message lists through the template."""
+    if is_chat_field(record, "prompt") or is_chat_field(record, key):
+        prompt = require_messages(record, "prompt")
+        completion = record.fields.get(key)
+        if isinstance(completion, str):
+            completion = [{"role": "assistant", "content": completion}]
+        else:
+            completion = require_messages(record, key)
+        return encode_chat(tokenizer, prompt, completion)
+    return encode_prompt_completion(
+        tokenizer, require_str(record, "prompt"), require_str(record, key)
+    )
+
+
+def encode_pair(tokenizer, record: Record) -> Pair:
+    margin = record.fields.get("margin", 0.0)
+    if not isinstance(margin, int | float) or isinstance(margin, bool):
+        raise DataError(record.path, record.line, "field 'margin' must be a number")
+    chosen = encode_completion(tokenizer, record, "chosen")
+    rejected = encode_completion(tokenizer, record, "rejected")
+    return Pair(chosen, rejected, float(margin))
+
+
+def truncate_prompt_left(example: Encoded, max_length: int) -> Encoded | None:
+    """Drop prompt tokens from the left; None when the completion alone does not fit."""
+    excess = len(example.tokens) - max_length
+    if excess <= 0:
+        return example
+    if excess > example.completion_start - 1:  # keep at least one prompt token
+        return None
+    return Encoded(example.tokens[excess:], example.completion_start - excess)
+
+
+def encode_pairs(
+    tokenizer,
+    records: list[Record],
+    max_length: int,
+    report: Callable[[str], None] = print,
+    encoder: Callable[[object, Record], Pair] = encode_pair,
+) -> list[Pair]:
+    """Encode and fit every pair; truncations and pairs that cannot fit are counted aloud."""
+    pairs, truncated, unusable = [], 0, 0
+    for record in records:
+        pair = encoder(tokenizer, record)
+        chosen = truncate_prompt_left(pair.chosen, max_length)
+        rejected = truncate_prompt_left(pair.rejected, max_length)
+        if chosen is None or rejected is None:
+            unusable += 1
+            continue
+        truncated += chosen is not pair.chosen or rejected is not pair.rejected
+        pairs.append(Pair(chosen, rejected, pair.margin))
+    name = records[0].path
+    if truncated:
+        report(
+            f"{name}: {truncated} of {len(records)} prompts truncated from the left to fit {max_length} tokens"
+        )
+    if unusable:
+        report(
+            f"{name}: {unusable} of {len(records)} pairs skipped: a completion alone exceeds {max_length} tokens"
+        )
+    if not pairs:
+        raise DataError(name, 0, "no usable preference pairs")
+    return pairs
+
+
+class PairBatches:
+    """Pairs -> ``(tokens (2B, T), loss_mask (2B, T), pair_index (B,))`` in a resumable order.
+
+    ``pair_index`` is -1 on filler rows (a last batch short of pairs), so a
+    stage can look up per-pair data such as cached reference log-probs.
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        batch_size: int,
+        max_length: int,
+        pad_id: int,
+        seed: int,
+    ):
+        self.pairs, self.batch_size, self.pad_id = pairs, batch_size, pad_id
+        self.buckets = bucket_lengths(max_length)
+        lengths = [max(len(p.chosen.tokens), len(p.rejected.tokens)) for p in pairs]
+        self.plan = BatchPlan.by_length(lengths, batch_size, seed)
+
+    def pad(self, indices: list[int]) -> tuple[mx.array, mx.array, mx.array]:
+        chosen = [self.pairs[i].chosen for i in indices]
+        rejected = [self.pairs[i].rejected for i in indices]
+        fill = self.batch_size - len(indices)
+        empty = Encoded([self.pad_id], 1)
+        rows = chosen + [empty] * fill + rejected + [empty] * fill
+        tokens, mask = pad_examples(
+            rows, 2 * self.batch_size, self.buckets, self.pad_id
+        )
+        index = np.full(self.batch_size, -1, dtype=np.int32)
+        index[: len(indices)] = indices
+        return tokens, mask, mx.array(index)
+
+    def train_batch(self, k: int) -> tuple[mx.array, mx.array, mx.array]:
+        return self.pad(self.plan.batch(k))
+
+    def in_order(
+        self, limit: int = -1
+    ) -> Iterator[tuple[mx.array, mx.array, mx.array]]:
+        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
+        for indices in batches:
+            yield self.pad(indices)

@@ -1,0 +1,226 @@
+"""DPO and ORPO on a tiny model: reference = base with adapters off, cached; metrics move."""
+
+import json
+import math
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import mlx_lm
+import pytest
+from conftest import write_jsonl
+
+from mlx_align import reference
+from mlx_align.config import DPOConfig, ORPOConfig
+from mlx_align.data.jsonl import read_jsonl
+from mlx_align.data.preference import PairBatches, encode_pairs
+from mlx_align.logprobs import sequence_logps
+from mlx_align.model.adapters import attach_adapters
+from mlx_align.train.dpo import dpo_loss, dpo_objective, run_dpo
+from mlx_align.train.orpo import run_orpo
+
+WORDS = "apple river stone cloud tiger piano lemon forest candle rocket violin garden".split()
+LORA = {
+    "fine_tune_type": "lora",
+    "num_layers": -1,
+    "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0},
+}
+
+
+def preference_rows(words, chosen=" It is good.", rejected=" It is bad."):
+    return [
+        {
+            "prompt": f"Question: What about the {w} {i}?\nAnswer:",
+            "chosen": chosen,
+            "rejected": rejected,
+        }
+        for i in range(4)
+        for w in words
+    ]
+
+
+@pytest.fixture(scope="module")
+def pref_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pref")
+    write_jsonl(root / "train.jsonl", preference_rows(WORDS[:8]))
+    write_jsonl(root / "valid.jsonl", preference_rows(WORDS[8:]))  # held-out prompts
+    return root
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLX_ALIGN_CACHE", str(tmp_path / "cache"))
+
+
+def dpo_config(model, data, out, **overrides):
+    settings = dict(
+        model=str(model),
+        data=str(data),
+        out=str(out),
+        steps=30,
+        batch_size=8,
+        learning_rate=5e-3,
+        warmup_steps=2,
+        eval_every=0,
+        log_every=5,
+        save_every=0,
+        lora_rank=8,
+        lora_alpha=16,
+        compile=False,
+        beta=0.5,
+        max_length=64,
+    )
+    return {**settings, **overrides}
+
+
+def metrics_of(run_dir):
+    return [
+        json.loads(line)
+        for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+
+
+def batch_of(model_dir, data_dir):
+    model, tokenizer = mlx_lm.load(str(model_dir))
+    pairs = encode_pairs(tokenizer, read_jsonl(data_dir / "train.jsonl"), 64)
+    batches = PairBatches(pairs, 4, 64, tokenizer.pad_token_id, seed=0)
+    return model, batches
+
+
+def test_dpo_raises_held_out_implicit_reward_accuracy(tiny_model, pref_dir, tmp_path):
+    out = tmp_path / "dpo"
+    run_dpo(
+        DPOConfig(**dpo_config(tiny_model, pref_dir, out, eval_every=10, compile=True))
+    )
+    lines = metrics_of(out)
+    val = [m for m in lines if "val_loss" in m]
+    assert val[-1]["val_rewards/accuracies"] >= 0.9
+    assert val[-1]["val_loss"] < math.log(2) - 0.1  # below the ln 2 it starts at
+    assert val[-1]["val_rewards/margins"] > 0
+    assert (out / "adapters.safetensors").exists()
+    # Implicit rewards at step 0 are all 0 (policy == reference): accuracy 0 with strict >.
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    trained, _ = mlx_lm.load(str(tiny_model), adapter_path=str(out))
+    valid = encode_pairs(tokenizer, read_jsonl(pref_dir / "valid.jsonl"), 64)
+    correct = 0
+    for tokens, mask, index in PairBatches(
+        valid, 8, 64, tokenizer.pad_token_id, 0
+    ).in_order():
+        ref = sequence_logps(model, tokens, mask)[1]
+        pol = sequence_logps(trained, tokens, mask)[1]
+        chosen, rejected = mx.split(pol - ref, 2)
+        correct += int(((chosen > rejected) * (index >= 0)).sum().item())
+    assert correct / len(valid) >= 0.9
+
+
+def test_dpo_loss_is_ln2_at_init_and_a_step_moves_log_ratios_the_right_way(
+    tiny_model, pref_dir
+):
+    model, batches = batch_of(tiny_model, pref_dir)
+    tokens, mask, _ = batches.train_batch(0)
+    ref = sequence_logps(model, tokens, mask)[1]
+    attach_adapters(model, LORA)
+    objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1))
+    loss, n_tokens, metrics = dpo_loss(model, tokens, mask, ref, objective=objective)
+    assert loss.item() == pytest.approx(
+        math.log(2), abs=1e-6
+    )  # lora_b = 0: policy == reference
+    assert n_tokens.item() == mask[:, 1:].sum().item()
+
+    grad_fn = nn.value_and_grad(
+        model, lambda m: dpo_loss(m, tokens, mask, ref, objective=objective)[0]
+    )
+    optimizer = optim.SGD(learning_rate=0.5)
+    for _ in range(
+        2
+    ):  # lora_a gets no gradient while lora_b = 0; the second step moves both
+        _, grads = grad_fn(model)
+        optimizer.update(model, grads)
+    after = sequence_logps(model, tokens, mask)[1]
+    chosen_ratio, rejected_ratio = mx.split(after - ref, 2)
+    assert chosen_ratio.mean().item() > 0 > rejected_ratio.mean().item()
+
+
+def test_reference_with_adapters_off_is_exactly_the_base_model(tiny_model, pref_dir):
+    model, batches = batch_of(tiny_model, pref_dir)
+    n = len(batches.pairs)
+    before = reference.compute_logps(model, batches.in_order(), n, 2)
+    attach_adapters(model, LORA)
+    model.update(
+        {
+            "model": {
+                "layers": [{"self_attn": {"q_proj": {"lora_b": mx.ones((4, 64))}}}] * 2
+            }
+        }
+    )
+    shared = reference.shared_reference(model, str(tiny_model))
+    fresh, _ = mlx_lm.load(str(tiny_model))
+    assert mx.array_equal(
+        reference.compute_logps(shared, batches.in_order(), n, 2), before
+    ).item()
+    assert mx.array_equal(
+        reference.compute_logps(fresh, batches.in_order(), n, 2), before
+    ).item()
+    policy = reference.compute_logps(model, batches.in_order(), n, 2)
+    assert not mx.allclose(policy, before).item()  # the adapters do change the policy
+
+
+def test_reference_cache_is_reused_and_invalidated_by_new_data(
+    tiny_model, pref_dir, tmp_path, monkeypatch
+):
+    calls = []
+    real = reference.compute_logps
+    monkeypatch.setattr(
+        "mlx_align.train.dpo.compute_logps",
+        lambda *a, **k: calls.append(1) or real(*a, **k),
+    )
+    settings = dict(steps=2, log_every=1)
+    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "a", **settings)))
+    assert len(calls) == 2  # train and valid
+    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "b", **settings)))
+    assert len(calls) == 2  # both reused from the cache
+    changed = tmp_path / "changed"
+    write_jsonl(changed / "train.jsonl", preference_rows(WORDS[:8], chosen=" Fine."))
+    (changed / "valid.jsonl").write_text((pref_dir / "valid.jsonl").read_text())
+    run_dpo(DPOConfig(**dpo_config(tiny_model, changed, tmp_path / "c", **settings)))
+    assert len(calls) == 3  # new train data recomputed, unchanged valid reused
+
+
+def test_no_precompute_matches_precomputed_reference(tiny_model, pref_dir, tmp_path):
+    settings = dict(steps=3, log_every=1)
+    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "pre", **settings)))
+    run_dpo(
+        DPOConfig(
+            **dpo_config(
+                tiny_model, pref_dir, tmp_path / "live", precompute=False, **settings
+            )
+        )
+    )
+    pre, live = metrics_of(tmp_path / "pre"), metrics_of(tmp_path / "live")
+    assert len(pre) == len(live) == 4  # three steps and the final eval
+    for a, b in zip(pre, live, strict=True):
+        key = "loss" if "loss" in a else "val_loss"
+        assert a[key] == pytest.approx(b[key], abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ipo", "hinge", "robust"])
+def test_other_dpo_losses_train(loss, tiny_model, pref_dir, tmp_path):
+    extra = {"label_smoothing": 0.1} if loss == "robust" else {}
+    out = tmp_path / loss
+    run_dpo(
+        DPOConfig(**dpo_config(tiny_model, pref_dir, out, loss=loss, steps=15, **extra))
+    )
+    lines = [m for m in metrics_of(out) if "loss" in m]
+    assert lines[-1]["rewards/margins"] > lines[0]["rewards/margins"]
+
+
+def test_orpo_moves_chosen_logps_above_rejected(tiny_model, pref_dir, tmp_path):
+    out = tmp_path / "orpo"
+    run_orpo(
+        ORPOConfig(**dpo_config(tiny_model, pref_dir, out, eval_every=10, beta=1.0))
+    )
+    val = [m for m in metrics_of(out) if "val_loss" in m]
+    first, last = val[0], val[-1]
+    gap = lambda m: m["val_logps/chosen"] - m["val_logps/rejected"]  # noqa: E731
+    assert gap(last) > gap(first) and gap(last) > 0
+    assert last["val_rewards/accuracies"] >= 0.9
