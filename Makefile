@@ -28,11 +28,12 @@ OUT          ?= runs/capstone
 PRESET       ?= small
 PT_STEPS     ?= 800
 SFT_STEPS    ?= 200
+DPO_STEPS    ?= 150
 SEED         ?= 0
 ALIGN        := $(BIN)/mlx-align
 PROMPT       := Question: What is 12 + 7?\nAnswer:
 
-.PHONY: venv test lint bench capstone capstone-data clean
+.PHONY: venv test lint bench capstone capstone-orpo capstone-kto clean
 
 venv: $(VENV)/.installed
 
@@ -79,10 +80,34 @@ $(OUT)/sft/adapters.safetensors: $(OUT)/pt/model/config.json
 $(OUT)/sft-fused/config.json: $(OUT)/sft/adapters.safetensors
 	$(ALIGN) fuse --model $(OUT)/pt/model --adapter-path $(OUT)/sft --save-path $(OUT)/sft-fused
 
-# 6. mlx-lm serves it unchanged.
-capstone: $(OUT)/sft-fused/config.json
-	$(BIN)/python -m mlx_lm generate --model $(OUT)/sft-fused --ignore-chat-template \
+# 6. DPO on correct vs wrong worked answers; LoRA on the fused SFT model, the
+#    reference is the same weights with the adapters off (cached log-probs).
+$(OUT)/dpo/adapters.safetensors: $(OUT)/sft-fused/config.json
+	$(ALIGN) dpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/dpo \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --lora-rank 16 --lora-alpha 32 \
+		--max-length 128 --eval-every 50 --eval-batches -1 --save-every 50 --seed $(SEED)
+	$(BIN)/python recipes/last_metric.py $(OUT)/dpo val_rewards/accuracies val_loss
+
+$(OUT)/dpo-fused/config.json: $(OUT)/dpo/adapters.safetensors
+	$(ALIGN) fuse --model $(OUT)/sft-fused --adapter-path $(OUT)/dpo --save-path $(OUT)/dpo-fused
+
+# 7. mlx-lm serves the result unchanged.
+capstone: $(OUT)/dpo-fused/config.json
+	$(BIN)/python -m mlx_lm generate --model $(OUT)/dpo-fused --ignore-chat-template \
 		--prompt "$$(printf '$(PROMPT)')" --max-tokens 32 --temp 0
+
+# ORPO and KTO on the same data, from the SFT model (not part of `capstone`).
+capstone-orpo: $(OUT)/sft-fused/config.json
+	$(ALIGN) orpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/orpo \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --max-length 128 \
+		--eval-every 50 --eval-batches -1 --seed $(SEED)
+	$(BIN)/python recipes/last_metric.py $(OUT)/orpo val_rewards/accuracies val_loss
+
+capstone-kto: $(OUT)/sft-fused/config.json
+	$(ALIGN) kto --model $(OUT)/sft-fused --data $(OUT)/data/kto --out $(OUT)/kto \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --max-length 128 \
+		--eval-every 50 --eval-batches -1 --seed $(SEED)
+	$(BIN)/python recipes/last_metric.py $(OUT)/kto val_loss
 
 clean:
 	rm -rf runs/capstone

@@ -11,9 +11,13 @@ import click
 
 from .config import (
     DPOConfig,
+    EvalMathConfig,
+    GRPOConfig,
     InitModelConfig,
+    KTOConfig,
     ORPOConfig,
     PretrainConfig,
+    RewardConfig,
     SFTConfig,
     build_config,
 )
@@ -34,7 +38,9 @@ def options_from(cls: type) -> Callable:
                 else "(required)"
             )
             help_text = f"{f.metadata.get('help', '')} {shown}"
-            if kind is bool:
+            if f.metadata.get("multiple"):
+                option = click.option(flag, f.name, multiple=True, help=help_text)
+            elif kind is bool:
                 option = click.option(
                     f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text
                 )
@@ -137,6 +143,102 @@ def orpo_command(config: ORPOConfig) -> None:
     from .train.orpo import run_orpo
 
     click.echo(f"result written to {run_orpo(config)}")
+
+
+@stage_command(
+    "reward",
+    RewardConfig,
+    "Examples:\n\n  mlx-align reward --model runs/sft-fused --data data/preference --out runs/rm\n\n"
+    "  mlx-align reward --model M --data D --out R --center-rewards-coefficient 0.01\n\n"
+    "  mlx-align reward --model M --data D --out R --full   # train every weight",
+)
+def reward_command(config: RewardConfig) -> None:
+    """Bradley-Terry reward model (backbone + scalar head) on prompt/chosen/rejected[/margin]."""
+    from .train.reward import run_reward
+
+    click.echo(f"reward model written to {run_reward(config)}")
+
+
+@cli.command(
+    "score",
+    epilog="Examples:\n\n  mlx-align score --reward-model runs/rm --data data/preference/test.jsonl\n\n"
+    "  mlx-align score --reward-model runs/rm --data data/preference --out runs/rm/scores.jsonl",
+)
+@click.option(
+    "--reward-model",
+    required=True,
+    type=click.Path(exists=True),
+    help="Directory written by `mlx-align reward`.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True),
+    help="A .jsonl file, or a directory (its test.jsonl, else valid.jsonl) of prompt + completion, "
+    "or prompt + chosen + rejected records.",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Write the JSON lines to this file instead of stdout.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Responses per forward.",
+)
+def score_command(
+    reward_model: str, data: str, out: str | None, batch_size: int
+) -> None:
+    """One reward per (prompt, response) as JSON lines; paired data also reports accuracy."""
+    from .train.reward import run_score
+
+    rows = run_score(reward_model, data, out, batch_size)
+    if out:
+        click.echo(f"{len(rows)} rewards written to {out}", err=True)
+
+
+@stage_command(
+    "kto",
+    KTOConfig,
+    "Examples:\n\n  mlx-align kto --model runs/sft-fused --data data/kto --out runs/kto\n\n"
+    "  mlx-align kto --model M --data data/preference --out R   # paired data is split",
+)
+def kto_command(config: KTOConfig) -> None:
+    """Kahneman-Tversky optimisation on unpaired prompt/completion/label data."""
+    from .train.kto import run_kto
+
+    click.echo(f"result written to {run_kto(config)}")
+
+
+@stage_command(
+    "grpo",
+    GRPOConfig,
+    "Examples:\n\n  mlx-align grpo --model runs/sft-fused --data data/grpo --out runs/grpo --reward math\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --reward format --reward-weights 1.0,0.2\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward my_pkg.rewards:length_penalty --iterations 2 "
+    "--epsilon-high 0.28 --loss dapo --scale-rewards none",
+)
+def grpo_command(config: GRPOConfig) -> None:
+    """Group relative policy optimisation with verifiable rewards (no reward model, no critic)."""
+    from .train.grpo import run_grpo
+
+    click.echo(f"result written to {run_grpo(config)}")
+
+
+@stage_command(
+    "eval-math",
+    EvalMathConfig,
+    "Example:\n\n  mlx-align eval-math --model runs/sft-fused --data data/grpo --split test",
+)
+def eval_math_command(config: EvalMathConfig) -> None:
+    """Held-out accuracy on prompt/answer math problems with greedy decoding."""
+    from .eval_math import run_eval_math
+
+    run_eval_math(config)
 
 
 @cli.command(

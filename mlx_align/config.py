@@ -152,7 +152,8 @@ def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> 
             if key not in names:
                 raise DataError(config_file, 0, f"unknown setting '{key}'")
             values[key] = value
-    values.update({k: v for k, v in cli.items() if v is not None and k in names})
+    given = {k: v for k, v in cli.items() if v is not None and v != () and k in names}
+    values.update(given)
     missing = [
         f.name
         for f in dataclasses.fields(cls)
@@ -163,6 +164,12 @@ def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> 
         raise DataError(
             config_file or "command line", 0, f"missing required setting {flags}"
         )
+    for f in dataclasses.fields(
+        cls
+    ):  # a YAML list or a single flag value for a repeatable one
+        if f.metadata.get("multiple") and f.name in values:
+            value = values[f.name]
+            values[f.name] = (value,) if isinstance(value, str) else tuple(value)
     return cls(**values)
 
 
@@ -218,3 +225,56 @@ class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
     center_rewards_coefficient: float = setting(
         0.0, "Add c · (r_w + r_l)² to keep rewards centred at 0 (TRL's option)."
     )
+
+
+@dataclass
+class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
+    batch_size: int = setting(
+        2, "Prompts per micro-batch; each is sampled --group-size times."
+    )
+    reward: tuple = setting(
+        ("math",),
+        "Reward function: math, format, or module:function (repeat the flag for several).",
+        multiple=True,
+    )
+    reward_weights: str = setting(
+        "", "Comma-separated weights, one per --reward (default: all 1)."
+    )
+    group_size: int = setting(8, "G: completions sampled per prompt.")
+    max_completion_tokens: int = setting(256, "Longest sampled completion.")
+    temperature: float = setting(1.0, "Sampling temperature for rollouts.")
+    top_p: float = setting(1.0, "Nucleus sampling threshold for rollouts.")
+    beta: float = setting(
+        0.0, "Weight of the k3 KL to the reference (0: no reference pass)."
+    )
+    epsilon: float = setting(0.2, "Lower clip: ratios below 1 - epsilon are clipped.")
+    epsilon_high: float = setting(
+        0.0, "Upper clip (0: same as --epsilon; DAPO uses 0.28)."
+    )
+    iterations: int = setting(
+        1, "μ: optimisation passes per rollout batch (the clip only acts when μ > 1)."
+    )
+    loss: str = setting("grpo", "Token aggregation: grpo, bnpo, dr_grpo or dapo.")
+    scale_rewards: str = setting(
+        "group", "Advantage scaling: group, batch or none (Dr. GRPO)."
+    )
+    learning_rate: float = setting(
+        1e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
+    )
+    max_length: int = setting(1024, "Longest prompt + completion in tokens.")
+
+
+@dataclass
+class EvalMathConfig:
+    model: str = setting("", "Model directory or hub id.", required=True)
+    data: str = setting(
+        "",
+        "Directory with test.jsonl (prompt + answer), or one .jsonl file.",
+        required=True,
+    )
+    adapter_path: str = setting("", "Optional adapters to load on the model.")
+    split: str = setting("test", "Which split of --data to evaluate.")
+    max_tokens: int = setting(64, "Longest greedy completion.")
+    batch_size: int = setting(32, "Prompts decoded together.")
+    limit: int = setting(0, "Evaluate only the first N problems (0: all).")
+    out: str = setting("", "Optional JSONL file for per-problem results.")

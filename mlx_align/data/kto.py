@@ -1,0 +1,183 @@
+"""KTO data: unpaired ``prompt`` / ``completion`` / ``label`` examples, plus KL rows.
+
+Paired records (``prompt`` / ``chosen`` / ``rejected``) are split into one
+desirable and one undesirable example, as TRL does. A batch of B examples is
+a (2B, T) array: B matched rows (prompt_i + completion_i), then B mismatched
+rows (prompt_i + completion_j) whose log-ratios estimate KTO's reference
+point z₀ (Ethayarajh et al. 2024). TRL's ``_get_kl_dataset`` makes
+the same +1 shift over consecutive dataset rows and notes that the KL rows'
+completions should be the batch's own; shifting within the batch gives
+exactly that.
+
+j is fixed per example: BatchPlan's batches (the grouping of examples) never
+change, only the order they are visited in, so j is the next example of i's
+own batch, and the mismatched rows can have their reference log-probs
+precomputed and cached like the matched ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import mlx.core as mx
+import numpy as np
+
+from .batching import BatchPlan, bucket_lengths, pad_examples
+from .errors import DataError
+from .jsonl import Record
+from .preference import encode_completion, truncate_prompt_left
+from .tokenize import Encoded, truncate
+
+KTOBatch = tuple[mx.array, mx.array, mx.array, mx.array]
+
+
+@dataclass(frozen=True)
+class KTOExample:
+    example: Encoded
+    label: bool  # True: desirable
+
+
+def require_label(record: Record) -> bool:
+    if "label" not in record.fields:
+        raise DataError(record.path, record.line, "missing field 'label'")
+    label = record.fields["label"]
+    if not isinstance(label, bool):
+        kind = type(label).__name__
+        raise DataError(
+            record.path,
+            record.line,
+            f"field 'label' must be true or false, got {kind} {label!r}",
+        )
+    return label
+
+
+def encode_kto_record(tokenizer, record: Record) -> list[KTOExample]:
+    """One unpaired example, or two (desirable, undesirable) from a preference pair."""
+    fields = record.fields
+    if "chosen" in fields or "rejected" in fields:
+        return [
+            KTOExample(encode_completion(tokenizer, record, "chosen"), True),
+            KTOExample(encode_completion(tokenizer, record, "rejected"), False),
+        ]
+    if "completion" not in fields:
+        raise DataError(
+            record.path,
+            record.line,
+            "expected 'prompt' + 'completion' + 'label', or 'prompt' + 'chosen' + 'rejected'",
+        )
+    label = require_label(record)
+    return [KTOExample(encode_completion(tokenizer, record, "completion"), label)]
+
+
+def encode_kto(
+    tokenizer,
+    records: list[Record],
+    max_length: int,
+    report: Callable[[str], None] = print,
+) -> list[KTOExample]:
+    """Encode and fit every example; truncations and examples that cannot fit are counted aloud."""
+    examples, total, truncated, unusable = [], 0, 0, 0
+    for record in records:
+        for item in encode_kto_record(tokenizer, record):
+            total += 1
+            fitted = truncate_prompt_left(item.example, max_length)
+            if fitted is None:
+                unusable += 1
+                continue
+            truncated += fitted is not item.example
+            examples.append(KTOExample(fitted, item.label))
+    name = records[0].path
+    if truncated:
+        report(
+            f"{name}: {truncated} of {total} prompts truncated from the left to fit {max_length} tokens"
+        )
+    if unusable:
+        report(
+            f"{name}: {unusable} of {total} examples skipped: the completion alone exceeds {max_length} tokens"
+        )
+    if not examples:
+        raise DataError(name, 0, "no usable KTO examples")
+    return examples
+
+
+def mismatch(prompt_of: Encoded, completion_of: Encoded, max_length: int) -> Encoded:
+    """``prompt_of``'s prompt tokens + ``completion_of``'s completion tokens, fitted.
+
+    Prompt tokens go first from the left (as for every example), so the
+    completion is cut only if it came with no prompt of its own.
+    """
+    prompt = prompt_of.tokens[: prompt_of.completion_start]
+    completion = completion_of.tokens[completion_of.completion_start :]
+    return (
+        truncate(Encoded(prompt + completion, len(prompt)), max_length) or completion_of
+    )
+
+
+def kl_partners(batches: list[list[int]]) -> dict[int, int]:
+    """Example i -> j, whose completion follows i's prompt in i's KL row.
+
+    j is the next example of i's batch (cyclically). An example alone in its
+    batch takes the first example of the previous batch: its own completion
+    would make z₀ its implied reward.
+    """
+    partner = {}
+    for b, indices in enumerate(batches):
+        for k, i in enumerate(indices):
+            partner[i] = indices[(k + 1) % len(indices)]
+        if len(indices) == 1 and len(batches) > 1:
+            partner[indices[0]] = batches[b - 1][0]
+    return partner
+
+
+class KTOBatches:
+    """Examples -> ``(tokens (2B, T), loss_mask (2B, T), labels (B,), index (B,))``.
+
+    Rows: B matched, then B mismatched (KL) rows; ``index`` is -1 on filler
+    rows (a last batch short of examples). ``matched`` / ``mismatched`` hold
+    the rows of example i, so a stage can score and cache them per example.
+    """
+
+    def __init__(
+        self,
+        examples: list[KTOExample],
+        batch_size: int,
+        max_length: int,
+        pad_id: int,
+        seed: int,
+    ):
+        self.examples, self.batch_size, self.pad_id = examples, batch_size, pad_id
+        self.buckets = bucket_lengths(max_length)
+        self.matched = [e.example for e in examples]
+        lengths = [len(e.tokens) for e in self.matched]
+        self.plan = BatchPlan.by_length(lengths, batch_size, seed)
+        partner = kl_partners(self.plan.batches)
+        self.mismatched = [
+            mismatch(self.matched[i], self.matched[partner[i]], max_length)
+            for i in range(len(examples))
+        ]
+
+    def pad(self, indices: list[int]) -> KTOBatch:
+        fill = [Encoded([self.pad_id], 1)] * (self.batch_size - len(indices))
+        rows = (
+            [self.matched[i] for i in indices]
+            + fill
+            + [self.mismatched[i] for i in indices]
+            + fill
+        )
+        tokens, mask = pad_examples(
+            rows, 2 * self.batch_size, self.buckets, self.pad_id
+        )
+        labels = np.zeros(self.batch_size, dtype=np.bool_)
+        labels[: len(indices)] = [self.examples[i].label for i in indices]
+        index = np.full(self.batch_size, -1, dtype=np.int32)
+        index[: len(indices)] = indices
+        return tokens, mask, mx.array(labels), mx.array(index)
+
+    def train_batch(self, k: int) -> KTOBatch:
+        return self.pad(self.plan.batch(k))
+
+    def in_order(self, limit: int = -1) -> Iterator[KTOBatch]:
+        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
+        for indices in batches:
+            yield self.pad(indices)

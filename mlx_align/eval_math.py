@@ -1,0 +1,61 @@
+"""Held-out math accuracy with greedy decoding: ``mlx-align eval-math``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlx_lm
+from tqdm import tqdm
+
+from .config import EvalMathConfig
+from .data.jsonl import load_split, require_str
+from .rewards.math import math_reward
+from .train.grpo import encode_prompt
+
+
+def run_eval_math(config: EvalMathConfig) -> float:
+    """Greedy completions of every problem, judged by ``math_reward``; returns the accuracy."""
+    records = load_split(config.data, config.split, required=True)
+    if config.limit:
+        records = records[: config.limit]
+    answers = [
+        require_str(r, "answer") if "answer" in r.fields else require_str(r, "solution")
+        for r in records
+    ]
+    model, tokenizer = mlx_lm.load(
+        config.model, adapter_path=config.adapter_path or None
+    )
+    prompts = [encode_prompt(tokenizer, r) for r in records]
+    texts: list[str] = []
+    for start in tqdm(
+        range(0, len(prompts), config.batch_size), desc="eval-math", leave=False
+    ):
+        chunk = prompts[start : start + config.batch_size]
+        texts += mlx_lm.batch_generate(
+            model, tokenizer, chunk, max_tokens=config.max_tokens
+        ).texts
+    scores = math_reward([r.fields["prompt"] for r in records], texts, answer=answers)
+    judged = [s for s in scores if s is not None]
+    accuracy = sum(judged) / max(len(judged), 1)
+    if config.out:
+        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(config.out, "w") as f:
+            for record, text, answer, score in zip(
+                records, texts, answers, scores, strict=True
+            ):
+                f.write(
+                    json.dumps(
+                        {
+                            "line": record.line,
+                            "completion": text,
+                            "answer": answer,
+                            "correct": score,
+                        }
+                    )
+                    + "\n"
+                )
+    unjudged = len(scores) - len(judged)
+    note = f" ({unjudged} with an unparseable reference left out)" if unjudged else ""
+    print(f"math accuracy: {accuracy:.4f} ({int(sum(judged))}/{len(judged)}){note}")
+    return accuracy

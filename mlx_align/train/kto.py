@@ -1,0 +1,224 @@
+"""KTO with one model in memory: unpaired desirable / undesirable examples.
+
+Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
+Optimization"; the loss is ``losses.kto_loss``. Each batch carries B matched
+rows and B mismatched rows (prompt_i + another example's completion, see
+``data/kto.py``) in ONE forward; the mean policy − reference log-ratio of
+the mismatched rows is the reference point z₀ (detached, clamped at 0), as in
+the paper and TRL's ``KTOTrainer``.
+
+The reference is handled as in DPO (``train/dpo.py``): log-probs of both row
+kinds are computed before the adapters are attached and cached, or the
+reference runs every step with ``--no-precompute``; ``--ref-model`` loads a
+separate one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from tqdm import tqdm
+
+from .. import losses
+from ..config import KTOConfig
+from ..data.errors import DataError
+from ..data.jsonl import load_split
+from ..data.kto import KTOBatches, encode_kto
+from ..logprobs import sequence_logps
+from ..model.adapters import quantize_base
+from ..model.load import load_model
+from ..reference import cache_key, cached_logps, compute_logps, shared_reference
+from .adapted import prepare_trainable, weights_file, write_result, write_weights
+from .dpo import with_reference
+from .loop import TrainJob, train
+
+# kto_loss's per-example sums -> the count that turns each into TRL's mean
+METRIC_COUNTS = {
+    "rewards/chosen": ("rewards/chosen_sum", "count/chosen"),
+    "rewards/rejected": ("rewards/rejected_sum", "count/rejected"),
+    "logps/chosen": ("logps/chosen_sum", "count/chosen"),
+    "logps/rejected": ("logps/rejected_sum", "count/rejected"),
+}
+
+
+def kto_means(sums: dict, valid: mx.array, denominator: mx.array) -> dict:
+    """TRL's logged means: each ``*_sum`` over its label's real examples, and ``kl``.
+
+    Every count is computed once and reused: mx.compile (0.32) fails with
+    ``_Map_base::at`` when an output equals a subexpression it merged away.
+    """
+    counts = {
+        name: mx.maximum((sums[name] * valid).sum(), 1)
+        for name in ("count/chosen", "count/rejected")
+    }
+    means = {
+        name: (sums[total] * valid).sum() / counts[count]
+        for name, (total, count) in METRIC_COUNTS.items()
+    }
+    means["kl"] = (sums["kl"] * valid).sum() / denominator  # z₀ after the clamp
+    return means
+
+
+def kto_batch_loss(
+    model: nn.Module,
+    tokens: mx.array,
+    loss_mask: mx.array,
+    labels: mx.array,
+    index: mx.array,
+    ref_logps: mx.array,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    reference: nn.Module | None = None,
+):
+    """Matched rows then KL rows, (2B, T); ``ref_logps`` (2B,) unless ``reference`` runs now.
+
+    Returns the mean loss over real examples, the matched (trained) token
+    count, and metrics with ``n_examples``.
+    """
+    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (2B,), (2B, T-1)
+    if reference is not None:
+        ref_logps = mx.stop_gradient(sequence_logps(reference, tokens, loss_mask)[1])
+    policy, policy_kl = mx.split(summed, 2)  # (B,) each
+    ref, ref_kl = mx.split(ref_logps, 2)
+    valid = (index >= 0).astype(mx.float32)  # (B,) filler examples have index -1
+    n_valid = valid.sum()
+    denominator = mx.maximum(n_valid, 1)
+    kl_ratios = mx.stop_gradient(policy_kl - ref_kl)  # (B,) no gradient, as in TRL
+    kl = (kl_ratios * valid).sum() / denominator  # z₀ before the clamp
+    example_losses, sums = losses.kto_loss(
+        policy, ref, labels, kl, beta, desirable_weight, undesirable_weight
+    )  # (B,)
+    loss = (example_losses * valid).sum() / denominator
+    matched_mask = mx.split(mask, 2)[0]  # (B, T-1)
+    metrics = {**kto_means(sums, valid, denominator), "n_examples": n_valid}
+    return loss, matched_mask.sum(), metrics
+
+
+def with_kto_reference(batches: KTOBatches, ref_logps: mx.array | None):
+    """Append each batch's reference log-probs (matched rows, then KL rows), (2B,)."""
+    attach = with_reference(batches, ref_logps)
+
+    def attach_kto(batch):
+        tokens, mask, labels, index = batch
+        ref = attach((tokens, mask, index))[2]
+        return tokens, mask, labels, index, ref
+
+    return attach_kto
+
+
+def load_kto(config: KTOConfig, tokenizer) -> list[KTOBatches | None]:
+    """Train (required) and valid KTO batches."""
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    out = []
+    for split in ("train", "valid"):
+        records = load_split(config.data, split, required=split == "train")
+        examples = records and encode_kto(
+            tokenizer, records, config.max_length, report=tqdm.write
+        )
+        out.append(
+            examples
+            and KTOBatches(
+                examples, config.batch_size, config.max_length, pad_id, config.seed
+            )
+        )
+    return out
+
+
+def reference_logps(
+    config: KTOConfig, model: nn.Module, batches: KTOBatches
+) -> mx.array:
+    """(N, 2) cached reference log-probs of each example's matched and KL rows."""
+    rows = (
+        [*m.tokens, -1, m.completion_start, -1, *k.tokens, -1, k.completion_start]
+        for m, k in zip(batches.matched, batches.mismatched, strict=True)
+    )
+    key = cache_key(
+        config.ref_model or config.model,
+        rows,
+        {"quantize": config.quantize, "batch": config.batch_size},
+    )
+    scored = ((tokens, mask, index) for tokens, mask, _, index in batches.in_order())
+    compute = partial(
+        compute_logps, model, scored, len(batches.examples), 2, len(batches.plan)
+    )
+    return cached_logps(key, compute, report=tqdm.write)
+
+
+def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
+    """KTO paper §4 / TRL: λ_D·n_D / (λ_U·n_U) should lie in [1, 4/3]."""
+    n_desirable = sum(e.label for e in batches.examples)
+    n_undesirable = len(batches.examples) - n_desirable
+    tqdm.write(f"KTO examples: {n_desirable} desirable, {n_undesirable} undesirable")
+    ratio = (config.desirable_weight * n_desirable) / max(
+        config.undesirable_weight * n_undesirable, 1e-9
+    )
+    if not 1.0 <= ratio <= 4 / 3:
+        tqdm.write(
+            f"note: desirable_weight·n_D / (undesirable_weight·n_U) = {ratio:.2f}; "
+            "the KTO paper recommends [1, 4/3]"
+        )
+
+
+def run_kto(config: KTOConfig) -> Path:
+    """Train a KTO policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
+    if config.batch_size < 2:  # TRL refuses it too
+        raise DataError(
+            "command line",
+            0,
+            "KTO needs --batch-size of at least 2: with one example the KL row is the example itself",
+        )
+    model, tokenizer, model_config = load_model(config.model)
+    train_set, valid_set = load_kto(config, tokenizer)
+    report_balance(config, train_set)
+    ref_model = load_model(config.ref_model)[0] if config.ref_model else None
+    if config.quantize:  # the reference scores with the same quantized base
+        for m in filter(None, (model, ref_model)):
+            quantize_base(m, config.quantize)
+    ref_train = ref_valid = None
+    if config.precompute:  # the model has no adapters yet: it is the reference
+        scorer = ref_model or model
+        ref_train = reference_logps(config, scorer, train_set)
+        ref_valid = valid_set and reference_logps(config, scorer, valid_set)
+        ref_model = None  # not needed during training
+    adapters = prepare_trainable(model, config, config.seed)
+    reference = None
+    if not config.precompute:
+        reference = ref_model or (
+            shared_reference(model, config.model)
+            if adapters
+            else load_model(config.model)[0]
+        )
+    loss_fn = partial(
+        kto_batch_loss,
+        beta=config.beta,
+        desirable_weight=config.desirable_weight,
+        undesirable_weight=config.undesirable_weight,
+        reference=reference,
+    )
+    attach_train = with_kto_reference(train_set, ref_train)
+    attach_valid = with_kto_reference(valid_set, ref_valid)
+    job = TrainJob(
+        model=model,
+        loss_fn=loss_fn,
+        train_batch=lambda k: attach_train(train_set.train_batch(k)),
+        out=Path(config.out),
+        write_weights=partial(write_weights, model, adapters),
+        weights_file=weights_file(adapters),
+        eval_batches=valid_set
+        and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
+        config=dataclasses.asdict(config),
+    )
+    train(job, config)
+    return write_result(
+        model, adapters, Path(config.out), config.model, tokenizer, model_config
+    )

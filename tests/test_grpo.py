@@ -1,0 +1,149 @@
+"""GRPO end to end on a tiny model, group sampling, rollout reuse, eval-math."""
+
+import json
+
+import mlx.core as mx
+import mlx_lm
+import pytest
+from conftest import write_jsonl
+from mlx_lm.generate import generate_step
+
+from mlx_align.config import EvalMathConfig, GRPOConfig
+from mlx_align.eval_math import run_eval_math
+from mlx_align.rollout import sample_group, trim_at_eos
+from mlx_align.train.grpo import rollout_index, run_grpo
+
+
+def starts_with_space(prompts, completions, **columns):
+    """A reward a random tiny model can learn: the first character is a space."""
+    return [1.0 if c.startswith(" ") else 0.0 for c in completions]
+
+
+def test_rollout_reuses_each_batch_for_mu_steps():
+    # A = 1, μ = 2: steps 0,1 -> rollout 0; steps 2,3 -> rollout 1.
+    assert [rollout_index(k, 1, 2) for k in range(4)] == [0, 0, 1, 1]
+    # A = 2, μ = 2: micro-batches (step, micro) share rollouts across the two steps.
+    assert [rollout_index(k, 2, 2) for k in range(8)] == [0, 1, 0, 1, 2, 3, 2, 3]
+    assert [rollout_index(k, 3, 1) for k in range(4)] == [0, 1, 2, 3]
+
+
+def test_greedy_group_sampling_with_a_shared_prompt_cache_matches_mlx_lm(tiny_model):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    prompt = tokenizer.encode("Question: What colour is the sky?\nAnswer:")
+    eos = set(tokenizer.eos_token_ids)
+    group = sample_group(
+        model, prompt, group_size=3, max_tokens=8, eos_ids=eos, temperature=0.0
+    )
+    expected = [
+        int(token) for token, _ in generate_step(mx.array(prompt), model, max_tokens=8)
+    ]
+    expected = trim_at_eos(expected, eos)
+    assert group.completions == [expected] * 3
+
+
+def test_sampled_groups_differ_and_stop_at_eos(tiny_model):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    eos = set(tokenizer.eos_token_ids)
+    mx.random.seed(0)
+    group = sample_group(
+        model, tokenizer.encode("The cat"), 6, 12, eos, temperature=1.0
+    )
+    assert len({tuple(c) for c in group.completions}) > 1
+    for c in group.completions:
+        assert len(c) <= 12 and all(t not in eos for t in c[:-1])
+
+
+def grpo_config(model, tmp_path, **overrides) -> GRPOConfig:
+    data = tmp_path / "data"
+    rows = [
+        {"prompt": f"Question: item {i}?\nAnswer:", "answer": str(i)} for i in range(16)
+    ]
+    write_jsonl(data / "train.jsonl", rows)
+    settings = dict(
+        model=str(model),
+        data=str(data),
+        out=str(tmp_path / "run"),
+        steps=40,
+        batch_size=2,
+        group_size=8,
+        max_completion_tokens=1,
+        reward=("test_grpo:starts_with_space",),
+        learning_rate=2e-2,
+        warmup_steps=1,
+        log_every=1,
+        save_every=0,
+        eval_every=0,
+        compile=True,
+        max_length=64,
+        lora_rank=8,
+        lora_alpha=16,
+    )
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def metrics(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_compiled_grpo_raises_a_learnable_reward(tiny_model, tmp_path):
+    config = grpo_config(tiny_model, tmp_path)
+    run_grpo(config)
+    rewards = [m["reward"] for m in metrics(tmp_path / "run")]
+    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    assert last > first + 0.3 and last > 0.5, rewards
+    samples = [
+        json.loads(x)
+        for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    ]
+    assert samples and {"prompt", "completion", "reward"} <= samples[0].keys()
+    assert (tmp_path / "run" / "adapters.safetensors").exists()
+
+
+def test_second_pass_over_a_rollout_is_clipped_and_kl_is_measured(tiny_model, tmp_path):
+    """μ = 2: pass 1 has ratio 1 (nothing clipped); after a large step, pass 2 clips."""
+    run_grpo(
+        grpo_config(
+            tiny_model,
+            tmp_path,
+            steps=4,
+            iterations=2,
+            beta=0.02,
+            learning_rate=5e-2,
+            max_completion_tokens=3,
+            compile=False,
+        )
+    )
+    lines = metrics(tmp_path / "run")
+    first_passes, second_passes = lines[0::2], lines[1::2]
+    assert all(m["clip_ratio"] == 0 for m in first_passes)
+    assert any(m["clip_ratio"] > 0 for m in second_passes)
+    assert lines[0]["kl"] == pytest.approx(
+        0.0, abs=1e-6
+    )  # policy == reference before any update
+    assert lines[1]["kl"] > 0
+    assert all(
+        0 <= m["frac_reward_zero_std"] <= 1 and m["completion_length_max"] <= 3
+        for m in lines
+    )
+
+
+def test_eval_math_judges_greedy_completions(tiny_model, tmp_path, monkeypatch):
+    data = tmp_path / "math"
+    write_jsonl(
+        data / "test.jsonl",
+        [
+            {"prompt": "Question: What is 2 + 3?\nAnswer:", "answer": "5"},
+            {"prompt": "Question: What is 6 * 7?\nAnswer:", "answer": "42"},
+            {"prompt": "Question: What is 9 - 1?\nAnswer:", "answer": "8"},
+        ],
+    )
+    fake = type("R", (), {})()
+    fake.texts = [" 2 + 3 = 5.\n#### 5", " 6 * 7 = 41.\n#### 41", " so \\boxed{8}"]
+    monkeypatch.setattr("mlx_lm.batch_generate", lambda *a, **k: fake)
+    out = tmp_path / "results.jsonl"
+    accuracy = run_eval_math(
+        EvalMathConfig(model=str(tiny_model), data=str(data), out=str(out))
+    )
+    assert accuracy == pytest.approx(2 / 3)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["correct"] for r in rows] == [1.0, 0.0, 1.0]
