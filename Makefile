@@ -26,9 +26,10 @@ endif
 # The capstone: sizes that finish in minutes on a laptop CPU.
 OUT          ?= runs/capstone
 PRESET       ?= small
-PT_STEPS     ?= 800
+PT_STEPS     ?= 1000
 SFT_STEPS    ?= 200
 DPO_STEPS    ?= 150
+GRPO_STEPS   ?= 60
 SEED         ?= 0
 ALIGN        := $(BIN)/mlx-align
 PROMPT       := Question: What is 12 + 7?\nAnswer:
@@ -80,9 +81,17 @@ $(OUT)/sft/adapters.safetensors: $(OUT)/pt/model/config.json
 $(OUT)/sft-fused/config.json: $(OUT)/sft/adapters.safetensors
 	$(ALIGN) fuse --model $(OUT)/pt/model --adapter-path $(OUT)/sft --save-path $(OUT)/sft-fused
 
-# 6. DPO on correct vs wrong worked answers; LoRA on the fused SFT model, the
+# 6. A Bradley-Terry reward model (LoRA backbone + scalar head) on the same
+#    pairs; prints its held-out accuracy. `mlx-align score` ranks with it.
+$(OUT)/rm/reward_head.safetensors: $(OUT)/sft-fused/config.json
+	$(ALIGN) reward --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/rm \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --lora-rank 16 --lora-alpha 32 \
+		--max-length 128 --eval-every 50 --eval-batches -1 --save-every 50 --seed $(SEED)
+	$(BIN)/python recipes/last_metric.py $(OUT)/rm val_accuracy
+
+# 7. DPO on correct vs wrong worked answers; LoRA on the fused SFT model, the
 #    reference is the same weights with the adapters off (cached log-probs).
-$(OUT)/dpo/adapters.safetensors: $(OUT)/sft-fused/config.json
+$(OUT)/dpo/adapters.safetensors: $(OUT)/rm/reward_head.safetensors
 	$(ALIGN) dpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/dpo \
 		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --lora-rank 16 --lora-alpha 32 \
 		--max-length 128 --eval-every 50 --eval-batches -1 --save-every 50 --seed $(SEED)
@@ -91,9 +100,25 @@ $(OUT)/dpo/adapters.safetensors: $(OUT)/sft-fused/config.json
 $(OUT)/dpo-fused/config.json: $(OUT)/dpo/adapters.safetensors
 	$(ALIGN) fuse --model $(OUT)/sft-fused --adapter-path $(OUT)/dpo --save-path $(OUT)/dpo-fused
 
-# 7. mlx-lm serves the result unchanged.
-capstone: $(OUT)/dpo-fused/config.json
-	$(BIN)/python -m mlx_lm generate --model $(OUT)/dpo-fused --ignore-chat-template \
+# 8. GRPO with the math + format rewards on held-in problems; held-out
+#    accuracy (greedy) before and after.
+$(OUT)/grpo/adapters.safetensors: $(OUT)/dpo-fused/config.json
+	$(ALIGN) eval-math --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --split test \
+		--out $(OUT)/eval-before-grpo.jsonl
+	$(ALIGN) grpo --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --out $(OUT)/grpo \
+		--reward math --reward format --reward-weights 1.0,0.1 --steps $(GRPO_STEPS) \
+		--batch-size 2 --group-size 8 --max-completion-tokens 32 --temperature 1.0 \
+		--learning-rate 2e-4 --lora-rank 16 --lora-alpha 32 --max-length 128 \
+		--log-every 5 --save-every 25 --seed $(SEED)
+
+$(OUT)/grpo-fused/config.json: $(OUT)/grpo/adapters.safetensors
+	$(ALIGN) fuse --model $(OUT)/dpo-fused --adapter-path $(OUT)/grpo --save-path $(OUT)/grpo-fused
+	$(ALIGN) eval-math --model $(OUT)/grpo-fused --data $(OUT)/data/grpo --split test \
+		--out $(OUT)/eval-after-grpo.jsonl
+
+# 9. mlx-lm serves the result unchanged.
+capstone: $(OUT)/grpo-fused/config.json
+	$(BIN)/python -m mlx_lm generate --model $(OUT)/grpo-fused --ignore-chat-template \
 		--prompt "$$(printf '$(PROMPT)')" --max-tokens 32 --temp 0
 
 # ORPO and KTO on the same data, from the SFT model (not part of `capstone`).

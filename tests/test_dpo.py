@@ -171,7 +171,7 @@ def test_reference_cache_is_reused_and_invalidated_by_new_data(
     calls = []
     real = reference.compute_logps
     monkeypatch.setattr(
-        "mlx_align.train.dpo.compute_logps",
+        "mlx_align.train.preference.compute_logps",
         lambda *a, **k: calls.append(1) or real(*a, **k),
     )
     settings = dict(steps=2, log_every=1)

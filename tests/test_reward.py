@@ -21,7 +21,7 @@ from mlx_align.model.reward_head import (
     hidden_size_of,
     load_reward_model,
 )
-from mlx_align.train.dpo import load_pairs
+from mlx_align.train.preference import load_pairs
 from mlx_align.train.reward import (
     bt_batch_loss,
     run_reward,

@@ -29,12 +29,10 @@ from ..data.errors import DataError
 from ..data.jsonl import load_split
 from ..data.kto import KTOBatches, encode_kto
 from ..logprobs import sequence_logps
-from ..model.adapters import quantize_base
 from ..model.load import load_model
-from ..reference import cache_key, cached_logps, compute_logps, shared_reference
-from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .dpo import with_reference
+from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
+from .preference import ScoredSplit, reference_and_adapters, with_reference
 
 # kto_loss's per-example sums -> the count that turns each into TRL's mean
 METRIC_COUNTS = {
@@ -102,7 +100,7 @@ def kto_batch_loss(
 
 def with_kto_reference(batches: KTOBatches, ref_logps: mx.array | None):
     """Append each batch's reference log-probs (matched rows, then KL rows), (2B,)."""
-    attach = with_reference(batches, ref_logps)
+    attach = with_reference(ref_logps)
 
     def attach_kto(batch):
         tokens, mask, labels, index = batch
@@ -134,24 +132,16 @@ def load_kto(config: KTOConfig, tokenizer) -> list[KTOBatches | None]:
     return out
 
 
-def reference_logps(
-    config: KTOConfig, model: nn.Module, batches: KTOBatches
-) -> mx.array:
-    """(N, 2) cached reference log-probs of each example's matched and KL rows."""
-    rows = (
-        [*m.tokens, -1, m.completion_start, -1, *k.tokens, -1, k.completion_start]
-        for m, k in zip(batches.matched, batches.mismatched, strict=True)
-    )
-    key = cache_key(
-        config.ref_model or config.model,
-        rows,
-        {"quantize": config.quantize, "batch": config.batch_size},
-    )
-    scored = ((tokens, mask, index) for tokens, mask, _, index in batches.in_order())
-    compute = partial(
-        compute_logps, model, scored, len(batches.examples), 2, len(batches.plan)
-    )
-    return cached_logps(key, compute, report=tqdm.write)
+def kto_split(batches: KTOBatches | None) -> ScoredSplit | None:
+    """Each example's matched row and its KL row, scored by the same batches."""
+    if batches is None:
+        return None
+    rows = list(zip(batches.matched, batches.mismatched, strict=True))
+
+    def scored():
+        return ((tokens, mask, index) for tokens, mask, _, index in batches.in_order())
+
+    return ScoredSplit(rows, scored, len(batches.plan))
 
 
 def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
@@ -180,24 +170,9 @@ def run_kto(config: KTOConfig) -> Path:
     model, tokenizer, model_config = load_model(config.model)
     train_set, valid_set = load_kto(config, tokenizer)
     report_balance(config, train_set)
-    ref_model = load_model(config.ref_model)[0] if config.ref_model else None
-    if config.quantize:  # the reference scores with the same quantized base
-        for m in filter(None, (model, ref_model)):
-            quantize_base(m, config.quantize)
-    ref_train = ref_valid = None
-    if config.precompute:  # the model has no adapters yet: it is the reference
-        scorer = ref_model or model
-        ref_train = reference_logps(config, scorer, train_set)
-        ref_valid = valid_set and reference_logps(config, scorer, valid_set)
-        ref_model = None  # not needed during training
-    adapters = prepare_trainable(model, config, config.seed)
-    reference = None
-    if not config.precompute:
-        reference = ref_model or (
-            shared_reference(model, config.model)
-            if adapters
-            else load_model(config.model)[0]
-        )
+    adapters, (ref_train, ref_valid), reference = reference_and_adapters(
+        config, model, [kto_split(train_set), kto_split(valid_set)]
+    )
     loss_fn = partial(
         kto_batch_loss,
         beta=config.beta,

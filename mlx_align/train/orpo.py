@@ -20,8 +20,8 @@ from ..logprobs import sequence_logps
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .dpo import load_pairs, masked_pair_means
 from .loop import TrainJob, train
+from .preference import load_pairs, masked_pair_means
 
 
 def orpo_batch_loss(

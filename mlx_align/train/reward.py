@@ -42,8 +42,8 @@ from ..model.reward_head import (
     save_reward_model,
 )
 from .adapted import prepare_trainable
-from .dpo import load_pairs, masked_pair_means
 from .loop import TrainJob, train
+from .preference import load_pairs, masked_pair_means
 
 
 def bt_batch_loss(

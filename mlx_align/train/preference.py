@@ -1,0 +1,135 @@
+"""What the preference stages share: pair loading, per-pair means, the reference policy.
+
+``reference_and_adapters`` is the one place that decides how a stage gets
+its reference: log-probs precomputed (and cached) from the model before its
+adapters exist, or a reference model run every step (``--no-precompute``):
+the policy's own base arrays behind the adapters, or ``--ref-model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import partial
+
+import mlx.core as mx
+import mlx.nn as nn
+from tqdm import tqdm
+
+from ..data.jsonl import load_split
+from ..data.preference import PairBatches, encode_pairs
+from ..data.tokenize import Encoded
+from ..model.adapters import quantize_base
+from ..model.load import load_model
+from ..reference import cache_key, cached_logps, compute_logps, shared_reference
+from .adapted import prepare_trainable
+
+ScoredBatch = tuple[mx.array, mx.array, mx.array]  # tokens (2B, T), mask, index (B,)
+
+
+def pair_mean(values: mx.array, valid: mx.array, n_valid: mx.array) -> mx.array:
+    return (values * valid).sum() / mx.maximum(n_valid, 1)
+
+
+def masked_pair_means(pair_losses: mx.array, metrics: dict, valid: mx.array):
+    """Means over real pairs (filler rows excluded) -> (loss, metrics + ``n_examples``).
+
+    ``valid.sum()`` is computed once and shared: mx.compile (0.32) fails with
+    ``_Map_base::at`` when an output equals a subexpression it merged away.
+    """
+    n_valid = valid.sum()
+    metrics = {
+        name: pair_mean(value, valid, n_valid) for name, value in metrics.items()
+    }
+    return pair_mean(pair_losses, valid, n_valid), {**metrics, "n_examples": n_valid}
+
+
+def with_reference(ref_logps: mx.array | None) -> Callable:
+    """Append each item's cached reference log-probs (2B,) to its ``(tokens, mask, index)`` batch."""
+
+    def attach(batch: ScoredBatch):
+        tokens, mask, index = batch
+        if ref_logps is None:
+            return tokens, mask, mx.zeros((tokens.shape[0],))
+        rows = ref_logps[mx.maximum(index, 0)] * (index >= 0)[:, None]  # (B, 2)
+        return tokens, mask, mx.concatenate([rows[:, 0], rows[:, 1]])
+
+    return attach
+
+
+def load_pairs(config, tokenizer, encoder=None) -> list[PairBatches | None]:
+    """Train (required) and valid pair batches for a preference stage."""
+    kwargs = {"encoder": encoder} if encoder else {}
+    pad_id = (
+        tokenizer.pad_token_id
+        if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id
+    )
+    out = []
+    for split in ("train", "valid"):
+        records = load_split(config.data, split, required=split == "train")
+        pairs = records and encode_pairs(
+            tokenizer, records, config.max_length, report=tqdm.write, **kwargs
+        )
+        out.append(
+            pairs
+            and PairBatches(
+                pairs, config.batch_size, config.max_length, pad_id, config.seed
+            )
+        )
+    return out
+
+
+@dataclass
+class ScoredSplit:
+    """Two rows per item (chosen/rejected, or matched/KL) and the batches that score them."""
+
+    rows: list[tuple[Encoded, Encoded]]
+    batches: Callable[[], Iterable[ScoredBatch]]
+    n_batches: int
+
+
+def pair_split(batches: PairBatches | None) -> ScoredSplit | None:
+    if batches is None:
+        return None
+    rows = [(p.chosen, p.rejected) for p in batches.pairs]
+    return ScoredSplit(rows, batches.in_order, len(batches.plan))
+
+
+def reference_logps(config, model: nn.Module, split: ScoredSplit) -> mx.array:
+    """(N, 2) reference log-probs of every item from ``model``, cached by model + tokens."""
+    rows = (
+        [*a.tokens, -1, a.completion_start, -1, *b.tokens, -1, b.completion_start]
+        for a, b in split.rows
+    )
+    extra = {"quantize": config.quantize, "batch": config.batch_size}
+    key = cache_key(config.ref_model or config.model, rows, extra)
+    compute = partial(
+        compute_logps, model, split.batches(), len(split.rows), 2, split.n_batches
+    )
+    return cached_logps(key, compute, report=tqdm.write)
+
+
+def reference_and_adapters(config, model: nn.Module, splits: list[ScoredSplit | None]):
+    """Quantize, get the reference, attach adapters.
+
+    Returns ``(adapters, cached, reference)``: the adapter config (None for
+    full training), per split the (N, 2) cached log-probs (None with
+    ``--no-precompute``), and the reference model to run each step (None
+    when cached).
+    """
+    ref_model = load_model(config.ref_model)[0] if config.ref_model else None
+    if config.quantize:  # the reference scores with the same quantized base
+        for m in filter(None, (model, ref_model)):
+            quantize_base(m, config.quantize)
+    cached: list[mx.array | None] = [None] * len(splits)
+    if config.precompute:  # no adapters yet: the model is the reference
+        scorer = ref_model or model
+        cached = [split and reference_logps(config, scorer, split) for split in splits]
+        ref_model = None
+    adapters = prepare_trainable(model, config, config.seed)
+    reference = None
+    if not config.precompute:
+        shared = shared_reference(model, config.model) if adapters else None
+        reference = ref_model or shared or load_model(config.model)[0]
+    return adapters, cached, reference
