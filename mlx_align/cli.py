@@ -204,8 +204,10 @@ def score_command(
 @stage_command(
     "kto",
     KTOConfig,
-    "Examples:\n\n  mlx-align kto --model runs/sft-fused --data data/kto --out runs/kto\n\n"
-    "  mlx-align kto --model M --data data/preference --out R   # paired data is split",
+    "Examples:\n\n  mlx-align kto --model runs/sft/model --data data/kto --out runs/kto\n\n"
+    "  mlx-align kto --model M --data data/preference --out R   # pairs are split\n\n"
+    "  mlx-align kto --model M --data D --out R --desirable-weight 1.33\n\n"
+    "  mlx-align kto --model M --data D --out R --ref-model SFT_MODEL --no-precompute",
 )
 def kto_command(config: KTOConfig) -> None:
     """Kahneman-Tversky optimisation on unpaired prompt/completion/label data."""

@@ -105,7 +105,19 @@ def test_console_script_prints_no_traceback(tmp_path):
 
 
 def test_every_command_has_help_with_an_example(capsys):
-    for command in ["init-model", "pretrain", "sft", "fuse"]:
+    for command in [
+        "init-model",
+        "pretrain",
+        "sft",
+        "fuse",
+        "dpo",
+        "orpo",
+        "kto",
+        "reward",
+        "score",
+        "grpo",
+        "eval-math",
+    ]:
         main([command, "--help"])
         out = capsys.readouterr().out
         assert "Example" in out and "mlx-align " + command in out, command

@@ -192,7 +192,7 @@ def run_optimizer_step(
         seconds=time.perf_counter() - tic,
         n_tokens=n_tokens,
         loss=sum(losses) / len(losses),
-        metrics={k: v.item() for k, v in metrics.items()},
+        metrics={k: v.item() for k, v in metrics.items() if k != "n_examples"},
     )
     if it % settings.log_every == 0 or it == settings.steps:
         return log.write(it, log.flush(learning_rate=optimizer.learning_rate.item()))
