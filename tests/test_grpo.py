@@ -147,3 +147,15 @@ def test_eval_math_judges_greedy_completions(tiny_model, tmp_path, monkeypatch):
     assert accuracy == pytest.approx(2 / 3)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["correct"] for r in rows] == [1.0, 0.0, 1.0]
+
+
+def test_top_p_keeps_only_the_nucleus():
+    """p = [0.7, 0.2, 0.1]: top-p 0.5 keeps only token 0; top-p 0.8 keeps tokens 0 and 1."""
+    from mlx_align.rollout import sample_next
+
+    logits = mx.log(mx.array([[0.7, 0.2, 0.1]] * 400))
+    mx.random.seed(1)
+    assert set(sample_next(logits, 1.0, 0.5).tolist()) == {0}
+    assert set(sample_next(logits, 1.0, 0.8).tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, 1.0).tolist()) == {0, 1, 2}
+    assert set(sample_next(logits, 0.0, 1.0).tolist()) == {0}  # temperature 0 is greedy
