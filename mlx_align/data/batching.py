@@ -77,8 +77,17 @@ class BatchPlan:
 
     def batch(self, k: int) -> list[int]:
         epoch, position = divmod(k, len(self.batches))
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.batches))
-        return self.batches[order[position]]
+        return self.batches[self._order(epoch)[position]]
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if (
+            getattr(self, "_epoch", None) != epoch
+        ):  # one permutation per epoch, not per batch
+            self._epoch = epoch
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(
+                len(self.batches)
+            )
+        return self._permutation
 
     def iterate(self, start: int = 0) -> Iterator[list[int]]:
         k = start
