@@ -87,8 +87,15 @@ def test_truncation_drops_prompt_from_the_left_then_completion_from_the_right():
 
 
 def test_bucket_ladder_is_short_and_ends_at_max_length():
-    assert bucket_lengths(512) == [32, 48, 64, 96, 128, 192, 256, 384, 512]
-    assert bucket_lengths(100) == [32, 48, 64, 96, 100]
+    ladder = bucket_lengths(512)
+    assert ladder == [32, 48, 64, 80, 96, 112, 128, 160, 192, 240, 288, 352, 432, 512]
+    assert bucket_lengths(100) == [32, 48, 64, 80, 96, 100]
+    waste = [
+        (b - a - 1) / b for a, b in zip(ladder, ladder[1:], strict=False) if a >= 64
+    ]
+    assert (
+        max(waste) < 0.25
+    )  # past 64 tokens, a row one token over a bucket wastes < 25%
 
 
 def test_batch_plan_is_deterministic_and_random_access():
