@@ -4,7 +4,8 @@ For LoRA preference training the reference is the policy's own base weights
 with the adapters off. Before the adapters are attached the model *is* that
 reference, so its log-probs are computed then, in batches, once, and cached
 on disk under a key of the model files and the tokenised data: a later run
-on the same model and data skips the pass.
+on the same model and data skips the pass. Only the items a run will visit
+are scored; a longer run later scores the rest and extends the cache.
 
 When the reference must run during training (``--no-precompute``),
 ``shared_reference`` builds a second model object whose base arrays are the
@@ -17,12 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 import mlx_lm
+import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
@@ -62,46 +64,46 @@ def cache_key(model_path: str, token_rows: Iterable[list[int]], extra: dict) -> 
     return digest.hexdigest()[:32]
 
 
-def compute_logps(
+def score_items(
     model: nn.Module,
     batches: Iterable[tuple[mx.array, mx.array, mx.array]],
-    n_items: int,
-    columns: int,
+    logps: np.ndarray,
     total: int | None = None,
-) -> mx.array:
-    """Summed completion log-probs for every item: (n_items, columns).
+) -> None:
+    """Fill ``logps`` (n_items, columns) with summed completion log-probs, in place.
 
     Each batch is ``(tokens (columns*B, T), mask, index (B,))`` with rows
     grouped by column (chosen rows, then rejected rows); index -1 is filler.
     """
-    out = mx.zeros((n_items, columns))
+    columns = logps.shape[1]
     for tokens, mask, index in tqdm(
         batches, total=total, desc="reference log-probs", leave=False
     ):
-        _, summed, _ = sequence_logps(model, tokens, mask)
-        summed = mx.stop_gradient(summed).reshape(columns, -1).T  # (B, columns)
-        keep = (index >= 0).tolist()
-        rows = mx.array([i for i, k in zip(index.tolist(), keep, strict=True) if k])
-        out[rows] = summed[mx.array([j for j, k in enumerate(keep) if k])]
-        mx.eval(out)
-    return out
+        summed = (
+            sequence_logps(model, tokens, mask)[1].reshape(columns, -1).T
+        )  # (B, columns)
+        summed, index = np.array(summed), np.array(index)
+        keep = index >= 0
+        logps[index[keep]] = summed[keep]
 
 
-def cached_logps(
-    key: str, compute: Callable[[], mx.array], report: Callable[[str], None] = print
-) -> mx.array:
-    """Load ``key`` from the cache, or compute it and write it (atomically)."""
-    path = cache_root() / f"{key}.safetensors"
-    if path.exists():
-        report(f"reference log-probs: reusing {path}")
-        return mx.load(str(path))["logps"]
-    logps = compute()
+def cache_path(key: str) -> Path:
+    return cache_root() / f"{key}.npy"
+
+
+def load_cached(key: str) -> np.ndarray | None:
+    path = cache_path(key)
+    return np.load(path) if path.exists() else None
+
+
+def save_cached(key: str, logps: np.ndarray) -> Path:
+    """Write atomically: a run interrupted mid-write leaves the old cache intact."""
+    path = cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.safetensors")
-    mx.save_safetensors(str(tmp), {"logps": logps})
+    tmp = path.with_name(path.stem + ".tmp.npy")
+    np.save(tmp, logps)
     os.replace(tmp, path)
-    report(f"reference log-probs: cached in {path}")
-    return logps
+    return path
 
 
 def shared_reference(policy: nn.Module, model_path: str) -> nn.Module:

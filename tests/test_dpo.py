@@ -7,6 +7,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import mlx_lm
+import numpy as np
 import pytest
 from conftest import write_jsonl
 
@@ -143,8 +144,7 @@ def test_dpo_loss_is_ln2_at_init_and_a_step_moves_log_ratios_the_right_way(
 
 def test_reference_with_adapters_off_is_exactly_the_base_model(tiny_model, pref_dir):
     model, batches = batch_of(tiny_model, pref_dir)
-    n = len(batches.pairs)
-    before = reference.compute_logps(model, batches.in_order(), n, 2)
+    before = score_all(model, batches)
     attach_adapters(model, LORA)
     model.update(
         {
@@ -155,39 +155,71 @@ def test_reference_with_adapters_off_is_exactly_the_base_model(tiny_model, pref_
     )
     shared = reference.shared_reference(model, str(tiny_model))
     fresh, _ = mlx_lm.load(str(tiny_model))
-    assert mx.array_equal(
-        reference.compute_logps(shared, batches.in_order(), n, 2), before
-    ).item()
-    assert mx.array_equal(
-        reference.compute_logps(fresh, batches.in_order(), n, 2), before
-    ).item()
-    policy = reference.compute_logps(model, batches.in_order(), n, 2)
+    assert mx.array_equal(score_all(shared, batches), before).item()
+    assert mx.array_equal(score_all(fresh, batches), before).item()
+    policy = score_all(model, batches)
     assert not mx.allclose(policy, before).item()  # the adapters do change the policy
 
 
-def test_reference_cache_is_reused_and_invalidated_by_new_data(
+def score_all(model, batches):
+    logps = np.full((len(batches.pairs), 2), np.nan, dtype=np.float32)
+    reference.score_items(model, batches.in_order(), logps)
+    assert not np.isnan(logps).any()
+    return mx.array(logps)
+
+
+def test_reference_cache_is_reused_extended_and_invalidated(
     tiny_model, pref_dir, tmp_path, monkeypatch
 ):
-    calls = []
-    real = reference.compute_logps
-    monkeypatch.setattr(
-        "mlx_align.train.preference.compute_logps",
-        lambda *a, **k: calls.append(1) or real(*a, **k),
+    scored = []  # pairs scored per call
+    real = reference.score_items
+
+    def counting(model, batches, logps, total=None):
+        batches = list(batches)
+        scored.append(sum(int((b[2] >= 0).sum().item()) for b in batches))
+        return real(model, batches, logps, total)
+
+    monkeypatch.setattr("mlx_align.train.preference.score_items", counting)
+    # 32 train pairs in 4 batches of 8; 2 steps visit 2 of them. 16 valid pairs.
+    run_dpo(
+        DPOConfig(
+            **dpo_config(tiny_model, pref_dir, tmp_path / "a", steps=2, log_every=1)
+        )
     )
-    settings = dict(steps=2, log_every=1)
-    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "a", **settings)))
-    assert len(calls) == 2  # train and valid
-    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "b", **settings)))
-    assert len(calls) == 2  # both reused from the cache
+    assert scored == [16, 16]  # only the visited train pairs, then the valid split
+    run_dpo(
+        DPOConfig(
+            **dpo_config(tiny_model, pref_dir, tmp_path / "b", steps=2, log_every=1)
+        )
+    )
+    assert scored == [16, 16]  # both reused from the cache
+    run_dpo(
+        DPOConfig(
+            **dpo_config(tiny_model, pref_dir, tmp_path / "c", steps=6, log_every=1)
+        )
+    )
+    assert scored == [16, 16, 16]  # a longer run scores only the batches not cached yet
     changed = tmp_path / "changed"
     write_jsonl(changed / "train.jsonl", preference_rows(WORDS[:8], chosen=" Fine."))
     (changed / "valid.jsonl").write_text((pref_dir / "valid.jsonl").read_text())
-    run_dpo(DPOConfig(**dpo_config(tiny_model, changed, tmp_path / "c", **settings)))
-    assert len(calls) == 3  # new train data recomputed, unchanged valid reused
+    run_dpo(
+        DPOConfig(
+            **dpo_config(tiny_model, changed, tmp_path / "d", steps=2, log_every=1)
+        )
+    )
+    assert scored == [
+        16,
+        16,
+        16,
+        16,
+    ]  # new train data recomputed, unchanged valid reused
 
 
-def test_no_precompute_matches_precomputed_reference(tiny_model, pref_dir, tmp_path):
-    settings = dict(steps=3, log_every=1)
+@pytest.mark.parametrize("compiled", [False, True])
+def test_no_precompute_matches_precomputed_reference(
+    compiled, tiny_model, pref_dir, tmp_path
+):
+    settings = dict(steps=3, log_every=1, compile=compiled)
     run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "pre", **settings)))
     run_dpo(
         DPOConfig(

@@ -85,7 +85,12 @@ def run_dpo(config: DPOConfig) -> Path:
     model, tokenizer, model_config = load_model(config.model)
     train_set, valid_set = load_pairs(config, tokenizer)
     adapters, (ref_train, ref_valid), reference = reference_and_adapters(
-        config, model, [pair_split(train_set), pair_split(valid_set)]
+        config,
+        model,
+        [
+            pair_split(train_set, config, "train"),
+            pair_split(valid_set, config, "valid"),
+        ],
     )
     loss_fn = partial(
         dpo_loss,
@@ -104,6 +109,7 @@ def run_dpo(config: DPOConfig) -> Path:
         eval_batches=valid_set
         and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
         config=dataclasses.asdict(config),
+        frozen=[reference] if reference is not None else [],
     )
     train(job, config)
     return write_result(

@@ -32,7 +32,12 @@ from ..logprobs import sequence_logps
 from ..model.load import load_model
 from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
-from .preference import ScoredSplit, reference_and_adapters, with_reference
+from .preference import (
+    ScoredSplit,
+    reference_and_adapters,
+    visited_batches,
+    with_reference,
+)
 
 # kto_loss's per-example sums -> the count that turns each into TRL's mean
 METRIC_COUNTS = {
@@ -132,16 +137,17 @@ def load_kto(config: KTOConfig, tokenizer) -> list[KTOBatches | None]:
     return out
 
 
-def kto_split(batches: KTOBatches | None) -> ScoredSplit | None:
+def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | None:
     """Each example's matched row and its KL row, scored by the same batches."""
     if batches is None:
         return None
     rows = list(zip(batches.matched, batches.mismatched, strict=True))
 
-    def scored():
-        return ((tokens, mask, index) for tokens, mask, _, index in batches.in_order())
+    def pad(indices: list[int]):
+        tokens, mask, _, index = batches.pad(indices)
+        return tokens, mask, index
 
-    return ScoredSplit(rows, scored, len(batches.plan))
+    return ScoredSplit(rows, pad, visited_batches(batches.plan, config, split))
 
 
 def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
@@ -171,7 +177,9 @@ def run_kto(config: KTOConfig) -> Path:
     train_set, valid_set = load_kto(config, tokenizer)
     report_balance(config, train_set)
     adapters, (ref_train, ref_valid), reference = reference_and_adapters(
-        config, model, [kto_split(train_set), kto_split(valid_set)]
+        config,
+        model,
+        [kto_split(train_set, config, "train"), kto_split(valid_set, config, "valid")],
     )
     loss_fn = partial(
         kto_batch_loss,
@@ -192,6 +200,7 @@ def run_kto(config: KTOConfig) -> Path:
         eval_batches=valid_set
         and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
         config=dataclasses.asdict(config),
+        frozen=[reference] if reference is not None else [],
     )
     train(job, config)
     return write_result(

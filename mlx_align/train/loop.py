@@ -45,6 +45,9 @@ class TrainJob:
     eval_batches: Callable[[], Iterable[Batch]] | None = None
     config: dict = field(default_factory=dict)
     on_step: Callable[[int], None] | None = None  # called after each optimizer step
+    # Models the loss reads but never trains (a reference run each step): their
+    # arrays must be declared as inputs of the compiled step.
+    frozen: list[nn.Module] = field(default_factory=list)
 
 
 def build_optimizer(settings: TrainSettings) -> optim.Optimizer:
@@ -88,7 +91,8 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
     if not settings.compile:
         return step
     state = [model.state, optimizer.state, mx.random.state]
-    return partial(mx.compile, inputs=state, outputs=state)(step)
+    inputs = state + [frozen.state for frozen in job.frozen]
+    return partial(mx.compile, inputs=inputs, outputs=state)(step)
 
 
 def evaluate(job: TrainJob) -> dict[str, float]:

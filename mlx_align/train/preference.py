@@ -8,20 +8,28 @@ the policy's own base arrays behind the adapters, or ``--ref-model``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from tqdm import tqdm
 
+from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
 from ..data.preference import PairBatches, encode_pairs
 from ..data.tokenize import Encoded
 from ..model.adapters import quantize_base
 from ..model.load import load_model
-from ..reference import cache_key, cached_logps, compute_logps, shared_reference
+from ..reference import (
+    cache_key,
+    cache_path,
+    load_cached,
+    save_cached,
+    score_items,
+    shared_reference,
+)
 from .adapted import prepare_trainable
 
 ScoredBatch = tuple[mx.array, mx.array, mx.array]  # tokens (2B, T), mask, index (B,)
@@ -82,32 +90,64 @@ def load_pairs(config, tokenizer, encoder=None) -> list[PairBatches | None]:
 
 @dataclass
 class ScoredSplit:
-    """Two rows per item (chosen/rejected, or matched/KL) and the batches that score them."""
+    """Two rows per item (chosen/rejected, or matched/KL) and how to batch them for scoring."""
 
     rows: list[tuple[Encoded, Encoded]]
-    batches: Callable[[], Iterable[ScoredBatch]]
-    n_batches: int
+    pad: Callable[[list[int]], ScoredBatch]  # item indices -> (tokens, mask, index)
+    needed: list[list[int]]  # the batches this run visits
 
 
-def pair_split(batches: PairBatches | None) -> ScoredSplit | None:
+def visited_batches(plan: BatchPlan, config, split: str) -> list[list[int]]:
+    """The batches of ``plan`` a run reads: train steps x accumulation, or the eval batches."""
+    if split == "valid":
+        return (
+            plan.batches
+            if config.eval_batches < 0
+            else plan.batches[: config.eval_batches]
+        )
+    seen: set[tuple[int, ...]] = set()
+    for k in range(config.steps * config.grad_accumulation):
+        seen.add(tuple(plan.batch(k)))
+        if len(seen) == len(plan):  # every batch: no need to replay later epochs
+            break
+    return [list(b) for b in sorted(seen)]
+
+
+def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit | None:
     if batches is None:
         return None
     rows = [(p.chosen, p.rejected) for p in batches.pairs]
-    return ScoredSplit(rows, batches.in_order, len(batches.plan))
+    return ScoredSplit(rows, batches.pad, visited_batches(batches.plan, config, split))
 
 
 def reference_logps(config, model: nn.Module, split: ScoredSplit) -> mx.array:
-    """(N, 2) reference log-probs of every item from ``model``, cached by model + tokens."""
+    """(N, 2) reference log-probs from ``model`` of every item the run visits, cached.
+
+    The cache key covers the model files and every item's tokens; items no
+    run has visited yet are NaN in the cache and scored when first needed.
+    """
     rows = (
         [*a.tokens, -1, a.completion_start, -1, *b.tokens, -1, b.completion_start]
         for a, b in split.rows
     )
-    extra = {"quantize": config.quantize, "batch": config.batch_size}
-    key = cache_key(config.ref_model or config.model, rows, extra)
-    compute = partial(
-        compute_logps, model, split.batches(), len(split.rows), 2, split.n_batches
+    key = cache_key(
+        config.ref_model or config.model,
+        rows,
+        {"quantize": config.quantize, "batch": config.batch_size},
     )
-    return cached_logps(key, compute, report=tqdm.write)
+    logps = load_cached(key)
+    if logps is None:
+        logps = np.full((len(split.rows), 2), np.nan, dtype=np.float32)
+    todo = [b for b in split.needed if np.isnan(logps[b]).any()]
+    if todo:
+        score_items(model, map(split.pad, todo), logps, total=len(todo))
+        path = save_cached(key, logps)
+        tqdm.write(
+            f"reference log-probs: {sum(map(len, todo))} items scored, cached in {path}"
+        )
+    else:
+        tqdm.write(f"reference log-probs: reusing {cache_path(key)}")
+    return mx.array(np.nan_to_num(logps))
 
 
 def reference_and_adapters(config, model: nn.Module, splits: list[ScoredSplit | None]):
