@@ -100,7 +100,7 @@ def evaluate(job: TrainJob) -> dict[str, float]:
     job.model.eval()
     totals: dict[str, mx.array] = {}
     n_total = mx.array(0.0)
-    for batch in job.eval_batches():
+    for batch in tqdm(job.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
         loss, n_tokens, metrics = job.loss_fn(job.model, *batch)
         weight = metrics.pop("n_examples", n_tokens)  # per-pair metrics weigh by pairs
         for name, value in {"loss": loss, **metrics}.items():
