@@ -31,3 +31,108 @@ def sequence_logps(
     mask = loss_mask[:, 1:]  # (B, T-1)
     per_token = token_logps(logits, tokens[:, 1:]) * mask  # (B, T-1)
     return per_token, per_token.sum(axis=-1), mask
+
+
+class _PromptCache:
+    """Stands in for a KV cache while the prompts run: keeps each layer's keys/values
+    (with their gradient) and masks left padding."""
+
+    def __init__(self, key_is_real: mx.array):
+        self.offset, self.key_is_real = 0, key_is_real  # (P, Lp) bool
+
+    def make_mask(
+        self, n: int, return_array: bool = False, window_size=None
+    ) -> mx.array:
+        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))
+        allowed = causal[None] & self.key_is_real[:, None, :]  # (P, Lp, Lp)
+        return (allowed | mx.eye(n, dtype=mx.bool_)[None])[
+            :, None
+        ]  # a pad query sees itself
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.keys, self.values = keys, values
+        return keys, values
+
+
+class _PrefixCache:
+    """The completions' view: each prompt's keys/values repeated G times, then their own."""
+
+    def __init__(self, prompt: _PromptCache, group_size: int):
+        self.offset = prompt.keys.shape[2]
+        self.keys = mx.repeat(prompt.keys, group_size, axis=0)
+        self.values = mx.repeat(prompt.values, group_size, axis=0)
+        self.prompt_is_real = mx.repeat(
+            prompt.key_is_real, group_size, axis=0
+        )  # (N, Lp)
+
+    def make_mask(
+        self, n: int, return_array: bool = False, window_size=None
+    ) -> mx.array:
+        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))
+        prompt = mx.broadcast_to(
+            self.prompt_is_real[:, None, :],
+            (self.prompt_is_real.shape[0], n, self.offset),
+        )
+        own = mx.broadcast_to(causal[None], (prompt.shape[0], n, n))
+        return mx.concatenate([prompt, own], axis=-1)[:, None]  # (N, 1, n, Lp + n)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate(
+            [self.values, values], axis=2
+        )
+
+
+def supports_shared_prompts(model: nn.Module) -> bool:
+    """mlx-lm llama-family models: a ``.model`` backbone that takes a per-layer cache."""
+    backbone = getattr(model, "model", None)
+    return getattr(model, "model_type", None) in SHARED_PROMPT_MODELS and hasattr(
+        backbone, "layers"
+    )
+
+
+SHARED_PROMPT_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
+
+
+def output_head(model: nn.Module):
+    if getattr(model, "lm_head", None) is not None:
+        return model.lm_head
+    return model.model.embed_tokens.as_linear
+
+
+def grouped_completion_logps(
+    model: nn.Module,
+    prompts: mx.array,
+    prompt_mask: mx.array,
+    completions: mx.array,
+    completion_mask: mx.array,
+) -> mx.array:
+    """Per-token log-probs of G completions per prompt, each prompt run through the model ONCE.
+
+    The prompt's keys and values (kept with their gradient) are repeated for
+    its G completions, which attend to them like a KV cache; logits are
+    formed only at completion positions. Equal to scoring every
+    prompt + completion row in full (tested), at a fraction of the compute
+    and memory when prompts are long.
+
+    Args:
+        prompts: (P, Lp) ids, LEFT-padded so every prompt ends at Lp - 1.
+        prompt_mask: (P, Lp), 1 on real prompt tokens.
+        completions: (P*G, C) ids, right-padded; rows of one prompt contiguous.
+        completion_mask: (P*G, C), 1 on real completion tokens.
+
+    Returns:
+        (P*G, C) log-probs, 0 off the mask.
+    """
+    group_size = completions.shape[0] // prompts.shape[0]
+    backbone, head = model.model, output_head(model)
+    prompt_caches = [
+        _PromptCache(prompt_mask.astype(mx.bool_)) for _ in backbone.layers
+    ]
+    prompt_hidden = backbone(prompts, cache=prompt_caches)  # (P, Lp, D)
+    hidden = mx.repeat(prompt_hidden[:, -1:], group_size, axis=0)  # predicts token 0
+    if completions.shape[1] > 1:
+        prefix = [_PrefixCache(c, group_size) for c in prompt_caches]
+        rest = backbone(completions[:, :-1], cache=prefix)  # (N, C-1, D)
+        hidden = mx.concatenate([hidden, rest], axis=1)
+    logits = head(hidden)  # (N, C, V)
+    return token_logps(logits, completions) * completion_mask

@@ -159,3 +159,18 @@ def test_top_p_keeps_only_the_nucleus():
     assert set(sample_next(logits, 1.0, 0.8).tolist()) == {0, 1}
     assert set(sample_next(logits, 1.0, 1.0).tolist()) == {0, 1, 2}
     assert set(sample_next(logits, 0.0, 1.0).tolist()) == {0}  # temperature 0 is greedy
+
+
+def test_models_without_shared_prompt_support_score_full_rows(
+    tiny_model, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(
+        "mlx_align.train.grpo.supports_shared_prompts", lambda model: False
+    )
+    run_grpo(
+        grpo_config(
+            tiny_model, tmp_path, steps=3, max_completion_tokens=3, compile=False
+        )
+    )
+    lines = metrics(tmp_path / "run")
+    assert len(lines) == 3 and all(m["tokens"] > 0 for m in lines)

@@ -22,15 +22,16 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from tqdm import tqdm
 
 from ..advantages import combine_rewards, group_advantages
 from ..config import GRPOConfig
-from ..data.batching import BatchPlan, bucket_lengths, pad_examples
+from ..data.batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
 from ..data.errors import DataError
 from ..data.jsonl import Record, load_split
 from ..data.tokenize import Encoded, encode_plain, is_chat_field, require_messages
-from ..logprobs import sequence_logps
+from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
 from ..losses import grpo_loss
 from ..model.adapters import quantize_base
 from ..model.load import load_model
@@ -102,6 +103,8 @@ class Rollouts:
         self.eos_ids = set(tokenizer.eos_token_ids)
         self.buckets = bucket_lengths(config.max_length)
         self.reference: nn.Module | None = None
+        # Score each prompt once per group in the train step (exact; llama-family models).
+        self.shared_prompts = supports_shared_prompts(model)
         self.cache: dict[int, tuple] = {}
         self.samples_path = Path(config.out) / "samples.jsonl"
 
@@ -118,7 +121,7 @@ class Rollouts:
         return self.cache[rollout_id]
 
     def sample(self, rollout_id: int) -> tuple:
-        """Rollouts for one micro-batch: (tokens, mask, old_logps, ref_logps, advantages, stats)."""
+        """Rollouts for one micro-batch: (inputs, old_logps, ref_logps, advantages, stats)."""
         config, indices = self.config, self.plan.batch(rollout_id)
         self.model.eval()
         groups = [
@@ -138,12 +141,7 @@ class Rollouts:
         advantages, adv_metrics = group_advantages(
             rewards, config.group_size, config.scale_rewards
         )
-        examples = [
-            Encoded(g.prompt + c, len(g.prompt)) for g in groups for c in g.completions
-        ]
-        tokens, mask = pad_examples(
-            examples, len(examples), self.buckets, self.tokenizer.pad_token_id or 0
-        )
+        inputs = self.score_inputs(groups)
         lengths = [len(c) for g in groups for c in g.completions]
         stats = {
             **reward_metrics,
@@ -154,19 +152,47 @@ class Rollouts:
         if rollout_id % max(config.log_every, 1) == 0:
             self.write_samples(rollout_id, groups, rewards)
         old = (
-            self.per_token_logps(self.model, tokens, mask)
+            self.per_token_logps(self.model, inputs)
             if config.iterations > 1
             else mx.zeros((1,))
         )
         ref = (
-            self.per_token_logps(self.reference, tokens, mask)
+            self.per_token_logps(self.reference, inputs)
             if self.reference is not None
             else mx.zeros((1,))
         )
         stat_values = mx.array(
             [float(stats.get(name, 0.0)) for name in self.stat_names()]
         )
-        return tokens, mask, old, ref, advantages, stat_values
+        return inputs, old, ref, advantages, stat_values
+
+    def score_inputs(self, groups) -> tuple:
+        """What ``policy_token_logps`` scores: shared prompts, or full prompt+completion rows."""
+        pad = self.tokenizer.pad_token_id or 0
+        if not self.shared_prompts:
+            examples = [
+                Encoded(g.prompt + c, len(g.prompt))
+                for g in groups
+                for c in g.completions
+            ]
+            return pad_examples(examples, len(examples), self.buckets, pad)
+        width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
+        prompts = np.full((len(groups), width), pad, dtype=np.int32)  # left-padded
+        prompt_mask = np.zeros((len(groups), width), dtype=np.float32)
+        for row, group in enumerate(groups):
+            prompts[row, width - len(group.prompt) :] = group.prompt
+            prompt_mask[row, width - len(group.prompt) :] = 1.0
+        n, limit = (
+            len(groups) * self.config.group_size,
+            self.config.max_completion_tokens,
+        )
+        completions = np.full((n, limit), pad, dtype=np.int32)
+        completion_mask = np.zeros((n, limit), dtype=np.float32)
+        for row, tokens in enumerate(c for g in groups for c in g.completions):
+            completions[row, : len(tokens)] = tokens
+            completion_mask[row, : len(tokens)] = 1.0
+        arrays = (prompts, prompt_mask, completions, completion_mask)
+        return tuple(mx.array(a) for a in arrays)
 
     def stat_names(self) -> list[str]:
         per_function = [f"rewards/{n}/{s}" for n in self.names for s in ("mean", "std")]
@@ -189,10 +215,8 @@ class Rollouts:
         self.last_completions = completions
         return combine_rewards(per_function, self.weights, self.names)
 
-    def per_token_logps(
-        self, model: nn.Module, tokens: mx.array, mask: mx.array
-    ) -> mx.array:
-        per_token = mx.stop_gradient(sequence_logps(model, tokens, mask)[0])
+    def per_token_logps(self, model: nn.Module, inputs: tuple) -> mx.array:
+        per_token = mx.stop_gradient(policy_token_logps(model, inputs)[0])
         mx.eval(per_token)
         return per_token
 
@@ -213,10 +237,21 @@ class Rollouts:
                     f.write(json.dumps(row) + "\n")
 
 
+def policy_token_logps(model: nn.Module, inputs: tuple) -> tuple[mx.array, mx.array]:
+    """(per-token log-probs, mask) of the sampled completions, in either batch layout."""
+    if (
+        len(inputs) == 4
+    ):  # prompts once per group: (prompts, prompt_mask, completions, mask)
+        return grouped_completion_logps(model, *inputs), inputs[3]
+    per_token, _, mask = sequence_logps(
+        model, *inputs
+    )  # full rows: (tokens, loss_mask)
+    return per_token, mask
+
+
 def grpo_batch_loss(
     model,
-    tokens,
-    mask,
+    inputs,
     old_logps,
     ref_logps,
     advantages,
@@ -225,8 +260,8 @@ def grpo_batch_loss(
     config: GRPOConfig,
     stat_names,
 ):
-    """(N, T) sampled sequences -> (loss, n_tokens, metrics); see ``losses.grpo_loss``."""
-    per_token, _, shifted = sequence_logps(model, tokens, mask)  # (N, T-1)
+    """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo_loss``."""
+    per_token, mask = policy_token_logps(model, inputs)  # (N, C)
     old = old_logps if config.iterations > 1 else mx.stop_gradient(per_token)
     ref = ref_logps if config.beta > 0 else None
     loss, metrics = grpo_loss(
@@ -234,7 +269,7 @@ def grpo_batch_loss(
         old,
         ref,
         advantages,
-        shifted,
+        mask,
         epsilon=config.epsilon,
         epsilon_high=config.epsilon_high or None,
         beta=config.beta,
@@ -242,7 +277,7 @@ def grpo_batch_loss(
         max_completion_tokens=config.max_completion_tokens,
     )
     rollout = {name: stats[i] for i, name in enumerate(stat_names)}
-    return loss, shifted.sum(), {**metrics, **rollout}
+    return loss, mask.sum(), {**metrics, **rollout}
 
 
 def run_grpo(config: GRPOConfig) -> Path:
