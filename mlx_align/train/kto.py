@@ -26,7 +26,6 @@ from tqdm import tqdm
 from .. import losses
 from ..config import KTOConfig
 from ..data.errors import DataError
-from ..data.jsonl import load_split
 from ..data.kto import KTOBatches, encode_kto
 from ..logprobs import sequence_logps
 from ..model.load import load_model
@@ -34,6 +33,7 @@ from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
 from .preference import (
     ScoredSplit,
+    load_batches,
     reference_and_adapters,
     visited_batches,
     with_reference,
@@ -117,24 +117,7 @@ def with_kto_reference(batches: KTOBatches, ref_logps: mx.array | None):
 
 def load_kto(config: KTOConfig, tokenizer) -> list[KTOBatches | None]:
     """Train (required) and valid KTO batches."""
-    pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id
-    )
-    out = []
-    for split in ("train", "valid"):
-        records = load_split(config.data, split, required=split == "train")
-        examples = records and encode_kto(
-            tokenizer, records, config.max_length, report=tqdm.write
-        )
-        out.append(
-            examples
-            and KTOBatches(
-                examples, config.batch_size, config.max_length, pad_id, config.seed
-            )
-        )
-    return out
+    return load_batches(config, tokenizer, encode_kto, KTOBatches)
 
 
 def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | None:

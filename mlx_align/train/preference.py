@@ -65,9 +65,13 @@ def with_reference(ref_logps: mx.array | None) -> Callable:
     return attach
 
 
-def load_pairs(config, tokenizer, encoder=None) -> list[PairBatches | None]:
-    """Train (required) and valid pair batches for a preference stage."""
-    kwargs = {"encoder": encoder} if encoder else {}
+def load_batches(config, tokenizer, encode: Callable, make_batches: Callable) -> list:
+    """Train (required) and valid batches of a preference stage.
+
+    ``encode(tokenizer, records, max_length, report=...)`` turns a split's
+    records into items; ``make_batches(items, batch_size, max_length, pad_id,
+    seed)`` groups them (``PairBatches``, ``KTOBatches``).
+    """
     pad_id = (
         tokenizer.pad_token_id
         if tokenizer.pad_token_id is not None
@@ -76,16 +80,20 @@ def load_pairs(config, tokenizer, encoder=None) -> list[PairBatches | None]:
     out = []
     for split in ("train", "valid"):
         records = load_split(config.data, split, required=split == "train")
-        pairs = records and encode_pairs(
-            tokenizer, records, config.max_length, report=tqdm.write, **kwargs
+        items = records and encode(
+            tokenizer, records, config.max_length, report=tqdm.write
         )
         out.append(
-            pairs
-            and PairBatches(
-                pairs, config.batch_size, config.max_length, pad_id, config.seed
+            items
+            and make_batches(
+                items, config.batch_size, config.max_length, pad_id, config.seed
             )
         )
     return out
+
+
+def load_pairs(config, tokenizer) -> list[PairBatches | None]:
+    return load_batches(config, tokenizer, encode_pairs, PairBatches)
 
 
 @dataclass
