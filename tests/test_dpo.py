@@ -122,14 +122,14 @@ def test_dpo_loss_is_ln2_at_init_and_a_step_moves_log_ratios_the_right_way(
     ref = sequence_logps(model, tokens, mask)[1]
     attach_adapters(model, LORA)
     objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1))
-    loss, n_tokens, metrics = dpo_loss(model, tokens, mask, ref, objective=objective)
+    loss, n_tokens, metrics = dpo_loss(model, (tokens, mask), ref, objective=objective)
     assert loss.item() == pytest.approx(
         math.log(2), abs=1e-6
     )  # lora_b = 0: policy == reference
     assert n_tokens.item() == mask[:, 1:].sum().item()
 
     grad_fn = nn.value_and_grad(
-        model, lambda m: dpo_loss(m, tokens, mask, ref, objective=objective)[0]
+        model, lambda m: dpo_loss(m, (tokens, mask), ref, objective=objective)[0]
     )
     optimizer = optim.SGD(learning_rate=0.5)
     for _ in range(
@@ -256,3 +256,41 @@ def test_orpo_moves_chosen_logps_above_rejected(tiny_model, pref_dir, tmp_path):
     gap = lambda m: m["val_logps/chosen"] - m["val_logps/rejected"]  # noqa: E731
     assert gap(last) > gap(first) and gap(last) > 0
     assert last["val_rewards/accuracies"] >= 0.9
+
+
+def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(tiny_model, pref_dir):
+    """The prompt run once for chosen and rejected == both full rows (values and gradients)."""
+    from mlx.utils import tree_flatten
+
+    model, batches = batch_of(tiny_model, pref_dir)
+    attach_adapters(model, LORA)
+    model.update(
+        {
+            "model": {
+                "layers": [
+                    {"self_attn": {"q_proj": {"lora_b": 0.1 * mx.ones((4, 64))}}}
+                ]
+                * 2
+            }
+        }
+    )
+    indices = batches.plan.batches[-1][:3]  # a short batch: one filler pair
+    full = batches.pad(indices)[:2]
+    shared = batches.pad_shared(indices)
+    assert shared is not None and shared[2].shape[0] == 8
+    ref = mx.array([-20.0, -21.0, -22.0, 0.0, -23.0, -24.0, -25.0, 0.0])
+    objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1, sft_weight=0.5))
+    grad_fn = lambda inputs: nn.value_and_grad(  # noqa: E731
+        model,
+        lambda m: dpo_loss(m, inputs, ref, objective=objective, sft_weight=0.5)[0],
+    )(model)
+    (loss_full, g_full), (loss_shared, g_shared) = grad_fn(full), grad_fn(shared)
+    assert loss_full.item() == pytest.approx(loss_shared.item(), abs=1e-5)
+    for (name, a), (_, b) in zip(
+        tree_flatten(g_full), tree_flatten(g_shared), strict=True
+    ):
+        assert mx.allclose(a, b, atol=1e-5, rtol=1e-3).item(), name
+    _, n_full, m_full = dpo_loss(model, full, ref, objective=objective)
+    _, n_shared, m_shared = dpo_loss(model, shared, ref, objective=objective)
+    assert n_full.item() == n_shared.item()
+    assert m_full["n_examples"].item() == m_shared["n_examples"].item() == 3

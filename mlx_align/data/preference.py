@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
-from .batching import BatchPlan, bucket_lengths, pad_examples
+from .batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
 from .errors import DataError
 from .jsonl import Record, require_str
 from .tokenize import (
@@ -126,9 +126,48 @@ class PairBatches:
         tokens, mask = pad_examples(
             rows, 2 * self.batch_size, self.buckets, self.pad_id
         )
+        return tokens, mask, self.index(indices)
+
+    def index(self, indices: list[int]) -> mx.array:
+        """(B,) pair indices, -1 on filler rows."""
         index = np.full(self.batch_size, -1, dtype=np.int32)
         index[: len(indices)] = indices
-        return tokens, mask, mx.array(index)
+        return mx.array(index)
+
+    def pad_shared(self, indices: list[int]) -> tuple[mx.array, ...] | None:
+        """The prompt once per pair: ``(prompts (B, Lp) left-padded, prompt_mask,
+        completions (2B, C) as chosen_0, rejected_0, chosen_1, ..., completion_mask)``.
+
+        None when a pair's chosen and rejected rows tokenise the prompt
+        differently (a merge across the seam): then only full rows are exact.
+        """
+        pairs = [self.pairs[i] for i in indices]
+        prompts = [p.chosen.tokens[: p.chosen.completion_start] for p in pairs]
+        for pair, prompt in zip(pairs, prompts, strict=True):
+            if (
+                not prompt
+                or pair.rejected.tokens[: pair.rejected.completion_start] != prompt
+            ):
+                return None
+        completions = [c for p in pairs for c in (p.chosen, p.rejected)]
+        completions = [e.tokens[e.completion_start :] for e in completions]
+        fill = self.batch_size - len(pairs)
+        width = bucket_for(max(map(len, prompts)), self.buckets)
+        limit = bucket_for(max(map(len, completions)), self.buckets)
+        prompt_ids = np.full((self.batch_size, width), self.pad_id, dtype=np.int32)
+        prompt_mask = np.zeros((self.batch_size, width), dtype=np.float32)
+        for row, prompt in enumerate(prompts):
+            prompt_ids[row, width - len(prompt) :] = prompt
+            prompt_mask[row, width - len(prompt) :] = 1.0
+        completion_ids = np.full(
+            (2 * self.batch_size, limit), self.pad_id, dtype=np.int32
+        )
+        completion_mask = np.zeros((2 * self.batch_size, limit), dtype=np.float32)
+        for row, tokens in enumerate(completions + [[]] * (2 * fill)):
+            completion_ids[row, : len(tokens)] = tokens
+            completion_mask[row, : len(tokens)] = 1.0
+        arrays = (prompt_ids, prompt_mask, completion_ids, completion_mask)
+        return tuple(mx.array(a) for a in arrays)
 
     def train_batch(self, k: int) -> tuple[mx.array, mx.array, mx.array]:
         return self.pad(self.plan.batch(k))

@@ -20,7 +20,8 @@ import mlx.nn as nn
 
 from .. import losses
 from ..config import DPOConfig
-from ..logprobs import sequence_logps
+from ..data.preference import PairBatches
+from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
 from ..model.load import load_model
 from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
@@ -29,7 +30,8 @@ from .preference import (
     masked_pair_means,
     pair_split,
     reference_and_adapters,
-    with_reference,
+    reference_rows,
+    visited_batches,
 )
 
 
@@ -52,21 +54,35 @@ def dpo_objective(config: DPOConfig) -> Callable:
     }[config.loss]
 
 
+def pair_logps(model: nn.Module, inputs: tuple) -> tuple[mx.array, mx.array]:
+    """Summed completion log-probs and lengths, (2B,) each, chosen rows first.
+
+    ``inputs`` is ``(tokens, loss_mask)`` with chosen rows then rejected rows,
+    or the shared-prompt layout of ``PairBatches.pad_shared`` (each prompt
+    run once for its two completions; rows alternate chosen, rejected).
+    """
+    if len(inputs) == 2:
+        _, summed, mask = sequence_logps(model, *inputs)  # (2B,), (2B, T-1)
+        return summed, mask.sum(axis=-1)
+    summed = grouped_completion_logps(model, *inputs).sum(axis=-1)  # (2B,) interleaved
+    lengths = inputs[3].sum(axis=-1)
+    chosen_first = lambda x: mx.concatenate([x[0::2], x[1::2]])  # noqa: E731
+    return chosen_first(summed), chosen_first(lengths)
+
+
 def dpo_loss(
     model: nn.Module,
-    tokens: mx.array,
-    loss_mask: mx.array,
+    inputs: tuple,
     ref_logps: mx.array,
     *,
     objective: Callable,
     sft_weight: float = 0.0,
     reference: nn.Module | None = None,
 ):
-    """Chosen rows then rejected rows, (2B, T); ``ref_logps`` (2B,) unless ``reference`` runs now."""
-    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (2B,), (2B, T-1)
+    """One pair batch -> (loss, n_tokens, metrics); ``ref_logps`` (2B,) unless ``reference`` runs now."""
+    summed, lengths = pair_logps(model, inputs)  # (2B,), (2B,)
     if reference is not None:
-        ref_logps = mx.stop_gradient(sequence_logps(reference, tokens, loss_mask)[1])
-    lengths = mask.sum(axis=-1)  # (2B,)
+        ref_logps = mx.stop_gradient(pair_logps(reference, inputs)[0])
     pc, pr = mx.split(summed, 2)
     rc, rr = mx.split(ref_logps, 2)
     lc, lr = mx.split(lengths, 2)
@@ -77,7 +93,21 @@ def dpo_loss(
         metrics = {**metrics, "nll_loss": nll}
     valid = (lc > 0).astype(mx.float32)  # filler pairs have no tokens
     loss, metrics = masked_pair_means(pair_losses, metrics, valid)
-    return loss, mask.sum(), metrics
+    return loss, lengths.sum(), metrics
+
+
+def dpo_batches(
+    batches: PairBatches, ref_logps: mx.array | None, shared: bool
+) -> Callable:
+    """Pair indices -> ``(inputs, ref_logps)``: the prompt once per pair when exact, else full rows."""
+
+    def make(indices: list[int]) -> tuple:
+        inputs = batches.pad_shared(indices) if shared else None
+        if inputs is None:
+            inputs = batches.pad(indices)[:2]
+        return inputs, reference_rows(ref_logps, batches.index(indices))
+
+    return make
 
 
 def run_dpo(config: DPOConfig) -> Path:
@@ -98,16 +128,18 @@ def run_dpo(config: DPOConfig) -> Path:
         sft_weight=config.sft_weight,
         reference=reference,
     )
-    attach_train, attach_valid = with_reference(ref_train), with_reference(ref_valid)
+    shared = supports_shared_prompts(model)
+    make_train = dpo_batches(train_set, ref_train, shared)
+    make_valid = valid_set and dpo_batches(valid_set, ref_valid, shared)
     job = TrainJob(
         model=model,
         loss_fn=loss_fn,
-        train_batch=lambda k: attach_train(train_set.train_batch(k)),
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
         out=Path(config.out),
         write_weights=partial(write_weights, model, adapters),
         weights_file=weights_file(adapters),
         eval_batches=valid_set
-        and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
         config=dataclasses.asdict(config),
         frozen=[reference] if reference is not None else [],
     )

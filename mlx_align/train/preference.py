@@ -52,15 +52,20 @@ def masked_pair_means(pair_losses: mx.array, metrics: dict, valid: mx.array):
     return pair_mean(pair_losses, valid, n_valid), {**metrics, "n_examples": n_valid}
 
 
+def reference_rows(ref_logps: mx.array | None, index: mx.array) -> mx.array:
+    """The batch's cached reference log-probs, (2B,): first columns, then second (0 on filler)."""
+    if ref_logps is None:
+        return mx.zeros((2 * index.shape[0],))
+    rows = ref_logps[mx.maximum(index, 0)] * (index >= 0)[:, None]  # (B, 2)
+    return mx.concatenate([rows[:, 0], rows[:, 1]])
+
+
 def with_reference(ref_logps: mx.array | None) -> Callable:
     """Append each item's cached reference log-probs (2B,) to its ``(tokens, mask, index)`` batch."""
 
     def attach(batch: ScoredBatch):
         tokens, mask, index = batch
-        if ref_logps is None:
-            return tokens, mask, mx.zeros((tokens.shape[0],))
-        rows = ref_logps[mx.maximum(index, 0)] * (index >= 0)[:, None]  # (B, 2)
-        return tokens, mask, mx.concatenate([rows[:, 0], rows[:, 1]])
+        return tokens, mask, reference_rows(ref_logps, index)
 
     return attach
 
