@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -72,9 +71,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-RESULTS = ROOT / "bench" / "results" / "dpo.md"
+from common import (
+    RESULTS_DIR,
+    add_working_set,
+    blas_env,
+    blas_in_use,
+    check_lora_setup,
+    check_same_trainable,
+    fresh_dir,
+    kernel_caches,
+    machine,
+    make_data,
+    mlx_lm_lora_config,
+    other_blas,
+    prepare_model,
+    reporter,
+    run_measured,
+    run_worker,
+    spread,
+    table_head,
+    write_results,
+)
+
+RESULTS = RESULTS_DIR / "dpo.md"
 ALIGN, LORA = "mlx-align dpo", "mlx-lm-lora dpo"
 
 
@@ -144,14 +163,6 @@ def write_data(records: list[dict], directory: Path) -> tuple[Path, Path]:
     return lora, align
 
 
-def spread(lengths: list[int], n: int) -> list[int]:
-    """``n`` indices evenly spaced over the items sorted by length (shortest and longest in)."""
-    if n <= 0 or n >= len(lengths):
-        return list(range(len(lengths)))
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return sorted(order[round(k * (len(order) - 1) / max(n - 1, 1))] for k in range(n))
-
-
 def prepare_data(opts, model: Path) -> tuple[Path, Path, dict]:
     """The train pairs both tools get (``--pairs`` of them), checked to tokenise alike."""
     raw = opts.work / "raw" / "preference" / "train.jsonl"
@@ -165,16 +176,6 @@ def prepare_data(opts, model: Path) -> tuple[Path, Path, dict]:
         "completion": sum(lengths[i][1] for i in keep),
     }
     return *write_data([records[i] for i in keep], opts.work / "data"), stats
-
-
-def prepare_model(work: Path, preset: str) -> Path:
-    model = work / f"model-{preset}"
-    if not (model / "config.json").exists():
-        corpus = work / "raw" / "pretrain"
-        cmd = [str(BIN / "mlx-align"), "init-model", "--preset", preset]
-        cmd += ["--corpus", str(corpus), "--out", str(model)]
-        subprocess.run(cmd, check=True, capture_output=True)
-    return model
 
 
 def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list:
@@ -210,30 +211,7 @@ def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list:
     return out
 
 
-def blas_env(blas: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if blas == "openblas":
-        from mlx_align.blas import openblas_path
-
-        env["LD_PRELOAD"] = openblas_path()
-    else:
-        env["MLX_ALIGN_NO_OPENBLAS"] = "1"
-    return env
-
-
 # ------------------------------------------------------------------ runs
-
-
-def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Run to completion with output in ``log``; (wall seconds, max RSS MiB)."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if (code := os.waitstatus_to_exitcode(status)) != 0:
-        sys.exit(f"{cmd[0]} failed ({code}); see {log}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def read_report(path: Path) -> tuple[list[dict], dict, dict]:
@@ -290,8 +268,7 @@ def run_mlx_align(opts, label: str, model: Path, data: Path, out: Path, env: dic
     args += ["--warmup-steps", "0", "--min-lr-ratio", "1.0", "--max-grad-norm", "0"]
     args += ["--weight-decay", "0", "--eval-every", "0", "--save-every", "0"]
     args += ["--log-every", "1"]
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    fresh_dir(out)
     report = out / "report.jsonl"
     env = {**env, "MLX_ALIGN_CACHE": str(out / "reference-cache")}  # empty: no reuse
     cmd = [sys.executable, __file__, "--worker", "mlx-align", str(report), "--", *args]
@@ -300,19 +277,10 @@ def run_mlx_align(opts, label: str, model: Path, data: Path, out: Path, env: dic
 
 
 def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: dict):
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    fresh_dir(out)
     never = str(opts.steps + 1)
-    config = {  # what has no CLI flag (YAML is a superset of JSON)
-        "lora_parameters": {
-            "rank": opts.lora_rank,
-            "scale": opts.lora_alpha / opts.lora_rank,
-            "dropout": 0.0,
-        },
-        "optimizer_config": {"adamw": {"weight_decay": 0.0, "bias_correction": True}},
-        "fuse": False,
-    }
-    (out / "config.yaml").write_text(json.dumps(config, indent=2))
+    config = json.dumps(mlx_lm_lora_config(opts), indent=2)
+    (out / "config.yaml").write_text(config)
     args = ["--train", "--train-mode", "dpo", "--train-type", "lora"]
     args += ["--model", str(model), "--data", str(data), "--adapter-path", str(out)]
     args += ["-c", str(out / "config.yaml"), "--optimizer", "adamw"]
@@ -332,35 +300,17 @@ def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: d
 # These run inside each tool's own interpreter: stdlib and that tool only.
 
 
-def reporter(path: Path):
-    path.unlink(missing_ok=True)
-
-    def write(record: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    return write
-
-
-def blas_in_use() -> str:
-    """Which BLAS mlx uses here (mlx_align.blas.blas_notice without mlx_align)."""
-    with open("/proc/self/maps") as maps:
-        loaded = [line.split()[-1] for line in maps if "libopenblas" in line]
-    preloaded = "libopenblas" in os.environ.get("LD_PRELOAD", "")
-    return f"OpenBLAS ({loaded[0]})" if loaded and preloaded else "reference BLAS"
-
-
 def mlx_align_worker(report: Path, argv: list[str]) -> None:
     """`mlx-align` as its console script runs it, observed through ``report``."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
 
+    import mlx_align.train.dpo as dpo
     import mlx_align.train.preference as preference
     from mlx_align.cli import main
-    from mlx_align.data.preference import PairBatches
 
     write = reporter(report)
-    reference_logps, train_batch = preference.reference_logps, PairBatches.train_batch
+    reference_logps, dpo_batches = preference.reference_logps, dpo.dpo_batches
     prepare_trainable = preference.prepare_trainable
 
     def timed_reference(*args, **kwargs):
@@ -370,20 +320,28 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
         write({"reference_s": time.perf_counter() - tic})
         return logps
 
-    def recorded_batch(self, k):
-        indices = self.plan.batch(k)
-        pairs = [self.pairs[i] for i in indices]
-        tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
-        batch = train_batch(self, k)
-        write(
-            {
-                "batch": k,
-                "width": batch[0].shape[1],
+    def recorded_batches(batches, *args, **kwargs):
+        """Record every train batch the run draws (dpo_batches' first call is train)."""
+        make = dpo_batches(batches, *args, **kwargs)
+        drawn = []
+
+        def recorded(indices):
+            inputs, ref = make(indices)
+            pairs = [batches.pairs[i] for i in indices]
+            tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
+            # full rows: tokens (2B, T); shared prompt: prompts (B, Lp) + completions (2B, C)
+            width = inputs[0].shape[1] + (inputs[2].shape[1] if len(inputs) == 4 else 0)
+            row = {
+                "batch": len(drawn),
+                "width": width,
                 "pairs": len(pairs),
                 "tokens": tokens,
             }
-        )
-        return batch
+            drawn.append(row)
+            write(row)
+            return inputs, ref
+
+        return recorded
 
     def counted_trainable(model, *args, **kwargs):
         adapters = prepare_trainable(model, *args, **kwargs)
@@ -393,7 +351,7 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
 
     preference.reference_logps = timed_reference  # called once per split
     preference.prepare_trainable = counted_trainable
-    PairBatches.train_batch = recorded_batch
+    dpo.dpo_batches = recorded_batches
     main(argv)
     out = Path(argv[argv.index("--out") + 1])
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
@@ -420,9 +378,8 @@ def mlx_lm_lora_worker(report: Path, argv: list[str]) -> None:
     from mlx_lm.tuner.callbacks import TrainingCallback
 
     write = reporter(report)
-    device_info, iterate_batches = mx.device_info, trainer.iterate_dpo_batches
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    mx.device_info = lambda: {"max_recommended_working_set_size": ram, **device_info()}
+    iterate_batches = trainer.iterate_dpo_batches
+    add_working_set(mx)
     seed = int(argv[argv.index("--seed") + 1]) if "--seed" in argv else 0
     trainer.np = EpochDraws(seed)
     state = {"tokens": 0, "peak": 0.0, "batch": 0}
@@ -541,12 +498,12 @@ def ratios(ours: Run, theirs: Run, what: str) -> str:
 
 
 def table(cold: dict[str, Run], warm: dict[str, list[Run]]) -> str:
-    rows = [
-        "| tool | run | steps | completion tokens | shapes | wall s | ref pass s "
-        "| train loop s | step ms (median) | tok/s | tok/s steady | tok/s incl. ref "
-        "| peak MLX MB | max RSS MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = table_head(
+        ["tool", "run", "steps", "completion tokens", "shapes", "wall s"]
+        + ["ref pass s", "train loop s", "step ms (median)", "tok/s", "tok/s steady"]
+        + ["tok/s incl. ref", "peak MLX MB", "max RSS MB"],
+        left=2,
+    )
     rows += [row(cold[tool]) for tool in cold]
     rows += [row(median_run(runs)) for runs in warm.values() if runs]
     rows.append("\nmlx-align / mlx-lm-lora:")
@@ -574,8 +531,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
     blas = sorted({r.blas for r in runs})
     epoch = stats["pairs"] == opts.steps * opts.batch_size
     return (
-        f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
-        f"after), BLAS {opts.blas} ({'; '.join(blas)}); preset {opts.preset}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
         f"{stats['pairs']} of the split's {stats['split']} train pairs, spread over "
         f"the length range (longest sequence {stats['longest']} tokens, "
         f"{stats['completion'] / stats['pairs']:.1f} completion tokens per pair, "
@@ -637,24 +593,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     if opts.worker:  # REPORT -- ARGS...
-        target, args = Path(opts.rest[0]), opts.rest[2:]
-        worker = {
+        workers = {
             "mlx-align": mlx_align_worker,
             "mlx-lm-lora": mlx_lm_lora_worker,
             "tokens": lambda dump, a: tokens_worker(dump, *a),
-        }[opts.worker]
-        return worker(target, args)
+        }
+        return run_worker(opts, workers)
 
-    from mlx_align.blas import openblas_path
-
-    if opts.blas == "openblas" and openblas_path() is None:
-        sys.exit("no system OpenBLAS (apt-get install libopenblas0-pthread)")
-    if not Path(opts.lora_python).exists():
-        sys.exit(f"{opts.lora_python} missing: pip install mlx-lm-lora into a venv")
+    check_lora_setup(opts)
     if not (opts.work / "raw" / "pretrain").exists():
-        make_data = [sys.executable, str(ROOT / "recipes" / "make_data.py")]
-        cmd = [*make_data, "--out", str(opts.work / "raw")]
-        subprocess.run(cmd, check=True, capture_output=True)
+        make_data(opts.work / "raw")
     model = prepare_model(opts.work, opts.preset)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
@@ -666,10 +614,7 @@ def main() -> None:
             opts, label, model, align_data, out, env
         ),
     }
-    jit = {tool: opts.work / "jit" / tool.split()[0] for tool in tools}
-    for d in jit.values():  # cold: nothing compiled yet
-        shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True)
+    jit = kernel_caches(opts.work / "jit", tools, cold=True)  # nothing compiled yet
     load_before = os.getloadavg()[0]
     cold, warm = {}, {tool: [] for tool in tools}
     for i in range(opts.repeats + 1):
@@ -690,19 +635,16 @@ def main() -> None:
     if stats["pairs"] == opts.steps * opts.batch_size:  # one epoch: same pairs
         for r in (r for r in runs if r.tokens != stats["completion"]):
             r.notes.append(f"{r.tokens} completion tokens, not {stats['completion']}")
-    if any(("OpenBLAS" in r.blas) != (opts.blas == "openblas") for r in runs):
+    if other_blas(opts.blas, (r.blas for r in runs)):
         sys.exit(f"a run used another BLAS than --blas {opts.blas}")
-    if len({r.trainable for r in runs}) != 1:
-        sys.exit(f"trainable parameter counts differ: {[r.trainable for r in runs]}")
+    check_same_trainable(runs)
     text = describe(opts, stats, runs, (load_before, os.getloadavg()[0]))
     text += "\n" + table(cold, warm)
     print(text)
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "-whole-split" if stats["pairs"] == stats["split"] else ""
     results = RESULTS.with_stem(f"dpo{suffix}")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(text + "\n")
-    print(f"written to {results}")
+    write_results(results, text)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -80,9 +79,29 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-RESULTS = ROOT / "bench" / "results" / "grpo.md"
+from common import (
+    RESULTS_DIR,
+    add_working_set,
+    blas_env,
+    blas_in_use,
+    check_lora_setup,
+    check_same_trainable,
+    fresh_dir,
+    kernel_caches,
+    machine,
+    make_data,
+    mlx_lm_lora_config,
+    other_blas,
+    prepare_model,
+    reporter,
+    run_measured,
+    run_worker,
+    spread,
+    table_head,
+    write_results,
+)
+
+RESULTS = RESULTS_DIR / "grpo.md"
 ALIGN, LORA = "mlx-align grpo", "mlx-lm-lora grpo"
 SYSTEM = "Answer with a number."
 # What mlx-lm-lora's GRPODataset puts in when a row has no ``system`` field.
@@ -179,14 +198,6 @@ def run_tokens_per_s(run: Run, warmup: int) -> float:
 # ------------------------------------------------------------------ inputs
 
 
-def spread(lengths: list[int], n: int) -> list[int]:
-    """``n`` indices evenly spaced over the items sorted by length (shortest and longest in)."""
-    if n <= 0 or n >= len(lengths):
-        return list(range(len(lengths)))
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    return sorted(order[round(k * (len(order) - 1) / max(n - 1, 1))] for k in range(n))
-
-
 def write_data(records: list[dict], directory: Path, system: str) -> tuple[Path, Path]:
     """``train.jsonl`` for mlx-lm-lora (strings + ``system``) and mlx-align (the chat).
 
@@ -213,16 +224,6 @@ def write_data(records: list[dict], directory: Path, system: str) -> tuple[Path,
             ]
             ours.write(json.dumps({**record, "prompt": chat}) + "\n")
     return lora, align
-
-
-def prepare_model(work: Path, preset: str) -> Path:
-    model = work / f"model-{preset}"
-    if not (model / "config.json").exists():
-        corpus = work / "raw" / "pretrain"
-        cmd = [str(BIN / "mlx-align"), "init-model", "--preset", preset]
-        cmd += ["--corpus", str(corpus), "--out", str(model)]
-        subprocess.run(cmd, check=True, capture_output=True)
-    return model
 
 
 def prepare_data(opts, model: Path) -> tuple[Path, Path, dict]:
@@ -269,30 +270,7 @@ def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list[int]:
     return [len(p) for p in ours]
 
 
-def blas_env(blas: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if blas == "openblas":
-        from mlx_align.blas import openblas_path
-
-        env["LD_PRELOAD"] = openblas_path()
-    else:
-        env["MLX_ALIGN_NO_OPENBLAS"] = "1"
-    return env
-
-
 # ------------------------------------------------------------------ runs
-
-
-def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Run to completion with output in ``log``; (wall seconds, max RSS MiB)."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    if (code := os.waitstatus_to_exitcode(status)) != 0:
-        sys.exit(f"{cmd[0]} failed ({code}); see {log}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def to_run(opts, tool: str, group: int, report: Path, wall: float, rss: float) -> Run:
@@ -356,8 +334,7 @@ def run_mlx_align(opts, group: int, model: Path, data: Path, out: Path, env: dic
     args += ["--weight-decay", "0", "--max-length", str(opts.max_length)]
     args += ["--beta", "0", "--epsilon", "0.2", "--iterations", "1", "--loss", "grpo"]
     args += ["--eval-every", "0", "--save-every", "0", "--log-every", "1"]
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    fresh_dir(out)
     report = out / "report.jsonl"
     cmd = [sys.executable, __file__, "--worker", "mlx-align", str(report), "--", *args]
     wall, rss = run_measured(cmd, env, out.with_suffix(".log"))
@@ -365,19 +342,10 @@ def run_mlx_align(opts, group: int, model: Path, data: Path, out: Path, env: dic
 
 
 def run_mlx_lm_lora(opts, group: int, model: Path, data: Path, out: Path, env: dict):
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
+    fresh_dir(out)
     never = str(opts.steps + 1)
-    config = {  # what has no CLI flag (YAML is a superset of JSON)
-        "lora_parameters": {
-            "rank": opts.lora_rank,
-            "scale": opts.lora_alpha / opts.lora_rank,
-            "dropout": 0.0,
-        },
-        "optimizer_config": {"adamw": {"weight_decay": 0.0, "bias_correction": True}},
-        "fuse": False,
-    }
-    (out / "config.yaml").write_text(json.dumps(config, indent=2))
+    config = json.dumps(mlx_lm_lora_config(opts), indent=2)
+    (out / "config.yaml").write_text(config)
     args = ["--train", "--train-mode", "grpo", "--train-type", "lora"]
     args += ["--model", str(model), "--data", str(data), "--adapter-path", str(out)]
     args += ["-c", str(out / "config.yaml"), "--optimizer", "adamw"]
@@ -399,24 +367,6 @@ def run_mlx_lm_lora(opts, group: int, model: Path, data: Path, out: Path, env: d
 
 # ------------------------------------------------------------------ workers
 # These run inside each tool's own interpreter: stdlib and that tool only.
-
-
-def reporter(path: Path):
-    path.unlink(missing_ok=True)
-
-    def write(record: dict) -> None:
-        with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    return write
-
-
-def blas_in_use() -> str:
-    """Which BLAS mlx uses here (mlx_align.blas.blas_notice without mlx_align)."""
-    with open("/proc/self/maps") as maps:
-        loaded = [line.split()[-1] for line in maps if "libopenblas" in line]
-    preloaded = "libopenblas" in os.environ.get("LD_PRELOAD", "")
-    return f"OpenBLAS ({loaded[0]})" if loaded and preloaded else "reference BLAS"
 
 
 def rollout_record(lengths: list[int], seconds: float, limit: int) -> dict:
@@ -499,9 +449,7 @@ def mlx_lm_lora_worker(report: Path, argv: list[str]) -> None:
 
     write = reporter(report)
     limit = int(argv[argv.index("--max-completion-length") + 1])
-    device_info = mx.device_info
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    mx.device_info = lambda: {"max_recommended_working_set_size": ram, **device_info()}
+    add_working_set(mx)
     # Plain temperature sampling, as mlx-align (its defaults: top_p 0.95, top_k 20).
     lora_train.GRPOTrainingArgs = partial(trainer.GRPOTrainingArgs, top_p=1.0, top_k=0)
     generate, rewards = trainer.generate_grpo, trainer._rollout_rewards
@@ -603,13 +551,12 @@ def ratios(ours: Pooled, theirs: Pooled, warmup: int) -> list[str]:
 
 
 def table(pooled: dict[tuple[str, int], Pooled], opts) -> str:
-    rows = [
-        "| tool | G | runs x steps | completion len (at limit) | step s (median) "
-        "| rollout s | train s | score ms | rollout share | rollout tok/s "
-        "| step tok/s | completions/s | first step s | peak MLX MB | max RSS MB "
-        "| wall s |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = table_head(
+        ["tool", "G", "runs x steps", "completion len (at limit)", "step s (median)"]
+        + ["rollout s", "train s", "score ms", "rollout share", "rollout tok/s"]
+        + ["step tok/s", "completions/s", "first step s", "peak MLX MB"]
+        + ["max RSS MB", "wall s"]
+    )
     rows += [row(p) for p in pooled.values()]
     rows.append("\nmlx-align / mlx-lm-lora:")
     for group in opts.groups:
@@ -634,8 +581,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         else f"system message {opts.system!r}"
     )
     return (
-        f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
-        f"after), BLAS {opts.blas} ({'; '.join(blas)}); preset {opts.preset}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
         f"{stats['prompts']} of the split's {stats['split']} prompts, spread over "
         f"the length range ({stats['shortest']}-{stats['longest']} tokens, mean "
         f"{stats['mean']:.1f}, chat template with {system}), "
@@ -702,24 +648,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     if opts.worker:  # REPORT -- ARGS...
-        target, args = Path(opts.rest[0]), opts.rest[2:]
-        worker = {
+        workers = {
             "mlx-align": mlx_align_worker,
             "mlx-lm-lora": mlx_lm_lora_worker,
             "tokens": lambda dump, a: tokens_worker(dump, *a),
-        }[opts.worker]
-        return worker(target, args)
+        }
+        return run_worker(opts, workers)
 
-    from mlx_align.blas import openblas_path
-
-    if opts.blas == "openblas" and openblas_path() is None:
-        sys.exit("no system OpenBLAS (apt-get install libopenblas0-pthread)")
-    if not Path(opts.lora_python).exists():
-        sys.exit(f"{opts.lora_python} missing: pip install mlx-lm-lora into a venv")
+    check_lora_setup(opts)
     if not (opts.work / "raw" / "grpo").exists():
-        make_data = [sys.executable, str(ROOT / "recipes" / "make_data.py")]
-        cmd = [*make_data, "--out", str(opts.work / "raw")]
-        subprocess.run(cmd, check=True, capture_output=True)
+        make_data(opts.work / "raw")
     model = prepare_model(opts.work, opts.preset)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
@@ -731,11 +669,7 @@ def main() -> None:
             opts, group, model, align_data, out, env
         ),
     }
-    jit = {tool: opts.work / "jit" / opts.blas / tool.split()[0] for tool in tools}
-    for d in jit.values():
-        if opts.cold:
-            shutil.rmtree(d, ignore_errors=True)
-        d.mkdir(parents=True, exist_ok=True)
+    jit = kernel_caches(opts.work / "jit" / opts.blas, tools, opts.cold)
     load_before = os.getloadavg()[0]
     runs: dict[tuple[str, int], list[Run]] = {}
     for group in opts.groups:
@@ -753,10 +687,9 @@ def main() -> None:
                     flush=True,
                 )
     every = [r for rs in runs.values() for r in rs]
-    if any(("OpenBLAS" in r.blas) != (opts.blas == "openblas") for r in every):
+    if other_blas(opts.blas, (r.blas for r in every)):
         sys.exit(f"a run used another BLAS than --blas {opts.blas}")
-    if len({r.trainable for r in every}) != 1:
-        sys.exit(f"trainable parameter counts differ: {[r.trainable for r in every]}")
+    check_same_trainable(every)
     pooled = {key: Pooled(*key, runs[key], opts.warmup) for key in runs}  # G, then tool
     text = describe(opts, stats, every, (load_before, os.getloadavg()[0]))
     text += "\n" + table(pooled, opts)
@@ -764,9 +697,7 @@ def main() -> None:
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "" if opts.system == "default" else "-short-system"
     results = RESULTS.with_stem(f"grpo{suffix}")
-    results.parent.mkdir(parents=True, exist_ok=True)
-    results.write_text(text + "\n")
-    print(f"written to {results}")
+    write_results(results, text)
 
 
 if __name__ == "__main__":

@@ -32,15 +32,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
-RESULTS = ROOT / "bench" / "results" / "sft.md"
+from common import (
+    BIN,
+    RESULTS_DIR,
+    blas_env,
+    machine,
+    make_data,
+    other_blas,
+    prepare_model,
+    run_measured,
+    table_head,
+    write_results,
+)
+
+RESULTS = RESULTS_DIR / "sft.md"
 
 
 @dataclass
@@ -83,8 +92,7 @@ def prepare_data(work: Path) -> Path:
     """`sft/train.jsonl` as chat messages in ``work/data`` (no valid split: no eval)."""
     raw, data = work / "raw", work / "data"
     if not (raw / "sft" / "train.jsonl").exists():
-        make_data = [sys.executable, str(ROOT / "recipes" / "make_data.py")]
-        subprocess.run([*make_data, "--out", str(raw)], check=True, capture_output=True)
+        make_data(raw)
     data.mkdir(parents=True, exist_ok=True)
     with (
         open(raw / "sft" / "train.jsonl") as src,
@@ -98,16 +106,6 @@ def prepare_data(work: Path) -> Path:
             ]
             dst.write(json.dumps({"messages": messages}) + "\n")
     return data
-
-
-def prepare_model(work: Path, preset: str) -> Path:
-    model = work / f"model-{preset}"
-    if not (model / "config.json").exists():
-        corpus = work / "raw" / "pretrain"
-        cmd = [str(BIN / "mlx-align"), "init-model", "--preset", preset]
-        cmd += ["--corpus", str(corpus), "--out", str(model)]
-        subprocess.run(cmd, check=True, capture_output=True)
-    return model
 
 
 def check_same_tokens(model: Path, data: Path, max_length: int) -> dict:
@@ -135,31 +133,7 @@ def check_same_tokens(model: Path, data: Path, max_length: int) -> dict:
     return {"examples": len(records), "longest": longest, "completion": completion}
 
 
-def blas_env(blas: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    if blas == "openblas":
-        from mlx_align.blas import openblas_path
-
-        env["LD_PRELOAD"] = openblas_path()
-    else:
-        env["MLX_ALIGN_NO_OPENBLAS"] = "1"
-    return env
-
-
 # ------------------------------------------------------------------ runs
-
-
-def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
-    """Run to completion with output in ``log``; (wall seconds, max RSS MiB)."""
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if process.returncode != 0:
-        sys.exit(f"{cmd[0]} failed ({process.returncode}); see {log}")
-    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_mlx_align(opts, model: Path, data: Path, out: Path, env: dict) -> Run:
@@ -268,11 +242,10 @@ def median_run(runs: list[Run]) -> Run:
 
 
 def table(runs: dict[str, list[Run]]) -> str:
-    rows = [
-        "| tool | steps | completion tok/s | step ms | tok/s incl. compile "
-        "| wall s | peak MLX GB | max RSS MB | trainable |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    rows = table_head(
+        ["tool", "steps", "completion tok/s", "step ms", "tok/s incl. compile"]
+        + ["wall s", "peak MLX GB", "max RSS MB", "trainable"]
+    )
     for tool, tool_runs in runs.items():
         r = median_run(tool_runs)
         spread = ", ".join(f"{x.tokens_per_s():,.0f}" for x in tool_runs)
@@ -337,7 +310,7 @@ def run_alternating(opts, model: Path, data: Path) -> dict[str, list[Run]]:
             runs[tool].append(run(opts, model, data, out, env))
             print(f"{tool} run {i + 1}: {runs[tool][-1].tokens_per_s():,.0f} tok/s")
     blas = {r.blas for tool_runs in runs.values() for r in tool_runs}
-    if any(("OpenBLAS" in b) != (opts.blas == "openblas") for b in blas):
+    if other_blas(opts.blas, blas):
         sys.exit(f"a run used another BLAS than --blas {opts.blas}: {blas}")
     return runs
 
@@ -345,8 +318,7 @@ def run_alternating(opts, model: Path, data: Path) -> dict[str, list[Run]]:
 def describe(opts, stats: dict, load: tuple[float, float]) -> str:
     per_example = stats["completion"] / stats["examples"]
     return (
-        f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
-        f"after), BLAS {opts.blas}; preset {opts.preset}; {stats['examples']} "
+        f"{machine(opts.blas, load)}; preset {opts.preset}; {stats['examples']} "
         f"examples (longest {stats['longest']} tokens, {per_example:.1f} completion "
         f"tokens each); batch {opts.batch_size}, max length {opts.max_length}, "
         f"LoRA r={opts.lora_rank} alpha={opts.lora_alpha:g} on all layers; "
@@ -367,8 +339,7 @@ def main() -> None:
     text = describe(opts, stats, (load_before, os.getloadavg()[0]))
     text += "\n" + table(runs)
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text + "\n")
+    write_results(RESULTS, text, announce=False)
 
 
 if __name__ == "__main__":

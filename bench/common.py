@@ -1,0 +1,191 @@
+"""What `sft.py`, `dpo.py` and `grpo.py` share.
+
+The scripts import it as ``common`` (Python puts a script's own folder first
+on ``sys.path``). Workers import it too, inside mlx-lm-lora's own venv, so
+only the standard library is imported at the top; mlx_align is imported
+where a function needs it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+RESULTS_DIR = ROOT / "bench" / "results"
+
+# ------------------------------------------------------------------ inputs
+
+
+def make_data(raw: Path) -> None:
+    """`recipes/make_data.py`'s splits (and pretraining corpus) in ``raw``."""
+    make = [sys.executable, str(ROOT / "recipes" / "make_data.py")]
+    subprocess.run([*make, "--out", str(raw)], check=True, capture_output=True)
+
+
+def prepare_model(work: Path, preset: str) -> Path:
+    """A fresh `mlx-align init-model` model under ``work`` (cached)."""
+    model = work / f"model-{preset}"
+    if not (model / "config.json").exists():
+        corpus = work / "raw" / "pretrain"
+        cmd = [str(BIN / "mlx-align"), "init-model", "--preset", preset]
+        cmd += ["--corpus", str(corpus), "--out", str(model)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return model
+
+
+def spread(lengths: list[int], n: int) -> list[int]:
+    """``n`` indices evenly spaced over the items sorted by length (shortest and longest in)."""
+    if n <= 0 or n >= len(lengths):
+        return list(range(len(lengths)))
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return sorted(order[round(k * (len(order) - 1) / max(n - 1, 1))] for k in range(n))
+
+
+def mlx_lm_lora_config(opts) -> dict:
+    """mlx-lm-lora's ``-c`` config: what has no CLI flag (YAML is a superset of JSON)."""
+    return {
+        "lora_parameters": {
+            "rank": opts.lora_rank,
+            "scale": opts.lora_alpha / opts.lora_rank,
+            "dropout": 0.0,
+        },
+        "optimizer_config": {"adamw": {"weight_decay": 0.0, "bias_correction": True}},
+        "fuse": False,
+    }
+
+
+# ------------------------------------------------------------------ BLAS
+
+
+def blas_env(blas: str) -> dict[str, str]:
+    """This process's environment with ``--blas``: OpenBLAS preloaded, or none."""
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    if blas == "openblas":
+        from mlx_align.blas import openblas_path
+
+        env["LD_PRELOAD"] = openblas_path()
+    else:
+        env["MLX_ALIGN_NO_OPENBLAS"] = "1"
+    return env
+
+
+def other_blas(blas: str, used: Iterable[str]) -> bool:
+    """Whether any run reported another BLAS than ``--blas``."""
+    return any(("OpenBLAS" in b) != (blas == "openblas") for b in used)
+
+
+def check_lora_setup(opts) -> None:
+    """Stop unless ``--blas`` is available and ``--lora-python`` exists."""
+    from mlx_align.blas import openblas_path
+
+    if opts.blas == "openblas" and openblas_path() is None:
+        sys.exit("no system OpenBLAS (apt-get install libopenblas0-pthread)")
+    if not Path(opts.lora_python).exists():
+        sys.exit(f"{opts.lora_python} missing: pip install mlx-lm-lora into a venv")
+
+
+# ------------------------------------------------------------------ runs
+
+
+def run_measured(cmd: list[str], env: dict, log: Path) -> tuple[float, float]:
+    """Run to completion with output in ``log``; (wall seconds, max RSS MiB)."""
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+    wall = time.perf_counter() - start
+    if (code := os.waitstatus_to_exitcode(status)) != 0:
+        sys.exit(f"{cmd[0]} failed ({code}); see {log}")
+    return wall, usage.ru_maxrss / 1024  # Linux reports KiB
+
+
+def fresh_dir(path: Path) -> None:
+    """``path`` as an empty directory."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def kernel_caches(root: Path, tools: Iterable[str], cold: bool) -> dict[str, Path]:
+    """One ``TMPDIR`` (mx.compile's kernel cache) per tool under ``root``."""
+    jit = {tool: root / tool.split()[0] for tool in tools}
+    for d in jit.values():
+        if cold:
+            shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True, exist_ok=True)
+    return jit
+
+
+def check_same_trainable(runs: list) -> None:
+    if len({r.trainable for r in runs}) != 1:
+        sys.exit(f"trainable parameter counts differ: {[r.trainable for r in runs]}")
+
+
+# ------------------------------------------------------------------ workers
+# These run inside each tool's own interpreter: stdlib and that tool only.
+
+
+def run_worker(opts, workers: dict) -> None:
+    """``--worker NAME REPORT -- ARGS...``: the named worker on REPORT and ARGS."""
+    target, args = Path(opts.rest[0]), opts.rest[2:]
+    return workers[opts.worker](target, args)
+
+
+def reporter(path: Path):
+    """A function that appends one JSON record per line to ``path`` (emptied)."""
+    path.unlink(missing_ok=True)
+
+    def write(record: dict) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    return write
+
+
+def blas_in_use() -> str:
+    """Which BLAS mlx uses here (mlx_align.blas.blas_notice without mlx_align)."""
+    with open("/proc/self/maps") as maps:
+        loaded = [line.split()[-1] for line in maps if "libopenblas" in line]
+    preloaded = "libopenblas" in os.environ.get("LD_PRELOAD", "")
+    return f"OpenBLAS ({loaded[0]})" if loaded and preloaded else "reference BLAS"
+
+
+def add_working_set(mx) -> None:
+    """Give ``mx.device_info()`` Metal's ``max_recommended_working_set_size`` (RAM).
+
+    mlx-lm-lora passes it to ``mx.set_wired_limit``, which does nothing on CPU.
+    """
+    device_info = mx.device_info
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mx.device_info = lambda: {"max_recommended_working_set_size": ram, **device_info()}
+
+
+# ------------------------------------------------------------------ report
+
+
+def table_head(columns: list[str], left: int = 1) -> list[str]:
+    """A markdown table's header and separator; the first ``left`` columns left-aligned."""
+    align = ["---"] * left + ["---:"] * (len(columns) - left)
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(align) + "|"]
+
+
+def machine(blas: str, load: tuple[float, float]) -> str:
+    """CPUs, load average before and after, and ``--blas``."""
+    return (
+        f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
+        f"after), BLAS {blas}"
+    )
+
+
+def write_results(path: Path, text: str, announce: bool = True) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    if announce:
+        print(f"written to {path}")
