@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import mlx.core as mx
@@ -66,22 +66,24 @@ def cache_key(model_path: str, token_rows: Iterable[list[int]], extra: dict) -> 
 
 def score_items(
     model: nn.Module,
-    batches: Iterable[tuple[mx.array, mx.array, mx.array]],
+    batches: Iterable[tuple[tuple, mx.array]],
     logps: np.ndarray,
     total: int | None = None,
+    score: Callable[[nn.Module, tuple], mx.array] | None = None,
 ) -> None:
     """Fill ``logps`` (n_items, columns) with summed completion log-probs, in place.
 
-    Each batch is ``(tokens (columns*B, T), mask, index (B,))`` with rows
-    grouped by column (chosen rows, then rejected rows); index -1 is filler.
+    Each batch is ``(inputs, index (B,))``, index -1 on filler; ``score(model,
+    inputs)`` gives (columns*B,) log-probs grouped by column (all first
+    columns, then all second). The default scores full rows:
+    ``inputs = (tokens, loss_mask)``.
     """
+    score = score or (lambda m, inputs: sequence_logps(m, *inputs)[1])
     columns = logps.shape[1]
-    for tokens, mask, index in tqdm(
+    for inputs, index in tqdm(
         batches, total=total, desc="reference log-probs", leave=False
     ):
-        summed = (
-            sequence_logps(model, tokens, mask)[1].reshape(columns, -1).T
-        )  # (B, columns)
+        summed = score(model, inputs).reshape(columns, -1).T  # (B, columns)
         summed, index = np.array(summed), np.array(index)
         keep = index >= 0
         logps[index[keep]] = summed[keep]

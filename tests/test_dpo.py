@@ -163,7 +163,7 @@ def test_reference_with_adapters_off_is_exactly_the_base_model(tiny_model, pref_
 
 def score_all(model, batches):
     logps = np.full((len(batches.pairs), 2), np.nan, dtype=np.float32)
-    reference.score_items(model, batches.in_order(), logps)
+    reference.score_items(model, ((b[:2], b[2]) for b in batches.in_order()), logps)
     assert not np.isnan(logps).any()
     return mx.array(logps)
 
@@ -174,10 +174,10 @@ def test_reference_cache_is_reused_extended_and_invalidated(
     scored = []  # pairs scored per call
     real = reference.score_items
 
-    def counting(model, batches, logps, total=None):
+    def counting(model, batches, logps, total=None, score=None):
         batches = list(batches)
-        scored.append(sum(int((b[2] >= 0).sum().item()) for b in batches))
-        return real(model, batches, logps, total)
+        scored.append(sum(int((index >= 0).sum().item()) for _, index in batches))
+        return real(model, batches, logps, total, score)
 
     monkeypatch.setattr("mlx_align.train.preference.score_items", counting)
     # 32 train pairs in 4 batches of 8; 2 steps visit 2 of them. 16 valid pairs.

@@ -21,7 +21,7 @@ import mlx.nn as nn
 from .. import losses
 from ..config import DPOConfig
 from ..data.preference import PairBatches
-from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
+from ..logprobs import pair_logps, supports_shared_prompts
 from ..model.load import load_model
 from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
@@ -52,22 +52,6 @@ def dpo_objective(config: DPOConfig) -> Callable:
             pc, pr, rc, rr, beta, config.label_smoothing
         ),
     }[config.loss]
-
-
-def pair_logps(model: nn.Module, inputs: tuple) -> tuple[mx.array, mx.array]:
-    """Summed completion log-probs and lengths, (2B,) each, chosen rows first.
-
-    ``inputs`` is ``(tokens, loss_mask)`` with chosen rows then rejected rows,
-    or the shared-prompt layout of ``PairBatches.pad_shared`` (each prompt
-    run once for its two completions; rows alternate chosen, rejected).
-    """
-    if len(inputs) == 2:
-        _, summed, mask = sequence_logps(model, *inputs)  # (2B,), (2B, T-1)
-        return summed, mask.sum(axis=-1)
-    summed = grouped_completion_logps(model, *inputs).sum(axis=-1)  # (2B,) interleaved
-    lengths = inputs[3].sum(axis=-1)
-    chosen_first = lambda x: mx.concatenate([x[0::2], x[1::2]])  # noqa: E731
-    return chosen_first(summed), chosen_first(lengths)
 
 
 def dpo_loss(

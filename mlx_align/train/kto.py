@@ -126,9 +126,9 @@ def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | N
         return None
     rows = list(zip(batches.matched, batches.mismatched, strict=True))
 
-    def pad(indices: list[int]):
+    def pad(indices: list[int], shared: bool) -> tuple:
         tokens, mask, _, index = batches.pad(indices)
-        return tokens, mask, index
+        return (tokens, mask), index
 
     return ScoredSplit(rows, pad, visited_batches(batches.plan, config, split))
 

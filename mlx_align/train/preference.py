@@ -20,6 +20,7 @@ from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
 from ..data.preference import PairBatches, encode_pairs
 from ..data.tokenize import Encoded
+from ..logprobs import pair_logps, supports_shared_prompts
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import (
@@ -106,8 +107,11 @@ class ScoredSplit:
     """Two rows per item (chosen/rejected, or matched/KL) and how to batch them for scoring."""
 
     rows: list[tuple[Encoded, Encoded]]
-    pad: Callable[[list[int]], ScoredBatch]  # item indices -> (tokens, mask, index)
+    pad: Callable[
+        [list[int], bool], tuple
+    ]  # (item indices, shared prompts ok) -> (inputs, index)
     needed: list[list[int]]  # the batches this run visits
+    score: Callable | None = None  # (model, inputs) -> (2B,) by column; None: full rows
 
 
 def visited_batches(plan: BatchPlan, config, split: str) -> list[list[int]]:
@@ -130,7 +134,17 @@ def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit |
     if batches is None:
         return None
     rows = [(p.chosen, p.rejected) for p in batches.pairs]
-    return ScoredSplit(rows, batches.pad, visited_batches(batches.plan, config, split))
+
+    def pad(indices: list[int], shared: bool) -> tuple:
+        inputs = batches.pad_shared(indices) if shared else None
+        return inputs or batches.pad(indices)[:2], batches.index(indices)
+
+    return ScoredSplit(
+        rows,
+        pad,
+        visited_batches(batches.plan, config, split),
+        lambda m, x: pair_logps(m, x)[0],
+    )
 
 
 def reference_logps(config, model: nn.Module, split: ScoredSplit) -> mx.array:
@@ -153,7 +167,9 @@ def reference_logps(config, model: nn.Module, split: ScoredSplit) -> mx.array:
         logps = np.full((len(split.rows), 2), np.nan, dtype=np.float32)
     todo = [b for b in split.needed if np.isnan(logps[b]).any()]
     if todo:
-        score_items(model, map(split.pad, todo), logps, total=len(todo))
+        shared = supports_shared_prompts(model)
+        padded = (split.pad(indices, shared) for indices in todo)
+        score_items(model, padded, logps, total=len(todo), score=split.score)
         path = save_cached(key, logps)
         tqdm.write(
             f"reference log-probs: {sum(map(len, todo))} items scored, cached in {path}"
