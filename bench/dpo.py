@@ -56,7 +56,8 @@ hits both alike.
 
 prints a markdown table and writes it to bench/results/dpo.md (with
 `--blas reference`: dpo-reference-blas.md; with `--pairs 0`:
-dpo-whole-split.md).
+dpo-whole-split.md; `--grad-checkpoint X` and a `--preset` other than small
+add their own suffix).
 """
 
 from __future__ import annotations
@@ -268,6 +269,9 @@ def run_mlx_align(opts, label: str, model: Path, data: Path, out: Path, env: dic
     args += ["--warmup-steps", "0", "--min-lr-ratio", "1.0", "--max-grad-norm", "0"]
     args += ["--weight-decay", "0", "--eval-every", "0", "--save-every", "0"]
     args += ["--log-every", "1"]
+    if opts.grad_checkpoint in ("both", "mlx-align"):
+        args += ["--grad-checkpoint"]
+    args += opts.align_args.split()
     fresh_dir(out)
     report = out / "report.jsonl"
     env = {**env, "MLX_ALIGN_CACHE": str(out / "reference-cache")}  # empty: no reuse
@@ -290,6 +294,8 @@ def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: d
     args += ["--beta", str(opts.beta), "--dpo-cpo-loss-type", "sigmoid"]
     args += ["--steps-per-report", "1", "--steps-per-eval", never]
     args += ["--save-every", never]
+    if opts.grad_checkpoint == "both":
+        args += ["--grad-checkpoint"]
     report = out / "report.jsonl"
     cmd = [opts.lora_python, __file__, "--worker", "mlx-lm-lora", str(report), "--"]
     wall, rss = run_measured([*cmd, *args], env, out.with_suffix(".log"))
@@ -540,7 +546,9 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         f"r={opts.lora_rank} alpha={opts.lora_alpha:g} (scale "
         f"{opts.lora_alpha / opts.lora_rank:g}) on all linear layers of all blocks "
         f"({trainable:,} trainable), sigmoid DPO beta={opts.beta:g}, AdamW "
-        f"lr={opts.learning_rate:g} constant, no clipping; {opts.steps} steps per "
+        f"lr={opts.learning_rate:g} constant, no clipping; gradient checkpointing: "
+        f"{opts.grad_checkpoint}; {f'mlx-align also gets `{opts.align_args}`; ' if opts.align_args else ''}"
+        f"{opts.steps} steps per "
         f"run; cold = first run (empty mx.compile kernel cache), warm = median of "
         f"{opts.repeats} runs\n\n"
         "tok/s: completion tokens (chosen + rejected) of the pairs each tool drew, "
@@ -571,6 +579,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=-1,
         help="train pairs, spread over the length range (-1: steps x batch size, "
         "one epoch; 0: the whole split)",
+    )
+    p.add_argument(
+        "--grad-checkpoint",
+        choices=["none", "both", "mlx-align"],
+        default="none",
+        help="recompute each layer's activations in the backward pass: in neither "
+        "tool, both, or mlx-align only",
+    )
+    p.add_argument(
+        "--align-args", default="", help="extra `mlx-align dpo` flags, e.g. '--packed'"
     )
     p.add_argument("--repeats", type=int, default=3, help="warm runs per tool")
     p.add_argument("--blas", choices=["openblas", "reference"], default="openblas")
@@ -643,6 +661,9 @@ def main() -> None:
     print(text)
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "-whole-split" if stats["pairs"] == stats["split"] else ""
+    if opts.grad_checkpoint != "none":
+        suffix += f"-grad-checkpoint-{opts.grad_checkpoint}"
+    suffix += f"-{opts.preset}" if opts.preset != "small" else ""
     results = RESULTS.with_stem(f"dpo{suffix}")
     write_results(results, text)
 

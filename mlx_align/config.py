@@ -187,7 +187,21 @@ class PreferenceSettings:
 
 
 @dataclass
-class DPOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings):
+class PairSettings:
+    """How the paired stages (DPO family, ORPO) batch chosen and rejected."""
+
+    padding_free: bool = setting(
+        False,
+        "Pack pairs end to end in rows without padding (llama-family models; each "
+        "prompt once either way). Saves the compute padding costs; attention over "
+        "a packed row grows with its length, so it pays off for larger models.",
+    )
+
+
+@dataclass
+class DPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, PreferenceSettings, PairSettings
+):
     loss: str = setting(
         "sigmoid",
         "sigmoid (DPO), ipo, hinge (SLiC) or robust (cDPO-style, needs --label-smoothing).",
@@ -202,7 +216,7 @@ class DPOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings)
 
 
 @dataclass
-class ORPOConfig(RunSettings, TrainSettings, AdapterSettings):
+class ORPOConfig(RunSettings, TrainSettings, AdapterSettings, PairSettings):
     beta: float = setting(
         0.1, "λ: weight of the odds-ratio term against the chosen NLL."
     )

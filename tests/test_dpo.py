@@ -235,6 +235,26 @@ def test_no_precompute_matches_precomputed_reference(
         assert a[key] == pytest.approx(b[key], abs=1e-5)
 
 
+def test_padding_free_run_matches_the_padded_run(tiny_model, pref_dir, tmp_path):
+    """``--padding-free`` (compiled, reference pass packed too) trains the same curve."""
+    settings = dict(steps=3, log_every=1, compile=True, eval_every=3)
+    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "pad", **settings)))
+    run_dpo(
+        DPOConfig(
+            **dpo_config(
+                tiny_model, pref_dir, tmp_path / "free", padding_free=True, **settings
+            )
+        )
+    )
+    padded, packed = metrics_of(tmp_path / "pad"), metrics_of(tmp_path / "free")
+    assert len(padded) == len(packed) == 4
+    for a, b in zip(padded, packed, strict=True):
+        for key in ("loss", "val_loss", "val_rewards/margins"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-4), key
+    assert packed[-1]["val_rewards/margins"] != 0  # the run trained
+
+
 @pytest.mark.parametrize("loss", ["ipo", "hinge", "robust"])
 def test_other_dpo_losses_train(loss, tiny_model, pref_dir, tmp_path):
     extra = {"label_smoothing": 0.1} if loss == "robust" else {}
@@ -246,11 +266,13 @@ def test_other_dpo_losses_train(loss, tiny_model, pref_dir, tmp_path):
     assert lines[-1]["rewards/margins"] > lines[0]["rewards/margins"]
 
 
-def test_orpo_moves_chosen_logps_above_rejected(tiny_model, pref_dir, tmp_path):
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_orpo_moves_chosen_logps_above_rejected(
+    padding_free, tiny_model, pref_dir, tmp_path
+):
     out = tmp_path / "orpo"
-    run_orpo(
-        ORPOConfig(**dpo_config(tiny_model, pref_dir, out, eval_every=10, beta=1.0))
-    )
+    settings = dict(eval_every=10, beta=1.0, padding_free=padding_free)
+    run_orpo(ORPOConfig(**dpo_config(tiny_model, pref_dir, out, **settings)))
     val = [m for m in metrics_of(out) if "val_loss" in m]
     first, last = val[0], val[-1]
     gap = lambda m: m["val_logps/chosen"] - m["val_logps/rejected"]  # noqa: E731
@@ -258,8 +280,12 @@ def test_orpo_moves_chosen_logps_above_rejected(tiny_model, pref_dir, tmp_path):
     assert last["val_rewards/accuracies"] >= 0.9
 
 
-def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(tiny_model, pref_dir):
-    """The prompt run once for chosen and rejected == both full rows (values and gradients)."""
+@pytest.mark.parametrize("layout", ["pad_shared", "pad_packed"])
+def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
+    layout, tiny_model, pref_dir
+):
+    """The prompt run once for chosen and rejected (padded, or packed without padding)
+    == both full rows (values and gradients)."""
     from mlx.utils import tree_flatten
 
     model, batches = batch_of(tiny_model, pref_dir)
@@ -276,8 +302,9 @@ def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(tiny_model, pr
     )
     indices = batches.plan.batches[-1][:3]  # a short batch: one filler pair
     full = batches.pad(indices)[:2]
-    shared = batches.pad_shared(indices)
-    assert shared is not None and shared[2].shape[0] == 8
+    shared = getattr(batches, layout)(indices)
+    assert shared is not None
+    assert shared[2].shape[0] == 8 if layout == "pad_shared" else len(shared) == 7
     ref = mx.array([-20.0, -21.0, -22.0, 0.0, -23.0, -24.0, -25.0, 0.0])
     objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1, sft_weight=0.5))
     grad_fn = lambda inputs: nn.value_and_grad(  # noqa: E731

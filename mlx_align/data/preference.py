@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import mlx.core as mx
 import numpy as np
 
+from ..packing import Tree, pack_trees
 from .batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
 from .errors import DataError
 from .jsonl import Record, require_str
@@ -97,6 +98,12 @@ def encode_pairs(
     return pairs
 
 
+def split_prompt(example: Encoded) -> tuple[list[int], list[int]]:
+    """(prompt, scored completion): the first token is never scored, as in ``pad_examples``."""
+    start = max(example.completion_start, 1)
+    return example.tokens[:start], example.tokens[start:]
+
+
 class PairBatches:
     """Pairs -> ``(tokens (2B, T), loss_mask (2B, T), pair_index (B,))`` in a resumable order.
 
@@ -168,6 +175,27 @@ class PairBatches:
             completion_mask[row, : len(tokens)] = 1.0
         arrays = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         return tuple(mx.array(a) for a in arrays)
+
+    def pad_packed(self, indices: list[int]) -> tuple[mx.array, ...]:
+        """The pairs packed without padding (``packing.pack_trees``): slot b is
+        pair b's chosen completion, slot B + b its rejected one.
+
+        A pair whose chosen and rejected rows tokenise the prompt alike is one
+        tree (the prompt once); otherwise each row is its own tree.
+        """
+        trees = []
+        for b, i in enumerate(indices):
+            chosen, rejected = (
+                split_prompt(self.pairs[i].chosen),
+                split_prompt(self.pairs[i].rejected),
+            )
+            slots = [b, self.batch_size + b]
+            if chosen[0] == rejected[0]:
+                trees.append(Tree(chosen[0], [chosen[1], rejected[1]], slots))
+            else:
+                trees.append(Tree(chosen[0], [chosen[1]], slots[:1]))
+                trees.append(Tree(rejected[0], [rejected[1]], slots[1:]))
+        return pack_trees(trees, 2 * self.batch_size, self.pad_id)
 
     def train_batch(self, k: int) -> tuple[mx.array, mx.array, mx.array]:
         return self.pad(self.plan.batch(k))

@@ -21,13 +21,15 @@ import mlx.nn as nn
 from .. import losses
 from ..config import DPOConfig
 from ..data.preference import PairBatches
-from ..logprobs import pair_logps, supports_shared_prompts
+from ..logprobs import pair_logps
 from ..model.load import load_model
 from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
 from .preference import (
     load_pairs,
     masked_pair_means,
+    pad_pairs,
+    pair_layout,
     pair_split,
     reference_and_adapters,
     reference_rows,
@@ -81,14 +83,12 @@ def dpo_loss(
 
 
 def dpo_batches(
-    batches: PairBatches, ref_logps: mx.array | None, shared: bool
+    batches: PairBatches, ref_logps: mx.array | None, layout: str
 ) -> Callable:
-    """Pair indices -> ``(inputs, ref_logps)``: the prompt once per pair when exact, else full rows."""
+    """Pair indices -> ``(inputs, ref_logps)`` in ``layout`` (``preference.pair_layout``)."""
 
     def make(indices: list[int]) -> tuple:
-        inputs = batches.pad_shared(indices) if shared else None
-        if inputs is None:
-            inputs = batches.pad(indices)[:2]
+        inputs = pad_pairs(batches, indices, layout)
         return inputs, reference_rows(ref_logps, batches.index(indices))
 
     return make
@@ -112,9 +112,9 @@ def run_dpo(config: DPOConfig) -> Path:
         sft_weight=config.sft_weight,
         reference=reference,
     )
-    shared = supports_shared_prompts(model)
-    make_train = dpo_batches(train_set, ref_train, shared)
-    make_valid = valid_set and dpo_batches(valid_set, ref_valid, shared)
+    layout = pair_layout(config, model, reference)
+    make_train = dpo_batches(train_set, ref_train, layout)
+    make_valid = valid_set and dpo_batches(valid_set, ref_valid, layout)
     job = TrainJob(
         model=model,
         loss_fn=loss_fn,

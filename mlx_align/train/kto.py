@@ -126,7 +126,7 @@ def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | N
         return None
     rows = list(zip(batches.matched, batches.mismatched, strict=True))
 
-    def pad(indices: list[int], shared: bool) -> tuple:
+    def pad(indices: list[int], layout: str) -> tuple:  # full rows in any layout
         tokens, mask, _, index = batches.pad(indices)
         return (tokens, mask), index
 

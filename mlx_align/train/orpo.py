@@ -2,12 +2,14 @@
 
 Hong et al. 2024, "ORPO: Monolithic Preference Optimization without
 Reference Model", eq. 6. The loss is ``losses.orpo_loss`` on per-token mean
-log-probs; chosen and rejected run in one forward as in DPO.
+log-probs; chosen and rejected run in one forward as in DPO, packed
+without padding (each prompt once) for llama-family models.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -16,25 +18,24 @@ import mlx.nn as nn
 
 from .. import losses
 from ..config import ORPOConfig
-from ..logprobs import sequence_logps
+from ..data.preference import PairBatches
+from ..logprobs import pair_logps
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from .adapted import prepare_trainable, weights_file, write_result, write_weights
 from .loop import TrainJob, train
-from .preference import load_pairs, masked_pair_means
+from .preference import (
+    load_pairs,
+    masked_pair_means,
+    pad_pairs,
+    pair_layout,
+    visited_batches,
+)
 
 
-def orpo_batch_loss(
-    model: nn.Module,
-    tokens: mx.array,
-    loss_mask: mx.array,
-    index: mx.array,
-    *,
-    beta: float,
-):
-    """Chosen rows then rejected rows, (2B, T) -> (loss, n_tokens, metrics)."""
-    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (2B,), (2B, T-1)
-    lengths = mask.sum(axis=-1)  # (2B,)
+def orpo_batch_loss(model: nn.Module, inputs: tuple, index: mx.array, *, beta: float):
+    """A pair batch (any ``pair_logps`` layout), pair index (B,) -> (loss, n_tokens, metrics)."""
+    summed, lengths = pair_logps(model, inputs)  # (2B,) each, chosen first
     mean_logps = summed / mx.maximum(lengths, 1)
     chosen_mean, rejected_mean = mx.split(mean_logps, 2)
     pair_losses, metrics = losses.orpo_loss(
@@ -42,7 +43,15 @@ def orpo_batch_loss(
     )
     valid = (index >= 0).astype(mx.float32)
     loss, metrics = masked_pair_means(pair_losses, metrics, valid)
-    return loss, mask.sum(), metrics
+    return loss, lengths.sum(), metrics
+
+
+def orpo_batches(batches: PairBatches, layout: str) -> Callable:
+    """Pair indices -> ``(inputs, index)`` in ``layout`` (``preference.pair_layout``)."""
+    return lambda indices: (
+        pad_pairs(batches, indices, layout),
+        batches.index(indices),
+    )
 
 
 def run_orpo(config: ORPOConfig) -> Path:
@@ -52,14 +61,18 @@ def run_orpo(config: ORPOConfig) -> Path:
     if config.quantize:
         quantize_base(model, config.quantize)
     adapters = prepare_trainable(model, config, config.seed)
+    layout = pair_layout(config, model)
+    make_train = orpo_batches(train_set, layout)
+    make_valid = valid_set and orpo_batches(valid_set, layout)
     job = TrainJob(
         model=model,
         loss_fn=partial(orpo_batch_loss, beta=config.beta),
-        train_batch=train_set.train_batch,
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
         out=Path(config.out),
         write_weights=partial(write_weights, model, adapters),
         weights_file=weights_file(adapters),
-        eval_batches=valid_set and (lambda: valid_set.in_order(config.eval_batches)),
+        eval_batches=valid_set
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
         config=dataclasses.asdict(config),
     )
     train(job, config)

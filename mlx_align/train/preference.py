@@ -20,7 +20,12 @@ from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
 from ..data.preference import PairBatches, encode_pairs
 from ..data.tokenize import Encoded
-from ..logprobs import pair_logps, supports_shared_prompts
+from ..logprobs import (
+    enable_packing,
+    pair_logps,
+    supports_packing,
+    supports_shared_prompts,
+)
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import (
@@ -71,6 +76,26 @@ def with_reference(ref_logps: mx.array | None) -> Callable:
     return attach
 
 
+def pair_layout(config, *models: nn.Module | None) -> str:
+    """How pair batches reach ``models``: ``packed`` (no padding, with
+    ``--padding-free``), ``shared`` (the prompt once, padded) or ``full`` rows;
+    the first two only when every model is llama-family."""
+    models = tuple(m for m in models if m is not None)
+    if getattr(config, "padding_free", False) and all(map(supports_packing, models)):
+        for model in models:
+            enable_packing(model)  # before any compiled trace sees the model
+        return "packed"
+    return "shared" if all(map(supports_shared_prompts, models)) else "full"
+
+
+def pad_pairs(batches: PairBatches, indices: list[int], layout: str) -> tuple:
+    """The model inputs of pairs ``indices`` in ``layout`` (see ``pair_layout``)."""
+    if layout == "packed":
+        return batches.pad_packed(indices)
+    inputs = batches.pad_shared(indices) if layout == "shared" else None
+    return inputs or batches.pad(indices)[:2]
+
+
 def load_batches(config, tokenizer, encode: Callable, make_batches: Callable) -> list:
     """Train (required) and valid batches of a preference stage.
 
@@ -107,9 +132,7 @@ class ScoredSplit:
     """Two rows per item (chosen/rejected, or matched/KL) and how to batch them for scoring."""
 
     rows: list[tuple[Encoded, Encoded]]
-    pad: Callable[
-        [list[int], bool], tuple
-    ]  # (item indices, shared prompts ok) -> (inputs, index)
+    pad: Callable[[list[int], str], tuple]  # (item indices, layout) -> (inputs, index)
     needed: list[list[int]]  # the batches this run visits
     score: Callable | None = None  # (model, inputs) -> (2B,) by column; None: full rows
 
@@ -135,9 +158,8 @@ def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit |
         return None
     rows = [(p.chosen, p.rejected) for p in batches.pairs]
 
-    def pad(indices: list[int], shared: bool) -> tuple:
-        inputs = batches.pad_shared(indices) if shared else None
-        return inputs or batches.pad(indices)[:2], batches.index(indices)
+    def pad(indices: list[int], layout: str) -> tuple:
+        return pad_pairs(batches, indices, layout), batches.index(indices)
 
     return ScoredSplit(
         rows,
@@ -167,8 +189,8 @@ def reference_logps(config, model: nn.Module, split: ScoredSplit) -> mx.array:
         logps = np.full((len(split.rows), 2), np.nan, dtype=np.float32)
     todo = [b for b in split.needed if np.isnan(logps[b]).any()]
     if todo:
-        shared = supports_shared_prompts(model)
-        padded = (split.pad(indices, shared) for indices in todo)
+        layout = pair_layout(config, model)
+        padded = (split.pad(indices, layout) for indices in todo)
         score_items(model, padded, logps, total=len(todo), score=split.score)
         path = save_cached(key, logps)
         tqdm.write(
