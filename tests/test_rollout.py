@@ -1,0 +1,96 @@
+"""The compiled group decoder samples what the eager loop samples, with the current weights."""
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import mlx_lm
+import pytest
+
+from mlx_align.config import AdapterSettings
+from mlx_align.logprobs import sequence_logps
+from mlx_align.model.adapters import adapter_config, attach_adapters
+from mlx_align.rollout import CHECK_EVERY, sample_group, supports_compiled_decode
+
+NO_EOS = {10**6}
+
+
+def greedy(model, prompt, group_size, max_tokens, eos_ids, compiled):
+    group = sample_group(
+        model, prompt, group_size, max_tokens, eos_ids, 0.0, compiled=compiled
+    )
+    return group.completions
+
+
+@pytest.mark.parametrize("group_size", [1, 3])
+@pytest.mark.parametrize("stop", ["max_tokens", "eos"])
+def test_compiled_greedy_decode_matches_the_eager_loop(tiny_model, group_size, stop):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    assert supports_compiled_decode(model)
+    prompt = tokenizer.encode("Green grass")
+    max_tokens = 2 * CHECK_EVERY + 3
+    free = greedy(model, prompt, 1, max_tokens, NO_EOS, compiled=False)[0]
+    assert len(free) == max_tokens
+    eos = NO_EOS
+    if stop == "eos":  # the first new token the greedy run emits ends it
+        end = next(i for i in range(1, max_tokens) if free[i] not in free[:i])
+        eos = {free[end]}
+        assert end < max_tokens - 1
+    eager = greedy(model, prompt, group_size, max_tokens, eos, compiled=False)
+    compiled = greedy(model, prompt, group_size, max_tokens, eos, compiled=True)
+    assert compiled == eager
+    assert len(compiled[0]) == (max_tokens if stop == "max_tokens" else end + 1)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_compiled_sampling_is_seeded_and_draws_what_the_eager_loop_draws(
+    tiny_model, top_p
+):
+    """Both draw one key per step from ``mx.random.state``: same seed, same tokens."""
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    eos = set(tokenizer.eos_token_ids)
+
+    def sample(compiled: bool) -> list[list[int]]:
+        mx.random.seed(3)
+        prompt = tokenizer.encode("The cat")
+        return sample_group(
+            model, prompt, 4, 12, eos, 1.0, top_p, compiled=compiled
+        ).completions
+
+    first = sample(compiled=True)
+    assert sample(compiled=True) == first == sample(compiled=False)
+    assert len({tuple(c) for c in first}) > 1
+    for c in first:
+        assert len(c) <= 12 and all(t not in eos for t in c[:-1])
+
+
+def test_compiled_decode_reads_the_weights_after_an_optimizer_update(tiny_model):
+    """LoRA as GRPO adds it; Adam steps towards always emitting token 7."""
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    mx.random.seed(0)
+    attach_adapters(model, adapter_config(AdapterSettings()))
+    prompt, target = tokenizer.encode("Green grass"), 7
+    before = greedy(model, prompt, 2, 10, NO_EOS, compiled=True)  # traced here
+    assert before[0] != [target] * 10
+
+    tokens = mx.array([prompt + [target] * 10])
+    mask = mx.array([[0] * len(prompt) + [1] * 10])
+    loss_and_grad = nn.value_and_grad(
+        model, lambda m: -sequence_logps(m, tokens, mask)[1].sum()
+    )
+    optimizer = optim.Adam(learning_rate=1e-2)
+    for _ in range(10):
+        _, grads = loss_and_grad(model)
+        optimizer.update(model, grads)
+        mx.eval(model.parameters(), optimizer.state)
+
+    after = greedy(model, prompt, 2, 10, NO_EOS, compiled=True)
+    assert after == [[target] * 10] * 2
+    assert after == greedy(model, prompt, 2, 10, NO_EOS, compiled=False)
+
+
+def test_other_models_use_the_eager_loop(tiny_model):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    model.model_type = "gpt2"  # not llama-family: no shared-prompt cache hooks
+    assert not supports_compiled_decode(model)
+    group = sample_group(model, tokenizer.encode("The cat"), 2, 5, NO_EOS, 0.0)
+    assert [len(c) for c in group.completions] == [5, 5]
