@@ -109,3 +109,24 @@ def test_batch_plan_is_deterministic_and_random_access():
     assert epoch == sorted(
         map(tuple, plan.batches)
     )  # each epoch visits every batch once
+
+
+def test_piece_ladder_steps_by_8_then_follows_the_ladder():
+    from mlx_align.data.batching import piece_bucket_lengths
+
+    assert piece_bucket_lengths(128) == [
+        8,
+        16,
+        24,
+        32,
+        40,
+        48,
+        56,
+        64,
+        80,
+        96,
+        112,
+        128,
+    ]
+    assert piece_bucket_lengths(40) == [8, 16, 24, 32, 40]
+    assert piece_bucket_lengths(20) == [8, 16, 20]

@@ -32,6 +32,13 @@ def bucket_lengths(max_length: int) -> list[int]:
     return [*ladder, max_length]
 
 
+def piece_bucket_lengths(max_length: int) -> list[int]:
+    """The ladder for the short pieces of a shared-prompt batch (prompts, completions):
+    steps of 8 up to 64 (a 17-token completion pads to 24, not 32), then ``bucket_lengths``."""
+    fine = [n for n in range(8, 65, 8) if n < max_length]
+    return fine + [n for n in bucket_lengths(max_length) if n > max(fine, default=0)]
+
+
 def bucket_for(length: int, buckets: Sequence[int]) -> int:
     for n in buckets:
         if length <= n:

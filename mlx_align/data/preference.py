@@ -13,7 +13,13 @@ import mlx.core as mx
 import numpy as np
 
 from ..packing import Tree, pack_trees
-from .batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
+from .batching import (
+    BatchPlan,
+    bucket_for,
+    bucket_lengths,
+    pad_examples,
+    piece_bucket_lengths,
+)
 from .errors import DataError
 from .jsonl import Record, require_str
 from .tokenize import (
@@ -159,8 +165,9 @@ class PairBatches:
         completions = [c for p in pairs for c in (p.chosen, p.rejected)]
         completions = [e.tokens[e.completion_start :] for e in completions]
         fill = self.batch_size - len(pairs)
-        width = bucket_for(max(map(len, prompts)), self.buckets)
-        limit = bucket_for(max(map(len, completions)), self.buckets)
+        pieces = piece_bucket_lengths(self.buckets[-1])
+        width = bucket_for(max(map(len, prompts)), pieces)
+        limit = bucket_for(max(map(len, completions)), pieces)
         prompt_ids = np.full((self.batch_size, width), self.pad_id, dtype=np.int32)
         prompt_mask = np.zeros((self.batch_size, width), dtype=np.float32)
         for row, prompt in enumerate(prompts):
