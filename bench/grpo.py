@@ -41,7 +41,7 @@ Each tool runs its own entry point (`mlx_align.cli.main`,
 /tmp/lora-venv/bin/pip install mlx-lm-lora "mlx[cpu]"``). The workers only
 observe, besides the sampler defaults above: the rollout (the calls that
 generate a step's completions, prefill + decode: mlx-align's
-`rollout.sample_group`, mlx-lm-lora's `generate_grpo`; timed, with the
+`rollout.sample_groups`, mlx-lm-lora's `generate_grpo`; timed, with the
 completion tokens they return, EOS included when sampled), the reward
 scoring, the tools' own per-step seconds (mlx-align's metrics.jsonl with
 ``--log-every 1``, which covers the rollout of that step; mlx-lm-lora's
@@ -389,19 +389,20 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
 
     write = reporter(report)
     limit = int(argv[argv.index("--max-completion-tokens") + 1])
-    sample_group, sample, score = (
-        grpo.sample_group,
+    sample_groups, sample, score = (
+        grpo.sample_groups,
         grpo.Rollouts.sample,
         grpo.Rollouts.score,
     )
     prepare_trainable = grpo.prepare_trainable
     groups: list[tuple[list[int], float]] = []
 
-    def timed_group(*args, **kwargs):  # one prompt's G completions, prefill + decode
+    def timed_groups(*args, **kwargs):  # the step's prompts x G completions
         tic = time.perf_counter()
-        group = sample_group(*args, **kwargs)  # returns Python lists: synced
-        groups.append(([len(c) for c in group.completions], time.perf_counter() - tic))
-        return group
+        out = sample_groups(*args, **kwargs)  # returns Python lists: synced
+        lengths = [len(c) for group in out for c in group.completions]
+        groups.append((lengths, time.perf_counter() - tic))
+        return out
 
     def timed_sample(self, rollout_id):  # one step's rollout batch
         groups.clear()
@@ -423,7 +424,7 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
         write({"trainable": trainable})
         return adapters
 
-    grpo.sample_group = timed_group
+    grpo.sample_groups = timed_groups
     grpo.Rollouts.sample = timed_sample
     grpo.Rollouts.score = timed_score
     grpo.prepare_trainable = counted_trainable

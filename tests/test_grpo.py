@@ -89,7 +89,9 @@ def test_compiled_grpo_raises_a_learnable_reward(tiny_model, tmp_path):
     config = grpo_config(tiny_model, tmp_path)
     run_grpo(config)
     rewards = [m["reward"] for m in metrics(tmp_path / "run")]
-    first, last = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
+    # the start: rollouts of the untrained policy and after one update (lr 2e-2
+    # learns this within a few steps, so a longer window already holds the rise)
+    first, last = sum(rewards[:2]) / 2, sum(rewards[-8:]) / 8
     assert last > first + 0.3 and last > 0.5, rewards
     samples = [
         json.loads(x)

@@ -9,7 +9,12 @@ import pytest
 from mlx_align.config import AdapterSettings
 from mlx_align.logprobs import sequence_logps
 from mlx_align.model.adapters import adapter_config, attach_adapters
-from mlx_align.rollout import CHECK_EVERY, sample_group, supports_compiled_decode
+from mlx_align.rollout import (
+    CHECK_EVERY,
+    sample_group,
+    sample_groups,
+    supports_compiled_decode,
+)
 
 NO_EOS = {10**6}
 
@@ -63,6 +68,62 @@ def test_compiled_sampling_is_seeded_and_draws_what_the_eager_loop_draws(
         assert len(c) <= 12 and all(t not in eos for t in c[:-1])
 
 
+def prompts_of_three_lengths(tokenizer) -> list[list[int]]:
+    """9, 3 and 14 tokens: the longest is last, so the others are left-padded to it."""
+    texts = [
+        "Question: What is 2 + 3?\nAnswer:",
+        "The cat sat on the mat.",
+        "Green grass, red apples, and a small dog that says woof.",
+    ]
+    return [tokenizer.encode(t)[:n] for t, n in zip(texts, [9, 3, 14], strict=True)]
+
+
+def test_batched_prompts_decode_what_each_prompt_decodes_alone(tiny_model):
+    """Left-padded rows keep their own positions and masks: greedy tokens as one group each.
+
+    The random tiny model attends almost uniformly, so a wrong RoPE position
+    would hardly change its greedy tokens; sharper queries make them depend
+    on the positions.
+    """
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    for layer in model.model.layers:
+        layer.self_attn.q_proj.weight = 16 * layer.self_attn.q_proj.weight
+    prompts = prompts_of_three_lengths(tokenizer)
+    assert sorted(len(p) for p in prompts) == [3, 9, 14]
+    max_tokens = 2 * CHECK_EVERY + 3
+    free = [greedy(model, p, 1, max_tokens, NO_EOS, compiled=False)[0] for p in prompts]
+    # An EOS that one prompt's greedy run reaches early and another never does.
+    eos = next(
+        {run[i]}
+        for run in free
+        for i in range(1, max_tokens - 1)
+        if run[i] not in run[:i] and any(run[i] not in other for other in free)
+    )
+    alone = [greedy(model, p, 2, max_tokens, eos, compiled=False) for p in prompts]
+    batched = sample_groups(model, prompts, 2, max_tokens, eos, 0.0, compiled=True)
+    assert [g.prompt for g in batched] == prompts
+    assert [g.completions for g in batched] == alone
+    lengths = {len(c) for g in alone for c in g}
+    assert max_tokens in lengths and min(lengths) < max_tokens
+
+
+def test_batched_sampling_is_seeded_and_rows_differ(tiny_model):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    prompts, eos = prompts_of_three_lengths(tokenizer), set(tokenizer.eos_token_ids)
+
+    def sample() -> list[list[list[int]]]:
+        mx.random.seed(5)
+        groups = sample_groups(model, prompts, 4, 12, eos, 1.0, 0.9, compiled=True)
+        return [g.completions for g in groups]
+
+    first = sample()
+    assert sample() == first
+    assert len(first) == 3 and all(len(group) == 4 for group in first)
+    assert all(len({tuple(c) for c in group}) > 1 for group in first)
+    for c in (c for group in first for c in group):
+        assert 1 <= len(c) <= 12 and all(t not in eos for t in c[:-1])
+
+
 def test_compiled_decode_reads_the_weights_after_an_optimizer_update(tiny_model):
     """LoRA as GRPO adds it; Adam steps towards always emitting token 7."""
     model, tokenizer = mlx_lm.load(str(tiny_model))
@@ -92,5 +153,7 @@ def test_other_models_use_the_eager_loop(tiny_model):
     model, tokenizer = mlx_lm.load(str(tiny_model))
     model.model_type = "gpt2"  # not llama-family: no shared-prompt cache hooks
     assert not supports_compiled_decode(model)
-    group = sample_group(model, tokenizer.encode("The cat"), 2, 5, NO_EOS, 0.0)
-    assert [len(c) for c in group.completions] == [5, 5]
+    prompts = [tokenizer.encode("The cat"), tokenizer.encode("Green grass")]
+    groups = sample_groups(model, prompts, 2, 5, NO_EOS, 0.0)
+    assert [g.prompt for g in groups] == prompts
+    assert [[len(c) for c in g.completions] for g in groups] == [[5, 5], [5, 5]]

@@ -37,7 +37,7 @@ from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
 from ..rewards import resolve_reward
-from ..rollout import sample_group
+from ..rollout import sample_groups
 from .adapted import prepare_trainable, weights_file, write_result, write_weights
 from .loop import TrainJob, train
 
@@ -124,18 +124,15 @@ class Rollouts:
         """Rollouts for one micro-batch: (inputs, old_logps, ref_logps, advantages, stats)."""
         config, indices = self.config, self.plan.batch(rollout_id)
         self.model.eval()
-        groups = [
-            sample_group(
-                self.model,
-                self.prompts[i],
-                config.group_size,
-                config.max_completion_tokens,
-                self.eos_ids,
-                config.temperature,
-                config.top_p,
-            )
-            for i in indices
-        ]
+        groups = sample_groups(
+            self.model,
+            [self.prompts[i] for i in indices],
+            config.group_size,
+            config.max_completion_tokens,
+            self.eos_ids,
+            config.temperature,
+            config.top_p,
+        )
         self.model.train()
         rewards, reward_metrics = self.score(indices, groups)
         advantages, adv_metrics = group_advantages(
