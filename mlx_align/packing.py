@@ -14,6 +14,11 @@ every log-prob equals scoring that row alone. No compute is spent on padding
 except the tail of a row, and logits are formed only where a completion token
 is predicted. Row width and target count are rounded up on the bucket ladder,
 so a run sees a handful of compiled shapes.
+
+The price is attention over whole rows: a row x row score matrix per head
+(masked, not skipped) instead of short per-sequence ones. On MLX's CPU
+backend, where each ``exp`` costs ~60 adds, that outweighs the padding saved
+for small models (bench/README.md); hence ``--padding-free`` is opt-in.
 """
 
 from __future__ import annotations
