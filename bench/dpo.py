@@ -56,8 +56,8 @@ hits both alike.
 
 prints a markdown table and writes it to bench/results/dpo.md (with
 `--blas reference`: dpo-reference-blas.md; with `--pairs 0`:
-dpo-whole-split.md; `--grad-checkpoint X` and a `--preset` other than small
-add their own suffix).
+dpo-whole-split.md; `--grad-checkpoint X`, a `--preset` other than small
+and `--align-args` add their own suffix).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -231,10 +232,23 @@ def read_report(path: Path) -> tuple[list[dict], dict, dict]:
     return batches, steps, rest
 
 
+def per_step(batches: list[dict], micro: int) -> list[dict]:
+    """Micro-batches (mlx-align with ``--grad-accumulation``) merged into their steps."""
+    return [
+        {
+            "width": max(b["width"] for b in group),
+            "pairs": sum(b["pairs"] for b in group),
+            "tokens": sum(b["tokens"] for b in group),
+        }
+        for group in (batches[i : i + micro] for i in range(0, len(batches), micro))
+    ]
+
+
 def to_run(opts, tool: str, label: str, report: Path, wall: float, rss: float) -> Run:
     batches, steps, rest = read_report(report)
-    if len(batches) != opts.steps or sorted(steps) != list(range(1, opts.steps + 1)):
+    if len(batches) % opts.steps or sorted(steps) != list(range(1, opts.steps + 1)):
         sys.exit(f"{tool}: {len(batches)} batches, {len(steps)} steps in {report}")
+    batches = per_step(batches, len(batches) // opts.steps)
     rows, notes = [], []
     for batch, step in zip(batches, (steps[k] for k in sorted(steps)), strict=True):
         if batch["pairs"] != opts.batch_size:
@@ -664,6 +678,8 @@ def main() -> None:
     if opts.grad_checkpoint != "none":
         suffix += f"-grad-checkpoint-{opts.grad_checkpoint}"
     suffix += f"-{opts.preset}" if opts.preset != "small" else ""
+    if opts.align_args:  # e.g. "--padding-free" -> "-padding-free"
+        suffix += "-" + "-".join(re.findall(r"[A-Za-z0-9.]+", opts.align_args))
     results = RESULTS.with_stem(f"dpo{suffix}")
     write_results(results, text)
 
