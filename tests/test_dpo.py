@@ -236,7 +236,8 @@ def test_no_precompute_matches_precomputed_reference(
 
 
 def test_padding_free_run_matches_the_padded_run(tiny_model, pref_dir, tmp_path):
-    """``--padding-free`` (compiled, reference pass packed too) trains the same curve."""
+    """``--padding-free`` (compiled; reference precomputed or run every step, packed
+    too) trains the same curve as padded batches."""
     settings = dict(steps=3, log_every=1, compile=True, eval_every=3)
     run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, tmp_path / "pad", **settings)))
     run_dpo(
@@ -246,12 +247,26 @@ def test_padding_free_run_matches_the_padded_run(tiny_model, pref_dir, tmp_path)
             )
         )
     )
+    run_dpo(  # the reference runs every step, packed as well
+        DPOConfig(
+            **dpo_config(
+                tiny_model,
+                pref_dir,
+                tmp_path / "live",
+                padding_free=True,
+                precompute=False,
+                **settings,
+            )
+        )
+    )
     padded, packed = metrics_of(tmp_path / "pad"), metrics_of(tmp_path / "free")
-    assert len(padded) == len(packed) == 4
-    for a, b in zip(padded, packed, strict=True):
+    live = metrics_of(tmp_path / "live")
+    assert len(padded) == len(packed) == len(live) == 4
+    for a, b, c in zip(padded, packed, live, strict=True):
         for key in ("loss", "val_loss", "val_rewards/margins"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], abs=1e-4), key
+                assert a[key] == pytest.approx(c[key], abs=1e-4), key
     assert packed[-1]["val_rewards/margins"] != 0  # the run trained
 
 
