@@ -7,6 +7,23 @@ import numpy as np
 from mlx_align.logprobs import sequence_logps, token_logps
 
 
+def lora_model(model_dir):
+    """The tiny model with rank-4 LoRA on every layer (B still zero), seed 0 set."""
+    from mlx_align.model.adapters import attach_adapters
+
+    model, _ = mlx_lm.load(str(model_dir))
+    attach_adapters(
+        model,
+        {
+            "fine_tune_type": "lora",
+            "num_layers": -1,
+            "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0},
+        },
+    )
+    mx.random.seed(0)
+    return model
+
+
 def test_token_logps_by_hand():
     """Logits [0, ln 3] over 2 tokens: p = [1/4, 3/4]; log p(1) = ln 0.75, log p(0) = ln 0.25."""
     logits = mx.array([[[0.0, math.log(3.0)], [0.0, math.log(3.0)]]])
@@ -52,18 +69,8 @@ def test_grouped_completion_logps_equals_scoring_full_rows(tiny_model):
     from mlx.utils import tree_flatten
 
     from mlx_align.logprobs import grouped_completion_logps, supports_shared_prompts
-    from mlx_align.model.adapters import attach_adapters
 
-    model, _ = mlx_lm.load(str(tiny_model))
-    attach_adapters(
-        model,
-        {
-            "fine_tune_type": "lora",
-            "num_layers": -1,
-            "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0},
-        },
-    )
-    mx.random.seed(0)
+    model = lora_model(tiny_model)
     model.update(
         {
             "model": {
@@ -124,19 +131,9 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     from mlx.utils import tree_flatten
 
     from mlx_align.logprobs import packed_completion_logps, supports_packing
-    from mlx_align.model.adapters import attach_adapters
     from mlx_align.packing import Tree, pack_trees
 
-    model, _ = mlx_lm.load(str(tiny_model))
-    attach_adapters(
-        model,
-        {
-            "fine_tune_type": "lora",
-            "num_layers": -1,
-            "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0},
-        },
-    )
-    mx.random.seed(0)
+    model = lora_model(tiny_model)
     model.update(
         {
             "model": {

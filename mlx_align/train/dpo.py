@@ -10,7 +10,6 @@ every step instead (a model object sharing the base arrays, or the loaded
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -23,8 +22,7 @@ from ..config import DPOConfig
 from ..data.preference import PairBatches
 from ..logprobs import pair_logps
 from ..model.load import load_model
-from .adapted import weights_file, write_result, write_weights
-from .loop import TrainJob, train
+from .adapted import write_result
 from .preference import (
     load_pairs,
     masked_pair_means,
@@ -33,7 +31,7 @@ from .preference import (
     pair_split,
     reference_and_adapters,
     reference_rows,
-    visited_batches,
+    train_on_pairs,
 )
 
 
@@ -115,19 +113,18 @@ def run_dpo(config: DPOConfig) -> Path:
     layout = pair_layout(config, model, reference)
     make_train = dpo_batches(train_set, ref_train, layout)
     make_valid = valid_set and dpo_batches(valid_set, ref_valid, layout)
-    job = TrainJob(
-        model=model,
-        loss_fn=loss_fn,
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        eval_batches=valid_set
-        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
-        config=dataclasses.asdict(config),
-        frozen=[reference] if reference is not None else [],
+    frozen = [reference] if reference is not None else []
+    train_on_pairs(
+        config,
+        model,
+        adapters,
+        loss_fn,
+        train_set,
+        make_train,
+        valid_set,
+        make_valid,
+        frozen,
     )
-    train(job, config)
     return write_result(
         model, adapters, Path(config.out), config.model, tokenizer, model_config
     )

@@ -8,7 +8,6 @@ without padding (each prompt once) for llama-family models.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,14 +21,13 @@ from ..data.preference import PairBatches
 from ..logprobs import pair_logps
 from ..model.adapters import quantize_base
 from ..model.load import load_model
-from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .loop import TrainJob, train
+from .adapted import prepare_trainable, write_result
 from .preference import (
     load_pairs,
     masked_pair_means,
     pad_pairs,
     pair_layout,
-    visited_batches,
+    train_on_pairs,
 )
 
 
@@ -64,18 +62,10 @@ def run_orpo(config: ORPOConfig) -> Path:
     layout = pair_layout(config, model)
     make_train = orpo_batches(train_set, layout)
     make_valid = valid_set and orpo_batches(valid_set, layout)
-    job = TrainJob(
-        model=model,
-        loss_fn=partial(orpo_batch_loss, beta=config.beta),
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        eval_batches=valid_set
-        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
-        config=dataclasses.asdict(config),
+    loss_fn = partial(orpo_batch_loss, beta=config.beta)
+    train_on_pairs(
+        config, model, adapters, loss_fn, train_set, make_train, valid_set, make_valid
     )
-    train(job, config)
     return write_result(
         model, adapters, Path(config.out), config.model, tokenizer, model_config
     )

@@ -8,8 +8,11 @@ the policy's own base arrays behind the adapters, or ``--ref-model``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -36,7 +39,8 @@ from ..reference import (
     score_items,
     shared_reference,
 )
-from .adapted import prepare_trainable
+from .adapted import prepare_trainable, weights_file, write_weights
+from .loop import TrainJob, train
 
 ScoredBatch = tuple[mx.array, mx.array, mx.array]  # tokens (2B, T), mask, index (B,)
 
@@ -224,3 +228,31 @@ def reference_and_adapters(config, model: nn.Module, splits: list[ScoredSplit | 
         shared = shared_reference(model, config.model) if adapters else None
         reference = ref_model or shared or load_model(config.model)[0]
     return adapters, cached, reference
+
+
+def train_on_pairs(
+    config,
+    model: nn.Module,
+    adapters: dict | None,
+    loss_fn: Callable,
+    train_set: PairBatches,
+    make_train: Callable[[list[int]], tuple],
+    valid_set: PairBatches | None,
+    make_valid: Callable[[list[int]], tuple] | None,
+    frozen: list[nn.Module] | None = None,
+) -> None:
+    """The training loop over pair batches (DPO, ORPO): micro-batch k is
+    ``make_train(plan.batch(k))``; eval over the valid batches a run visits."""
+    job = TrainJob(
+        model=model,
+        loss_fn=loss_fn,
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
+        out=Path(config.out),
+        write_weights=partial(write_weights, model, adapters),
+        weights_file=weights_file(adapters),
+        eval_batches=valid_set
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
+        config=dataclasses.asdict(config),
+        frozen=frozen or [],
+    )
+    train(job, config)
