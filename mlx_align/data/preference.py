@@ -127,6 +127,7 @@ class PairBatches:
     ):
         self.pairs, self.batch_size, self.pad_id = pairs, batch_size, pad_id
         self.buckets = bucket_lengths(max_length)
+        self.pieces = piece_bucket_lengths(max_length)  # shared-prompt pieces
         lengths = [max(len(p.chosen.tokens), len(p.rejected.tokens)) for p in pairs]
         self.plan = BatchPlan.by_length(lengths, batch_size, seed)
 
@@ -154,20 +155,17 @@ class PairBatches:
         None when a pair's chosen and rejected rows tokenise the prompt
         differently (a merge across the seam): then only full rows are exact.
         """
-        pairs = [self.pairs[i] for i in indices]
-        prompts = [p.chosen.tokens[: p.chosen.completion_start] for p in pairs]
-        for pair, prompt in zip(pairs, prompts, strict=True):
-            if (
-                not prompt
-                or pair.rejected.tokens[: pair.rejected.completion_start] != prompt
-            ):
-                return None
-        completions = [c for p in pairs for c in (p.chosen, p.rejected)]
-        completions = [e.tokens[e.completion_start :] for e in completions]
-        fill = self.batch_size - len(pairs)
-        pieces = piece_bucket_lengths(self.buckets[-1])
-        width = bucket_for(max(map(len, prompts)), pieces)
-        limit = bucket_for(max(map(len, completions)), pieces)
+        split = [
+            (split_prompt(self.pairs[i].chosen), split_prompt(self.pairs[i].rejected))
+            for i in indices
+        ]
+        if any(chosen[0] != rejected[0] for chosen, rejected in split):
+            return None
+        prompts = [chosen[0] for chosen, _ in split]
+        completions = [c[1] for pair in split for c in pair]  # chosen, rejected, ...
+        fill = self.batch_size - len(indices)
+        width = bucket_for(max(map(len, prompts)), self.pieces)
+        limit = bucket_for(max(map(len, completions)), self.pieces)
         prompt_ids = np.full((self.batch_size, width), self.pad_id, dtype=np.int32)
         prompt_mask = np.zeros((self.batch_size, width), dtype=np.float32)
         for row, prompt in enumerate(prompts):
@@ -192,10 +190,8 @@ class PairBatches:
         """
         trees = []
         for b, i in enumerate(indices):
-            chosen, rejected = (
-                split_prompt(self.pairs[i].chosen),
-                split_prompt(self.pairs[i].rejected),
-            )
+            chosen = split_prompt(self.pairs[i].chosen)
+            rejected = split_prompt(self.pairs[i].rejected)
             slots = [b, self.batch_size + b]
             if chosen[0] == rejected[0]:
                 trees.append(Tree(chosen[0], [chosen[1], rejected[1]], slots))
