@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -182,6 +183,11 @@ def machine(blas: str, load: tuple[float, float]) -> str:
         f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
         f"after), BLAS {blas}"
     )
+
+
+def flags_suffix(flags: str) -> str:
+    """A results-file suffix for extra flags: "--fuse-rollout off" -> "-fuse-rollout-off"."""
+    return "-" + "-".join(re.findall(r"[A-Za-z0-9.]+", flags)) if flags else ""
 
 
 def write_results(path: Path, text: str, announce: bool = True) -> None:

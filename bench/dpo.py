@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -80,6 +79,7 @@ from common import (
     blas_in_use,
     check_lora_setup,
     check_same_trainable,
+    flags_suffix,
     fresh_dir,
     kernel_caches,
     machine,
@@ -602,7 +602,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "tool, both, or mlx-align only",
     )
     p.add_argument(
-        "--align-args", default="", help="extra `mlx-align dpo` flags, e.g. '--packed'"
+        "--align-args",
+        default="",
+        help="extra `mlx-align dpo` flags, e.g. '--padding-free'",
     )
     p.add_argument("--repeats", type=int, default=3, help="warm runs per tool")
     p.add_argument("--blas", choices=["openblas", "reference"], default="openblas")
@@ -678,8 +680,7 @@ def main() -> None:
     if opts.grad_checkpoint != "none":
         suffix += f"-grad-checkpoint-{opts.grad_checkpoint}"
     suffix += f"-{opts.preset}" if opts.preset != "small" else ""
-    if opts.align_args:  # e.g. "--padding-free" -> "-padding-free"
-        suffix += "-" + "-".join(re.findall(r"[A-Za-z0-9.]+", opts.align_args))
+    suffix += flags_suffix(opts.align_args)  # "--padding-free" -> "-padding-free"
     results = RESULTS.with_stem(f"dpo{suffix}")
     write_results(results, text)
 

@@ -86,6 +86,7 @@ from common import (
     blas_in_use,
     check_lora_setup,
     check_same_trainable,
+    flags_suffix,
     fresh_dir,
     kernel_caches,
     machine,
@@ -334,6 +335,7 @@ def run_mlx_align(opts, group: int, model: Path, data: Path, out: Path, env: dic
     args += ["--weight-decay", "0", "--max-length", str(opts.max_length)]
     args += ["--beta", "0", "--epsilon", "0.2", "--iterations", "1", "--loss", "grpo"]
     args += ["--eval-every", "0", "--save-every", "0", "--log-every", "1"]
+    args += opts.align_args.split()
     fresh_dir(out)
     report = out / "report.jsonl"
     cmd = [sys.executable, __file__, "--worker", "mlx-align", str(report), "--", *args]
@@ -595,7 +597,8 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         f"beta 0, mu 1, AdamW lr={opts.learning_rate:g} constant, no clipping; "
         f"{opts.steps} steps per run, {opts.repeats} run(s) per tool and group size "
         f"(tools alternating), the first {opts.warmup} step(s) of each run left "
-        f"out{'; cold kernel cache' if opts.cold else ''}\n\n"
+        f"out{'; cold kernel cache' if opts.cold else ''}"
+        f"{f'; mlx-align also gets `{opts.align_args}`' if opts.align_args else ''}\n\n"
         "step s / rollout s / train s / score ms: medians over the pooled steps; "
         "rollout = generating the step's G completions (prefill + decode), train = "
         "the rest of the step (padding, forward + backward, update), score = the "
@@ -624,6 +627,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="default",
         help="system message of every prompt (default: mlx-lm-lora's own, 140 "
         f"tokens under this tokenizer; e.g. {SYSTEM!r}: a short one)",
+    )
+    p.add_argument(
+        "--align-args",
+        default="",
+        help="extra `mlx-align grpo` flags, e.g. '--fuse-rollout off'",
     )
     p.add_argument("--warmup", type=int, default=1, help="steps left out of each run")
     p.add_argument("--repeats", type=int, default=2, help="runs per tool and group")
@@ -697,6 +705,7 @@ def main() -> None:
     print(text)
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "" if opts.system == "default" else "-short-system"
+    suffix += flags_suffix(opts.align_args)
     results = RESULTS.with_stem(f"grpo{suffix}")
     write_results(results, text)
 

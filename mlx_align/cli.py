@@ -45,8 +45,13 @@ def options_from(cls: type) -> Callable:
                     f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text
                 )
             else:
+                choices = f.metadata.get("choices")
                 option = click.option(
-                    flag, f.name, type=kind, default=None, help=help_text
+                    flag,
+                    f.name,
+                    type=click.Choice(choices) if choices else kind,
+                    default=None,
+                    help=help_text,
                 )
             command = option(command)
         return click.option(

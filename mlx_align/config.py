@@ -272,6 +272,12 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
     scale_rewards: str = setting(
         "group", "Advantage scaling: group, batch or none (Dr. GRPO)."
     )
+    fuse_rollout: str = setting(
+        "auto",
+        "Sample from LoRA-fused weights, a copy held during each rollout "
+        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        choices=("auto", "on", "off"),
+    )
     learning_rate: float = setting(
         1e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
     )

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from ..data.batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
 from ..data.errors import DataError
 from ..data.jsonl import Record, load_split
 from ..data.tokenize import Encoded, encode_plain, is_chat_field, require_messages
+from ..fused_sampler import FusedSampler, should_fuse
 from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
 from ..losses import grpo_loss
 from ..model.adapters import quantize_base
@@ -103,6 +106,7 @@ class Rollouts:
         self.eos_ids = set(tokenizer.eos_token_ids)
         self.buckets = bucket_lengths(config.max_length)
         self.reference: nn.Module | None = None
+        self.sampler: FusedSampler | None = None  # set once adapters are on
         # Score each prompt once per group in the train step (exact; llama-family models).
         self.shared_prompts = supports_shared_prompts(model)
         self.cache: dict[int, tuple] = {}
@@ -123,17 +127,16 @@ class Rollouts:
     def sample(self, rollout_id: int) -> tuple:
         """Rollouts for one micro-batch: (inputs, old_logps, ref_logps, advantages, stats)."""
         config, indices = self.config, self.plan.batch(rollout_id)
-        self.model.eval()
-        groups = sample_groups(
-            self.model,
-            [self.prompts[i] for i in indices],
-            config.group_size,
-            config.max_completion_tokens,
-            self.eos_ids,
-            config.temperature,
-            config.top_p,
-        )
-        self.model.train()
+        with self.sampling_model() as model:
+            groups = sample_groups(
+                model,
+                [self.prompts[i] for i in indices],
+                config.group_size,
+                config.max_completion_tokens,
+                self.eos_ids,
+                config.temperature,
+                config.top_p,
+            )
         rewards, reward_metrics = self.score(indices, groups)
         advantages, adv_metrics = group_advantages(
             rewards, config.group_size, config.scale_rewards
@@ -162,6 +165,19 @@ class Rollouts:
             [float(stats.get(name, 0.0)) for name in self.stat_names()]
         )
         return inputs, old, ref, advantages, stat_values
+
+    @contextmanager
+    def sampling_model(self) -> Iterator[nn.Module]:
+        """The policy in eval mode, or its fused twin (``--fuse-rollout``)."""
+        if self.sampler is not None:
+            with self.sampler.fused() as model:
+                yield model
+            return
+        self.model.eval()
+        try:
+            yield self.model
+        finally:
+            self.model.train()
 
     def score_inputs(self, groups) -> tuple:
         """What ``policy_token_logps`` scores: shared prompts, or full prompt+completion rows."""
@@ -285,6 +301,8 @@ def run_grpo(config: GRPOConfig) -> Path:
         quantize_base(model, config.quantize)
     rollouts = Rollouts(config, model, tokenizer, records)
     adapters = prepare_trainable(model, config, config.seed)
+    if should_fuse(model, config.fuse_rollout):
+        rollouts.sampler = FusedSampler(model)
     if config.beta > 0:
         rollouts.reference = (
             shared_reference(model, config.model)
