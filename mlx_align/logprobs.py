@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -11,6 +13,85 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
     logits = logits.astype(mx.float32)
     picked = mx.take_along_axis(logits, targets[..., None], axis=-1).squeeze(-1)
     return picked - mx.logsumexp(logits, axis=-1)
+
+
+# Logits of up to LOGITS_IN_ONE_PIECE elements (64 MB in float32) are formed
+# whole. Larger ones (a large vocabulary: Qwen's 152k tokens take 0.6 MB per
+# position, and the softmax and gradient as much again) are formed a chunk of
+# positions at a time, forward and backward: CHUNK_ELEMENTS (8 MB) a chunk, but
+# at least MIN_CHUNK_ROWS positions, since every chunk reads the whole head.
+LOGITS_IN_ONE_PIECE = 1 << 24
+CHUNK_ELEMENTS = 1 << 21
+MIN_CHUNK_ROWS = 64
+
+
+def output_layer(model: nn.Module) -> tuple[nn.Module, Callable]:
+    """(the module owning the output weights, the function applying them): lm_head, or tied embeddings."""
+    if getattr(model, "lm_head", None) is not None:
+        return model.lm_head, model.lm_head
+    return model.model.embed_tokens, model.model.embed_tokens.as_linear
+
+
+def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.array:
+    """log p(target) from the backbone's final hidden states: (..., D), (...) -> (...), float32.
+
+    Equal to ``token_logps(head(hidden), targets)`` (tested, values and
+    gradients). Above ``LOGITS_IN_ONE_PIECE`` logits, when the head is a plain
+    weight matrix (an unquantized ``lm_head`` without bias, or tied
+    embeddings), they go through ``chunked_linear_logps`` instead.
+    """
+    owner, head = output_layer(model)
+    weight = owner.get("weight")
+    plain = isinstance(owner, (nn.Linear, nn.Embedding)) and "bias" not in owner
+    plain = plain and type(owner) in (nn.Linear, nn.Embedding)  # not quantized/LoRA
+    n, vocab = targets.size, weight.shape[0]
+    if not plain or n * vocab <= LOGITS_IN_ONE_PIECE:
+        return token_logps(head(hidden), targets)
+    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
+    flat = chunked_linear_logps(weight, hidden.reshape(n, -1), targets.reshape(n), rows)
+    return flat.reshape(targets.shape)
+
+
+def chunked_linear_logps(
+    weight: mx.array, hidden: mx.array, targets: mx.array, rows: int
+) -> mx.array:
+    """log softmax(hidden @ weight.T)[target] per row, ``rows`` rows at a time: (V, D), (N, D), (N,) -> (N,).
+
+    A custom VJP forms each chunk's logits again in the backward pass and
+    turns them into that chunk's gradients at once: d logits = g (onehot -
+    softmax). ``mx.depends`` chains the chunks, forward and backward. MLX
+    still runs ahead by about ten chunks (on the CPU backend: peak ~12
+    chunks' logits with the chain, ~28 without, all of them below ~12
+    chunks; ``bench/logits_memory.py``), so the saving needs many chunks.
+    """
+    starts = range(0, targets.shape[0], rows)
+
+    def in_turn(x: mx.array, previous: list[mx.array]) -> mx.array:
+        return mx.depends([x], [previous[-1]])[0] if previous else x
+
+    @mx.custom_function
+    def logps(weight, hidden, targets):
+        parts = []
+        for i in starts:
+            logits = in_turn(hidden[i : i + rows], parts) @ weight.T
+            parts.append(token_logps(logits, targets[i : i + rows]))
+        return mx.concatenate(parts)
+
+    @logps.vjp
+    def logps_vjp(primals, cotangent, output):
+        weight, hidden, targets = primals
+        d_hidden, d_weight = [], None
+        for i in starts:
+            h, g = in_turn(hidden[i : i + rows], d_hidden), cotangent[i : i + rows]
+            probs = mx.softmax((h @ weight.T).astype(mx.float32), axis=-1)
+            onehot = mx.arange(probs.shape[-1]) == targets[i : i + rows, None]
+            d_logits = (g[:, None] * (onehot - probs)).astype(weight.dtype)
+            d_hidden.append(d_logits @ weight)
+            part = d_logits.T @ h  # (V, D); not evaluated when the head is frozen
+            d_weight = part if d_weight is None else d_weight + part
+        return d_weight, mx.concatenate(d_hidden), mx.zeros_like(targets)
+
+    return logps(weight, hidden, targets)
 
 
 def sequence_logps(
@@ -27,9 +108,12 @@ def sequence_logps(
         ``(per_token, summed, mask)``: per-token log-probs (B, T-1) with zeros
         off the mask, their sum per row (B,), and the shifted mask (B, T-1).
     """
-    logits = model(tokens[:, :-1])  # (B, T-1, V)
     mask = loss_mask[:, 1:]  # (B, T-1)
-    per_token = token_logps(logits, tokens[:, 1:]) * mask  # (B, T-1)
+    if supports_shared_prompts(model):  # llama family: logits = head(backbone)
+        per_token = head_logps(model, model.model(tokens[:, :-1]), tokens[:, 1:])
+    else:
+        per_token = token_logps(model(tokens[:, :-1]), tokens[:, 1:])  # (B, T-1)
+    per_token = per_token * mask
     return per_token, per_token.sum(axis=-1), mask
 
 
@@ -93,12 +177,6 @@ def supports_shared_prompts(model: nn.Module) -> bool:
 SHARED_PROMPT_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
 
 
-def output_head(model: nn.Module):
-    if getattr(model, "lm_head", None) is not None:
-        return model.lm_head
-    return model.model.embed_tokens.as_linear
-
-
 def grouped_completion_logps(
     model: nn.Module,
     prompts: mx.array,
@@ -124,7 +202,7 @@ def grouped_completion_logps(
         (P*G, C) log-probs, 0 off the mask.
     """
     group_size = completions.shape[0] // prompts.shape[0]
-    backbone, head = model.model, output_head(model)
+    backbone = model.model
     prompt_caches = [
         _PromptCache(prompt_mask.astype(mx.bool_)) for _ in backbone.layers
     ]
@@ -134,8 +212,7 @@ def grouped_completion_logps(
         prefix = [_PrefixCache(c, group_size) for c in prompt_caches]
         rest = backbone(completions[:, :-1], cache=prefix)  # (N, C-1, D)
         hidden = mx.concatenate([hidden, rest], axis=1)
-    logits = head(hidden)  # (N, C, V)
-    return token_logps(logits, completions) * completion_mask
+    return head_logps(model, hidden, completions) * completion_mask  # (N, C)
 
 
 class PositionalRoPE(nn.Module):
@@ -212,7 +289,7 @@ def packed_completion_logps(
     caches = [PackedCache(positions, tree_ids, branches) for _ in model.model.layers]
     hidden = model.model(tokens, cache=caches)  # (R, W, D)
     hidden = hidden.reshape(-1, hidden.shape[-1])[sources]  # (T, D)
-    logps = token_logps(output_head(model)(hidden), targets)  # (T,)
+    logps = head_logps(model, hidden, targets)  # (T,)
     return membership @ logps, membership.sum(axis=-1)
 
 

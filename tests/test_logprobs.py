@@ -3,6 +3,7 @@ import math
 import mlx.core as mx
 import mlx_lm
 import numpy as np
+from mlx.utils import tree_flatten
 
 from mlx_align.logprobs import sequence_logps, token_logps
 
@@ -188,3 +189,118 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     before = plain(ids)
     enable_packing(plain)
     assert mx.array_equal(plain(ids), before).item()
+
+
+def chunk_logits(monkeypatch, rows: int | None) -> None:
+    """Logits in chunks of ``rows`` positions whatever their size, or (None) always whole."""
+    from mlx_align import logprobs
+
+    monkeypatch.setattr(logprobs, "LOGITS_IN_ONE_PIECE", 0 if rows else 1 << 60)
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 0)
+    monkeypatch.setattr(logprobs, "MIN_CHUNK_ROWS", rows or 1)
+
+
+def chunked_and_whole(model, loss_fn, monkeypatch, rows: int):
+    """loss_fn(model) and its gradient, with logits in chunks of ``rows``, then whole."""
+    import mlx.nn as nn
+
+    results = []
+    for chunk_rows in (rows, None):
+        chunk_logits(monkeypatch, chunk_rows)
+        value, grads = nn.value_and_grad(model, loss_fn)(model)
+        mx.eval(value, grads)
+        results.append((value, dict(tree_flatten(grads))))
+    return results
+
+
+def test_chunked_head_logps_equal_whole_logits_with_gradients(tiny_model, monkeypatch):
+    """Every weight trainable, tied head: the embedding's gradient comes through both uses.
+
+    A chunk of 3 positions (with a remainder) must give the same log-probs
+    and the same gradient for every weight as the logits in one piece.
+    """
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    assert getattr(model, "lm_head", None) is None  # tied: the head is the embedding
+    ids = tokenizer.encode("Question: What is 2 + 3?\nAnswer: 5")
+    tokens = mx.array([ids, ids[::-1]])
+    mask = mx.ones(tokens.shape)
+    assert 2 * (len(ids) - 1) % 3 != 0  # the last chunk is shorter
+
+    def loss(m):
+        return -sequence_logps(m, tokens, mask)[1].sum()
+
+    (chunked, chunked_grads), (whole, whole_grads) = chunked_and_whole(
+        model, loss, monkeypatch, 3
+    )
+    assert abs(chunked.item() - whole.item()) < 1e-4
+    assert set(chunked_grads) == set(whole_grads)
+    embedding = "model.embed_tokens.weight"
+    assert mx.abs(whole_grads[embedding]).max().item() > 0
+    for name, grad in whole_grads.items():
+        np.testing.assert_allclose(
+            np.array(chunked_grads[name]), np.array(grad), atol=1e-5, err_msg=name
+        )
+
+
+def test_chunked_head_logps_hold_fewer_logits(tiny_model, monkeypatch):
+    """8 rows x 512 positions of a 367-token vocabulary: 6 MB of logits per copy.
+
+    In 128 chunks of 32 positions the forward + backward peak stays well
+    below the whole-logits peak (the hidden states, 64 floats a position,
+    and about a dozen chunks in flight).
+    """
+    from mlx_align import logprobs
+
+    model, _ = mlx_lm.load(str(tiny_model))
+    model.freeze()
+    vocab = model.model.embed_tokens.weight.shape[0]
+    mx.random.seed(0)
+    hidden = mx.random.normal((8, 512, 64))
+    targets = mx.random.randint(0, vocab, (8, 512))
+    mx.eval(hidden, targets)
+    peaks = []
+    for rows in (32, None):
+        chunk_logits(monkeypatch, rows)
+        grad_fn = mx.grad(lambda h: logprobs.head_logps(model, h, targets).sum())
+        mx.eval(grad_fn(hidden))  # warm up allocations
+        base = mx.get_active_memory()
+        mx.reset_peak_memory()
+        mx.eval(grad_fn(hidden))
+        peaks.append(mx.get_peak_memory() - base)
+    logits_bytes = 8 * 512 * vocab * 4
+    chunked, whole = peaks
+    assert whole > 2 * logits_bytes  # logits and their gradient, at least
+    assert chunked < whole / 3
+
+
+def test_chunked_head_logps_compile(tiny_model, monkeypatch):
+    """The chunked custom VJP inside ``mx.compile``, as the training step runs it."""
+    import mlx.nn as nn
+
+    from mlx_align.config import AdapterSettings
+    from mlx_align.model.adapters import adapter_config, attach_adapters
+
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    mx.random.seed(0)
+    attach_adapters(model, adapter_config(AdapterSettings()))
+    ids = tokenizer.encode("The cat sat on the mat, and the dog sat on the log.")
+    tokens, mask = mx.array([ids, ids[::-1]]), mx.ones((2, len(ids)))
+    value_and_grad = nn.value_and_grad(
+        model, lambda m: -sequence_logps(m, tokens, mask)[1].sum()
+    )
+    results = []
+    for rows in (5, None):
+        chunk_logits(monkeypatch, rows)
+        step = mx.compile(
+            lambda: value_and_grad(model), inputs=model.state, outputs=model.state
+        )
+        value, grads = step()
+        mx.eval(value, grads)
+        results.append((value.item(), dict(tree_flatten(grads))))
+    (chunked, chunked_grads), (whole, whole_grads) = results
+    assert abs(chunked - whole) < 1e-4
+    assert any(mx.abs(g).max().item() > 0 for g in whole_grads.values())
+    for name, grad in whole_grads.items():
+        np.testing.assert_allclose(
+            np.array(chunked_grads[name]), np.array(grad), atol=1e-5, err_msg=name
+        )
