@@ -18,11 +18,12 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
 # Logits of up to LOGITS_IN_ONE_PIECE elements (64 MB in float32) are formed
 # whole. Larger ones (a large vocabulary: Qwen's 152k tokens take 0.6 MB per
 # position, and the softmax and gradient as much again) are formed a chunk of
-# positions at a time, forward and backward: CHUNK_ELEMENTS (8 MB) a chunk, but
-# at least MIN_CHUNK_ROWS positions, since every chunk reads the whole head.
+# positions at a time, forward and backward: CHUNK_ELEMENTS (4 MB) a chunk, but
+# at least MIN_CHUNK_ROWS positions, since every chunk reads the whole head
+# (fewer rows cost more time than they save memory: bench/logits_memory.py).
 LOGITS_IN_ONE_PIECE = 1 << 24
-CHUNK_ELEMENTS = 1 << 21
-MIN_CHUNK_ROWS = 64
+CHUNK_ELEMENTS = 1 << 20
+MIN_CHUNK_ROWS = 32
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Module, Callable]:
