@@ -42,6 +42,34 @@ def prepare_model(work: Path, preset: str) -> Path:
     return model
 
 
+def widen_vocab(model: Path, vocab: int) -> Path:
+    """A copy of ``model`` whose (tied) embeddings have ``vocab`` rows (cached).
+
+    The tokenizer is unchanged and never emits the extra ids, but every
+    logit row spans them: the memory a real model's large vocabulary costs.
+    """
+    import mlx.core as mx
+
+    out = model.with_name(f"{model.name}-vocab{vocab}")
+    if (out / "config.json").exists():
+        return out
+    shutil.copytree(model, out, dirs_exist_ok=True)
+    config = json.loads((model / "config.json").read_text())
+    weights = mx.load(str(model / "model.safetensors"))
+    embedding = weights["model.embed_tokens.weight"]
+    extra = vocab - embedding.shape[0]
+    if extra <= 0 or not config.get("tie_word_embeddings", False):
+        sys.exit(f"--vocab {vocab}: needs tied embeddings of fewer rows")
+    mx.random.seed(0)
+    new_rows = mx.random.normal((extra, embedding.shape[1])) * embedding.std()
+    weights["model.embed_tokens.weight"] = mx.concatenate([embedding, new_rows])
+    mx.save_safetensors(str(out / "model.safetensors"), weights)
+    (out / "model.safetensors.index.json").unlink(missing_ok=True)
+    config["vocab_size"] = vocab
+    (out / "config.json").write_text(json.dumps(config, indent=4))
+    return out
+
+
 def spread(lengths: list[int], n: int) -> list[int]:
     """``n`` indices evenly spaced over the items sorted by length (shortest and longest in)."""
     if n <= 0 or n >= len(lengths):

@@ -92,6 +92,7 @@ from common import (
     run_worker,
     spread,
     table_head,
+    widen_vocab,
     write_results,
 )
 
@@ -551,7 +552,8 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
     blas = sorted({r.blas for r in runs})
     epoch = stats["pairs"] == opts.steps * opts.batch_size
     return (
-        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}"
+        f"{f' with its vocabulary widened to {opts.vocab:,}' if opts.vocab else ''}; "
         f"{stats['pairs']} of the split's {stats['split']} train pairs, spread over "
         f"the length range (longest sequence {stats['longest']} tokens, "
         f"{stats['completion'] / stats['pairs']:.1f} completion tokens per pair, "
@@ -579,6 +581,13 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=0,
+        help="widen the model's vocabulary to this many tokens (e.g. 151936, "
+        "Qwen's) without changing the tokenizer: a large vocabulary's logits",
+    )
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--max-length", type=int, default=128)
@@ -638,6 +647,8 @@ def main() -> None:
     if not (opts.work / "raw" / "pretrain").exists():
         make_data(opts.work / "raw")
     model = prepare_model(opts.work, opts.preset)
+    if opts.vocab:
+        model = widen_vocab(model, opts.vocab)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
     tools = {
@@ -680,6 +691,7 @@ def main() -> None:
     if opts.grad_checkpoint != "none":
         suffix += f"-grad-checkpoint-{opts.grad_checkpoint}"
     suffix += f"-{opts.preset}" if opts.preset != "small" else ""
+    suffix += f"-vocab{opts.vocab}" if opts.vocab else ""
     suffix += flags_suffix(opts.align_args)  # "--padding-free" -> "-padding-free"
     results = RESULTS.with_stem(f"dpo{suffix}")
     write_results(results, text)

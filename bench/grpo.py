@@ -99,6 +99,7 @@ from common import (
     run_worker,
     spread,
     table_head,
+    widen_vocab,
     write_results,
 )
 
@@ -584,7 +585,8 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         else f"system message {opts.system!r}"
     )
     return (
-        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}"
+        f"{f' with its vocabulary widened to {opts.vocab:,}' if opts.vocab else ''}; "
         f"{stats['prompts']} of the split's {stats['split']} prompts, spread over "
         f"the length range ({stats['shortest']}-{stats['longest']} tokens, mean "
         f"{stats['mean']:.1f}, chat template with {system}), "
@@ -613,6 +615,12 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    p.add_argument(
+        "--vocab",
+        type=int,
+        default=0,
+        help="widen the model's vocabulary to this many tokens (e.g. 151936)",
+    )
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--groups", default="4,8", help="group sizes, comma-separated")
     p.add_argument("--max-completion-tokens", type=int, default=32)
@@ -668,6 +676,8 @@ def main() -> None:
     if not (opts.work / "raw" / "grpo").exists():
         make_data(opts.work / "raw")
     model = prepare_model(opts.work, opts.preset)
+    if opts.vocab:
+        model = widen_vocab(model, opts.vocab)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
     tools = {
@@ -706,6 +716,7 @@ def main() -> None:
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "" if opts.system == "default" else "-short-system"
     suffix += flags_suffix(opts.align_args)
+    suffix += f"-vocab{opts.vocab}" if opts.vocab else ""
     results = RESULTS.with_stem(f"grpo{suffix}")
     write_results(results, text)
 

@@ -18,12 +18,15 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
 # Logits of up to LOGITS_IN_ONE_PIECE elements (64 MB in float32) are formed
 # whole. Larger ones (a large vocabulary: Qwen's 152k tokens take 0.6 MB per
 # position, and the softmax and gradient as much again) are formed a chunk of
-# positions at a time, forward and backward: CHUNK_ELEMENTS (4 MB) a chunk, but
-# at least MIN_CHUNK_ROWS positions, since every chunk reads the whole head
-# (fewer rows cost more time than they save memory: bench/logits_memory.py).
+# positions at a time, forward and backward (bench/logits_memory.py):
+# - CHUNK_ELEMENTS (4 MB) a chunk, but at least MIN_CHUNK_ROWS positions:
+#   every chunk reads the whole head, and smaller ones cost more time;
+# - at least MIN_CHUNKS chunks all the same: MLX runs several chunks ahead,
+#   so 4 chunks save nothing.
 LOGITS_IN_ONE_PIECE = 1 << 24
 CHUNK_ELEMENTS = 1 << 20
 MIN_CHUNK_ROWS = 32
+MIN_CHUNKS = 8
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Module, Callable]:
@@ -49,6 +52,7 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     if not plain or n * vocab <= LOGITS_IN_ONE_PIECE:
         return token_logps(head(hidden), targets)
     rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
+    rows = max(1, min(rows, -(-n // MIN_CHUNKS)))
     flat = chunked_linear_logps(weight, hidden.reshape(n, -1), targets.reshape(n), rows)
     return flat.reshape(targets.shape)
 
