@@ -19,14 +19,14 @@ def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
 # whole. Larger ones (a large vocabulary: Qwen's 152k tokens take 0.6 MB per
 # position, and the softmax and gradient as much again) are formed a chunk of
 # positions at a time, forward and backward (bench/logits_memory.py):
-# - CHUNK_ELEMENTS (4 MB) a chunk, but at least MIN_CHUNK_ROWS positions:
-#   every chunk reads the whole head, and smaller ones cost more time;
-# - at least MIN_CHUNKS chunks all the same: MLX runs several chunks ahead,
-#   so 4 chunks save nothing.
+# CHUNK_ELEMENTS (4 MB) a chunk, but at least MIN_CHUNK_ROWS positions: every
+# chunk reads the whole head weight, and smaller chunks cost more time than
+# they save memory (8 chunks of 16 positions made a GRPO step at a 152k
+# vocabulary ~30% slower on this CPU; 4 chunks of 32 cost nothing and cut
+# its peak by 31%).
 LOGITS_IN_ONE_PIECE = 1 << 24
 CHUNK_ELEMENTS = 1 << 20
 MIN_CHUNK_ROWS = 32
-MIN_CHUNKS = 8
 
 
 def output_layer(model: nn.Module) -> tuple[nn.Module, Callable]:
@@ -46,13 +46,12 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     """
     owner, head = output_layer(model)
     weight = owner.get("weight")
-    plain = isinstance(owner, (nn.Linear, nn.Embedding)) and "bias" not in owner
-    plain = plain and type(owner) in (nn.Linear, nn.Embedding)  # not quantized/LoRA
+    # A weight matrix and nothing else: not quantized, no LoRA, no bias.
+    plain = type(owner) in (nn.Linear, nn.Embedding) and "bias" not in owner
     n, vocab = targets.size, weight.shape[0]
     if not plain or n * vocab <= LOGITS_IN_ONE_PIECE:
         return token_logps(head(hidden), targets)
     rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
-    rows = max(1, min(rows, -(-n // MIN_CHUNKS)))
     flat = chunked_linear_logps(weight, hidden.reshape(n, -1), targets.reshape(n), rows)
     return flat.reshape(targets.shape)
 
@@ -64,10 +63,10 @@ def chunked_linear_logps(
 
     A custom VJP forms each chunk's logits again in the backward pass and
     turns them into that chunk's gradients at once: d logits = g (onehot -
-    softmax). ``mx.depends`` chains the chunks, forward and backward. MLX
-    still runs ahead by about ten chunks (on the CPU backend: peak ~12
-    chunks' logits with the chain, ~28 without, all of them below ~12
-    chunks; ``bench/logits_memory.py``), so the saving needs many chunks.
+    softmax). ``mx.depends`` chains the chunks, forward and backward; MLX
+    still runs a few chunks ahead (on the CPU backend about 8-12 chunks'
+    logits are alive at once with the chain, twice that without), so the
+    saving needs many chunks (``bench/logits_memory.py``).
     """
     starts = range(0, targets.shape[0], rows)
 

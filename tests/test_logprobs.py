@@ -198,7 +198,6 @@ def chunk_logits(monkeypatch, rows: int | None) -> None:
     monkeypatch.setattr(logprobs, "LOGITS_IN_ONE_PIECE", 0 if rows else 1 << 60)
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 0)
     monkeypatch.setattr(logprobs, "MIN_CHUNK_ROWS", rows or 1)
-    monkeypatch.setattr(logprobs, "MIN_CHUNKS", 1)
 
 
 def chunked_and_whole(model, loss_fn, monkeypatch, rows: int):
