@@ -38,7 +38,9 @@ FUSE_CHOICES = ("auto", "on", "off")
 
 
 def _base_layer(module: nn.Module) -> nn.Module | None:
-    return getattr(module, "linear", None) or getattr(module, "embedding", None)
+    """The frozen layer an adapter wraps (mlx-lm's ``linear`` / ``embedding``), else None."""
+    base = getattr(module, "linear", None)
+    return base if base is not None else getattr(module, "embedding", None)
 
 
 def fusable_adapters(model: nn.Module) -> list[tuple[str, nn.Module]]:
