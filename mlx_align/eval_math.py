@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from .config import EvalMathConfig
 from .data.jsonl import load_split, require_str
+from .fused_sampler import fuse_in_place
 from .rewards.math import math_reward
 from .train.grpo import encode_prompt
 
@@ -26,6 +27,7 @@ def run_eval_math(config: EvalMathConfig) -> float:
     model, tokenizer = mlx_lm.load(
         config.model, adapter_path=config.adapter_path or None
     )
+    fuse_in_place(model)  # adapters, if any: one matmul per layer while decoding
     prompts = [encode_prompt(tokenizer, r) for r in records]
     texts: list[str] = []
     for start in tqdm(

@@ -53,6 +53,16 @@ def fusable_adapters(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
+def fused_layers(model: nn.Module) -> dict:
+    """``{path: fused layer}`` for every fusable adapter, from its current weights (module tree)."""
+    return tree_unflatten([(path, m.fuse()) for path, m in fusable_adapters(model)])
+
+
+def fuse_in_place(model: nn.Module) -> None:
+    """Fuse ``model``'s (unquantized) adapters for inference: same outputs, one matmul a layer."""
+    model.update_modules(fused_layers(model))
+
+
 def machine_memory() -> int:
     """Bytes of memory the backend may use: Metal's working set, else physical RAM."""
     info = mx.device_info()
@@ -107,8 +117,7 @@ class FusedSampler:
     @contextmanager
     def fused(self) -> Iterator[nn.Module]:
         """The twin with ``W + s (A B)^T`` in each adapted layer, built from the current adapters."""
-        fused = [(path, m.fuse()) for path, m in fusable_adapters(self.policy)]
-        self.model.update_modules(tree_unflatten(fused))
+        self.model.update_modules(fused_layers(self.policy))
         mx.eval(self.model.parameters())
         try:
             yield self.model

@@ -10,7 +10,12 @@ from mlx_lm.tuner.lora import LoRALinear
 from mlx_align import fused_sampler
 from mlx_align.config import AdapterSettings
 from mlx_align.data.errors import DataError
-from mlx_align.fused_sampler import FusedSampler, fusable_adapters, should_fuse
+from mlx_align.fused_sampler import (
+    FusedSampler,
+    fusable_adapters,
+    fuse_in_place,
+    should_fuse,
+)
 from mlx_align.model.adapters import adapter_config, attach_adapters, quantize_base
 from mlx_align.rollout import sample_groups
 
@@ -117,3 +122,57 @@ def test_should_fuse_by_mode_memory_and_quantization(tiny_model, monkeypatch):
         for p, m in quantized.named_modules()
         if p in fused_paths
     )
+
+
+def test_fuse_in_place_keeps_the_outputs_and_leaves_quantized_adapters(tiny_model):
+    """eval-math's path: every unquantized adapter becomes one plain layer."""
+    policy, tokenizer = lora_policy(tiny_model)
+    tokens = mx.array([tokenizer.encode("Green grass and a small dog.")])
+    expected = policy(tokens)
+    fuse_in_place(policy)
+    assert not fusable_adapters(policy)
+    assert not any(hasattr(m, "lora_a") for _, m in policy.named_modules())
+    assert mx.allclose(policy(tokens), expected, atol=1e-4).item()
+
+    quantized, _ = mlx_lm.load(str(tiny_model))
+    quantize_base(quantized, 8)
+    attach_adapters(quantized, adapter_config(AdapterSettings()))
+    fuse_in_place(quantized)
+    left = [m for _, m in quantized.named_modules() if hasattr(m, "lora_a")]
+    assert left  # QLoRA adapters stay adapters
+    assert all(isinstance(m.linear, nn.QuantizedLinear) for m in left)
+
+
+def test_eval_math_decodes_with_fused_adapters(tiny_model, tmp_path, monkeypatch):
+    import json
+
+    from mlx_align.config import EvalMathConfig
+    from mlx_align.eval_math import run_eval_math
+    from mlx_align.model.adapters import save_adapters
+
+    policy, _ = lora_policy(tiny_model)
+    config = adapter_config(AdapterSettings())
+    save_adapters(policy, config, tmp_path / "adapters")
+    data = tmp_path / "math" / "test.jsonl"
+    data.parent.mkdir()
+    data.write_text(json.dumps({"prompt": "What is 2 + 3?", "answer": "5"}) + "\n")
+    seen = []
+
+    def fake_generate(model, *args, **kwargs):
+        seen.append(model)
+        return type("R", (), {"texts": ["#### 5"]})()
+
+    monkeypatch.setattr("mlx_lm.batch_generate", fake_generate)
+    accuracy = run_eval_math(
+        EvalMathConfig(
+            model=str(tiny_model),
+            data=str(data.parent),
+            adapter_path=str(tmp_path / "adapters"),
+        )
+    )
+    assert accuracy == 1.0
+    (model,) = seen
+    assert not any(hasattr(m, "lora_a") for _, m in model.named_modules())
+    q_proj = model.model.layers[0].self_attn.q_proj.weight
+    plain = mlx_lm.load(str(tiny_model))[0].model.layers[0].self_attn.q_proj.weight
+    assert mx.abs(q_proj - plain).max().item() > 1e-3  # the adapters are in it
