@@ -53,13 +53,13 @@ def widen_vocab(model: Path, vocab: int) -> Path:
     out = model.with_name(f"{model.name}-vocab{vocab}")
     if (out / "config.json").exists():
         return out
-    shutil.copytree(model, out, dirs_exist_ok=True)
     config = json.loads((model / "config.json").read_text())
     weights = mx.load(str(model / "model.safetensors"))
     embedding = weights["model.embed_tokens.weight"]
     extra = vocab - embedding.shape[0]
     if extra <= 0 or not config.get("tie_word_embeddings", False):
         sys.exit(f"--vocab {vocab}: needs tied embeddings of fewer rows")
+    shutil.copytree(model, out, dirs_exist_ok=True)
     mx.random.seed(0)
     new_rows = mx.random.normal((extra, embedding.shape[1])) * embedding.std()
     weights["model.embed_tokens.weight"] = mx.concatenate([embedding, new_rows])
@@ -210,6 +210,17 @@ def machine(blas: str, load: tuple[float, float]) -> str:
     return (
         f"{os.cpu_count()} CPUs (load average {load[0]:.1f} before, {load[1]:.1f} "
         f"after), BLAS {blas}"
+    )
+
+
+def add_vocab_option(parser) -> None:
+    """``--vocab N``: run both tools on the model widened by ``widen_vocab``."""
+    parser.add_argument(
+        "--vocab",
+        type=int,
+        default=0,
+        help="widen the model's vocabulary to this many tokens (e.g. 151936, "
+        "Qwen's) without changing the tokenizer: a large vocabulary's logits",
     )
 
 

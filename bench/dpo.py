@@ -74,6 +74,7 @@ from pathlib import Path
 
 from common import (
     RESULTS_DIR,
+    add_vocab_option,
     add_working_set,
     blas_env,
     blas_in_use,
@@ -581,13 +582,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    p.add_argument(
-        "--vocab",
-        type=int,
-        default=0,
-        help="widen the model's vocabulary to this many tokens (e.g. 151936, "
-        "Qwen's) without changing the tokenizer: a large vocabulary's logits",
-    )
+    add_vocab_option(p)
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--max-length", type=int, default=128)

@@ -81,6 +81,7 @@ from pathlib import Path
 
 from common import (
     RESULTS_DIR,
+    add_vocab_option,
     add_working_set,
     blas_env,
     blas_in_use,
@@ -615,12 +616,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    p.add_argument(
-        "--vocab",
-        type=int,
-        default=0,
-        help="widen the model's vocabulary to this many tokens (e.g. 151936)",
-    )
+    add_vocab_option(p)
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--groups", default="4,8", help="group sizes, comma-separated")
     p.add_argument("--max-completion-tokens", type=int, default=32)

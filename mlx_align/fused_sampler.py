@@ -5,8 +5,8 @@ plus a scaled add; while sampling, the adapters do not change, so
 ``W + s (A B)^T`` serves just as well, which is what TRL does when it hands
 merged weights to vLLM. At decode time a matmul of a few rows costs about
 the time it takes to stream its weight (weight-bound), and each extra
-kernel has a fixed cost, so the fused step is shorter: ~27% of a decode
-step at G = 4 for the ``small`` preset on CPU (bench/README.md).
+kernel has a fixed cost, so the fused step is shorter: 5.0 ms against
+6.3 ms with LoRA at G = 4 for the ``small`` preset on CPU (bench/README.md).
 
 The price is a copy of every fused weight while the rollout runs; it is
 freed afterwards. ``--fuse-rollout auto`` fuses only when that copy is under
