@@ -235,10 +235,12 @@ def read_report(path: Path) -> tuple[list[dict], dict, dict]:
 
 
 def per_step(batches: list[dict], micro: int) -> list[dict]:
-    """Micro-batches (mlx-align with ``--grad-accumulation``) merged into their steps."""
+    """Micro-batches (mlx-align with ``--grad-accumulation``) merged into their steps;
+    ``widths``: the padded width of every forward (pieces of a split batch too)."""
     return [
         {
             "width": max(b["width"] for b in group),
+            "widths": [w for b in group for w in b.get("widths", [b["width"]])],
             "pairs": sum(b["pairs"] for b in group),
             "tokens": sum(b["tokens"] for b in group),
         }
@@ -258,7 +260,10 @@ def to_run(opts, tool: str, label: str, report: Path, wall: float, rss: float) -
         if step["tokens"] != batch["tokens"]:  # the tool's own count must agree
             notes.append(f"step {step['step']}: tool counted {step['tokens']}")
         rows.append((batch["width"], batch["pairs"], batch["tokens"], step["seconds"]))
-    shapes = len({b["width"] for b in batches})
+    shapes = len({w for b in batches for w in b["widths"]})
+    pieces = sum(len(b["widths"]) for b in batches)
+    if pieces > len(batches):  # micro-batches, or batches split to fit the token budget
+        notes.append(f"{pieces} forwards in {len(batches)} steps")
     return Run(
         tool,
         label,
@@ -342,28 +347,31 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
         write({"reference_s": time.perf_counter() - tic})
         return logps
 
-    def recorded_batches(batches, *args, **kwargs):
-        """Record every train batch the run draws (dpo_batches' first call is train)."""
+    fit_to_budget = preference.fit_to_budget
+
+    def recorded_fit(make, indices, rows, budget):
+        """Record every train batch the run draws (the loop asks each through
+        ``fit_to_budget``), with the pieces it was split into."""
+        fitted = fit_to_budget(make, indices, rows, budget)
+        pieces = [b for b, _ in fitted] if isinstance(fitted, list) else [fitted]
+        pairs = [make.batches.pairs[i] for i in indices]
+        tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
+        # full rows: tokens (2B, T); shared prompt: prompts (B, Lp) + completions (2B, C)
+        widths = [
+            inputs[0].shape[1] + (inputs[2].shape[1] if len(inputs) == 4 else 0)
+            for inputs, _ in pieces
+        ]
+        row = {"batch": recorded_fit.drawn, "width": max(widths), "widths": widths}
+        write({**row, "pairs": len(pairs), "tokens": tokens})
+        recorded_fit.drawn += 1
+        return fitted
+
+    recorded_fit.drawn = 0
+
+    def batches_with_source(batches, *args, **kwargs):
         make = dpo_batches(batches, *args, **kwargs)
-        drawn = []
-
-        def recorded(indices):
-            inputs, ref = make(indices)
-            pairs = [batches.pairs[i] for i in indices]
-            tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
-            # full rows: tokens (2B, T); shared prompt: prompts (B, Lp) + completions (2B, C)
-            width = inputs[0].shape[1] + (inputs[2].shape[1] if len(inputs) == 4 else 0)
-            row = {
-                "batch": len(drawn),
-                "width": width,
-                "pairs": len(pairs),
-                "tokens": tokens,
-            }
-            drawn.append(row)
-            write(row)
-            return inputs, ref
-
-        return recorded
+        make.batches = batches  # for the recorder's token count
+        return make
 
     def counted_trainable(model, *args, **kwargs):
         adapters = prepare_trainable(model, *args, **kwargs)
@@ -373,7 +381,8 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
 
     preference.reference_logps = timed_reference  # called once per split
     preference.prepare_trainable = counted_trainable
-    dpo.dpo_batches = recorded_batches
+    dpo.dpo_batches = batches_with_source
+    preference.fit_to_budget = recorded_fit
     main(argv)
     out = Path(argv[argv.index("--out") + 1])
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]

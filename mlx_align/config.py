@@ -196,6 +196,12 @@ class PairSettings:
         "prompt once either way). Saves the compute padding costs; attention over "
         "a packed row grows with its length, so it pays off for larger models.",
     )
+    max_batch_tokens: int = setting(
+        -1,
+        "Split a batch whose padded tokens exceed this into micro-batches, with "
+        "the same gradient, so the few longest batches do not set the peak "
+        "memory (-1: auto, 1.25x the run's median batch; 0: never split).",
+    )
 
 
 @dataclass

@@ -336,3 +336,85 @@ def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
     _, n_shared, m_shared = dpo_loss(model, shared, ref, objective=objective)
     assert n_full.item() == n_shared.item()
     assert m_full["n_examples"].item() == m_shared["n_examples"].item() == 3
+
+
+def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
+    tiny_model, pref_dir
+):
+    """Pieces at the whole batch's widths (one compiled shape), weighted by their
+    share of the pairs."""
+    from mlx_align.train.dpo import dpo_batches
+    from mlx_align.train.preference import fit_to_budget, padded_tokens, token_budget
+
+    _, batches = batch_of(tiny_model, pref_dir)
+    make = dpo_batches(batches, None, "shared")
+    indices = batches.plan.batches[0]
+    whole = make(indices)
+    size = padded_tokens(whole[0])
+    assert padded_tokens(fit_to_budget(make, indices, 4, size)[0]) == size  # fits
+    pieces = fit_to_budget(make, indices, 4, size - 1)
+    assert [w for _, w in pieces] == [0.5, 0.5]
+    for piece, _ in pieces:  # 2 of the 4 prompt rows, completions at the same widths
+        assert [a.shape for a in piece[0]] == [
+            (2, whole[0][0].shape[1]),
+            (2, whole[0][0].shape[1]),
+            (4, whole[0][2].shape[1]),
+            (4, whole[0][2].shape[1]),
+        ]
+        assert piece[1].shape == (4,)  # reference log-probs of its 2 pairs
+    three = fit_to_budget(make, indices[:3], 4, size // 4)  # down to single pairs
+    assert [w for _, w in three] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    # the third pair keeps its half's 2 rows (one filler): the shape of its half
+    assert [padded_tokens(p[0]) for p, _ in three] == [size // 4] * 2 + [size // 2]
+    # auto: 1.25x the median padded batch of the visited train batches
+    config = DPOConfig(model="m", data="d", steps=2, max_batch_tokens=-1)
+    sizes = [padded_tokens(make(b)[0]) for b in batches.plan.batches[:2]]
+    assert token_budget(config, make, batches.plan) == int(1.25 * np.median(sizes))
+    assert (
+        token_budget(DPOConfig(model="m", data="d", max_batch_tokens=7), make, None)
+        == 7
+    )
+
+
+def test_split_batches_train_exactly_like_whole_batches(
+    tiny_model, pref_dir, tmp_path, monkeypatch
+):
+    """Every batch split down to single pairs (compiled step, weighted gradients)
+    ends at the same adapters and logs the same losses as whole batches."""
+    from mlx_align.train import preference
+
+    forwards = []
+    fit = preference.fit_to_budget
+
+    def counted(*args):
+        fitted = fit(*args)
+        forwards.append(len(fitted) if isinstance(fitted, list) else 1)
+        return fitted
+
+    monkeypatch.setattr(preference, "fit_to_budget", counted)
+    settings = dict(steps=4, batch_size=4, log_every=1, compile=True, warmup_steps=0)
+    runs = {}
+    for budget in (0, 1):
+        out = tmp_path / f"budget-{budget}"
+        run_dpo(
+            DPOConfig(
+                **dpo_config(
+                    tiny_model, pref_dir, out, max_batch_tokens=budget, **settings
+                )
+            )
+        )
+        runs[budget] = out
+    assert forwards == [1] * 4 + [4] * 4  # budget 1: four single-pair pieces a step
+    whole, split = (mx.load(str(runs[b] / "adapters.safetensors")) for b in (0, 1))
+    assert whole.keys() == split.keys()
+    for name in whole:
+        assert mx.allclose(whole[name], split[name], atol=1e-6, rtol=1e-4).item(), name
+    trained = [whole[n] for n in whole if n.endswith("lora_b")]
+    assert max(mx.abs(b).max().item() for b in trained) > 0  # lora_b left 0
+    losses = [[m["loss"] for m in metrics_of(runs[b]) if "loss" in m] for b in (0, 1)]
+    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    accuracies = [
+        [m["rewards/accuracies"] for m in metrics_of(runs[b]) if "loss" in m]
+        for b in (0, 1)
+    ]
+    assert accuracies[0] == pytest.approx(accuracies[1], abs=1e-6)

@@ -3,6 +3,7 @@ import math
 import mlx.core as mx
 import mlx_lm
 import numpy as np
+import pytest
 from mlx.utils import tree_flatten
 
 from mlx_align.logprobs import sequence_logps, token_logps
@@ -303,4 +304,42 @@ def test_chunked_head_logps_compile(tiny_model, monkeypatch):
     for name, grad in whole_grads.items():
         np.testing.assert_allclose(
             np.array(chunked_grads[name]), np.array(grad), atol=1e-5, err_msg=name
+        )
+
+
+def test_linear_logps_equal_mlx_autodiff_of_the_logits(tiny_model, monkeypatch):
+    """The head's custom VJP (softmax kept from the forward) == MLX differentiating
+    ``token_logps(hidden @ W.T)``: values and every weight's gradient, tied head."""
+    import mlx.nn as nn
+
+    from mlx_align import logprobs
+
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    ids = tokenizer.encode("Question: What is 2 + 3?\nAnswer: 5")
+    tokens, mask = mx.array([ids, ids[::-1]]), mx.ones((2, len(ids)))
+    calls = []
+    custom = logprobs.linear_logps
+
+    def counted(*args):
+        calls.append(1)
+        return custom(*args)
+
+    def by_autodiff(weight, hidden, targets):
+        return token_logps(hidden @ weight.T, targets)
+
+    results = []
+    for linear_logps in (counted, by_autodiff):
+        monkeypatch.setattr(logprobs, "linear_logps", linear_logps)
+        value, grads = nn.value_and_grad(
+            model, lambda m: -sequence_logps(m, tokens, mask)[1].sum()
+        )(model)
+        mx.eval(value, grads)
+        results.append((value.item(), dict(tree_flatten(grads))))
+    assert calls  # the custom VJP ran
+    (value, grads), (expected, expected_grads) = results
+    assert value == pytest.approx(expected, abs=1e-4)
+    assert mx.abs(expected_grads["model.embed_tokens.weight"]).max().item() > 0
+    for name, grad in expected_grads.items():
+        np.testing.assert_allclose(
+            np.array(grads[name]), np.array(grad), atol=1e-5, err_msg=name
         )

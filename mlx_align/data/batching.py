@@ -49,14 +49,19 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
 
 
 def pad_examples(
-    examples: Sequence[Encoded], rows: int, buckets: Sequence[int], pad_id: int
+    examples: Sequence[Encoded],
+    rows: int,
+    buckets: Sequence[int],
+    pad_id: int,
+    width: int | None = None,
 ) -> tuple[mx.array, mx.array]:
-    """``tokens`` (rows, T) int32 and ``loss_mask`` (rows, T) float32.
+    """``tokens`` (rows, T) int32 and ``loss_mask`` (rows, T) float32; T is the
+    bucket of the longest example, or ``width``.
 
     ``loss_mask[b, t]`` is 1 where token t is a trained target: inside the
     completion and never position 0 (no token predicts it).
     """
-    width = bucket_for(max(len(e.tokens) for e in examples), buckets)
+    width = width or bucket_for(max(len(e.tokens) for e in examples), buckets)
     tokens = np.full((rows, width), pad_id, dtype=np.int32)
     mask = np.zeros((rows, width), dtype=np.float32)
     for row, example in enumerate(examples):

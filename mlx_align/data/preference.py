@@ -131,27 +131,36 @@ class PairBatches:
         lengths = [max(len(p.chosen.tokens), len(p.rejected.tokens)) for p in pairs]
         self.plan = BatchPlan.by_length(lengths, batch_size, seed)
 
-    def pad(self, indices: list[int]) -> tuple[mx.array, mx.array, mx.array]:
+    def pad(
+        self, indices: list[int], rows: int | None = None, widths: tuple = ()
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """``(tokens (2B, T), loss_mask, index (B,))``, chosen rows then rejected;
+        B = ``rows`` (default: the batch size), T = ``widths[0]`` if given."""
         chosen = [self.pairs[i].chosen for i in indices]
         rejected = [self.pairs[i].rejected for i in indices]
-        fill = self.batch_size - len(indices)
+        rows = rows or self.batch_size
+        fill = rows - len(indices)
         empty = Encoded([self.pad_id], 1)
-        rows = chosen + [empty] * fill + rejected + [empty] * fill
+        examples = chosen + [empty] * fill + rejected + [empty] * fill
         tokens, mask = pad_examples(
-            rows, 2 * self.batch_size, self.buckets, self.pad_id
+            examples, 2 * rows, self.buckets, self.pad_id, *widths[:1]
         )
-        return tokens, mask, self.index(indices)
+        return tokens, mask, self.index(indices, rows)
 
-    def index(self, indices: list[int]) -> mx.array:
-        """(B,) pair indices, -1 on filler rows."""
-        index = np.full(self.batch_size, -1, dtype=np.int32)
+    def index(self, indices: list[int], rows: int | None = None) -> mx.array:
+        """(B,) pair indices, -1 on filler rows; B = ``rows`` (default: the batch size)."""
+        index = np.full(rows or self.batch_size, -1, dtype=np.int32)
         index[: len(indices)] = indices
         return mx.array(index)
 
-    def pad_shared(self, indices: list[int]) -> tuple[mx.array, ...] | None:
+    def pad_shared(
+        self, indices: list[int], rows: int | None = None, widths: tuple = ()
+    ) -> tuple[mx.array, ...] | None:
         """The prompt once per pair: ``(prompts (B, Lp) left-padded, prompt_mask,
         completions (2B, C) as chosen_0, rejected_0, chosen_1, ..., completion_mask)``.
 
+        B is ``rows`` (default: the batch size); rows past the pairs are filler.
+        ``widths`` = (Lp, C) fixes the widths (default: the buckets of the longest).
         None when a pair's chosen and rejected rows tokenise the prompt
         differently (a merge across the seam): then only full rows are exact.
         """
@@ -163,42 +172,46 @@ class PairBatches:
             return None
         prompts = [chosen[0] for chosen, _ in split]
         completions = [c[1] for pair in split for c in pair]  # chosen, rejected, ...
-        fill = self.batch_size - len(indices)
-        width = bucket_for(max(map(len, prompts)), self.pieces)
-        limit = bucket_for(max(map(len, completions)), self.pieces)
-        prompt_ids = np.full((self.batch_size, width), self.pad_id, dtype=np.int32)
-        prompt_mask = np.zeros((self.batch_size, width), dtype=np.float32)
+        rows = rows or self.batch_size
+        fill = rows - len(indices)
+        width, limit = widths or (
+            bucket_for(max(map(len, prompts)), self.pieces),
+            bucket_for(max(map(len, completions)), self.pieces),
+        )
+        prompt_ids = np.full((rows, width), self.pad_id, dtype=np.int32)
+        prompt_mask = np.zeros((rows, width), dtype=np.float32)
         for row, prompt in enumerate(prompts):
             prompt_ids[row, width - len(prompt) :] = prompt
             prompt_mask[row, width - len(prompt) :] = 1.0
-        completion_ids = np.full(
-            (2 * self.batch_size, limit), self.pad_id, dtype=np.int32
-        )
-        completion_mask = np.zeros((2 * self.batch_size, limit), dtype=np.float32)
+        completion_ids = np.full((2 * rows, limit), self.pad_id, dtype=np.int32)
+        completion_mask = np.zeros((2 * rows, limit), dtype=np.float32)
         for row, tokens in enumerate(completions + [[]] * (2 * fill)):
             completion_ids[row, : len(tokens)] = tokens
             completion_mask[row, : len(tokens)] = 1.0
         arrays = (prompt_ids, prompt_mask, completion_ids, completion_mask)
         return tuple(mx.array(a) for a in arrays)
 
-    def pad_packed(self, indices: list[int]) -> tuple[mx.array, ...]:
+    def pad_packed(
+        self, indices: list[int], rows: int | None = None
+    ) -> tuple[mx.array, ...]:
         """The pairs packed without padding (``packing.pack_trees``): slot b is
-        pair b's chosen completion, slot B + b its rejected one.
+        pair b's chosen completion, slot B + b its rejected one (B = ``rows``,
+        default the batch size).
 
         A pair whose chosen and rejected rows tokenise the prompt alike is one
         tree (the prompt once); otherwise each row is its own tree.
         """
-        trees = []
+        trees, rows = [], rows or self.batch_size
         for b, i in enumerate(indices):
             chosen = split_prompt(self.pairs[i].chosen)
             rejected = split_prompt(self.pairs[i].rejected)
-            slots = [b, self.batch_size + b]
+            slots = [b, rows + b]
             if chosen[0] == rejected[0]:
                 trees.append(Tree(chosen[0], [chosen[1], rejected[1]], slots))
             else:
                 trees.append(Tree(chosen[0], [chosen[1]], slots[:1]))
                 trees.append(Tree(rejected[0], [rejected[1]], slots[1:]))
-        return pack_trees(trees, 2 * self.batch_size, self.pad_id)
+        return pack_trees(trees, 2 * rows, self.pad_id)
 
     def train_batch(self, k: int) -> tuple[mx.array, mx.array, mx.array]:
         return self.pad(self.plan.batch(k))

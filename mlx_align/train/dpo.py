@@ -83,11 +83,11 @@ def dpo_loss(
 def dpo_batches(
     batches: PairBatches, ref_logps: mx.array | None, layout: str
 ) -> Callable:
-    """Pair indices -> ``(inputs, ref_logps)`` in ``layout`` (``preference.pair_layout``)."""
+    """Pair indices (rows, widths) -> ``(inputs, ref_logps)`` in ``layout`` (``preference.pair_layout``)."""
 
-    def make(indices: list[int]) -> tuple:
-        inputs = pad_pairs(batches, indices, layout)
-        return inputs, reference_rows(ref_logps, batches.index(indices))
+    def make(indices: list[int], rows: int | None = None, widths: tuple = ()) -> tuple:
+        inputs = pad_pairs(batches, indices, layout, rows, widths)
+        return inputs, reference_rows(ref_logps, batches.index(indices, rows))
 
     return make
 

@@ -36,7 +36,9 @@ class TrainJob:
 
     model: nn.Module
     loss_fn: LossFn
-    train_batch: Callable[[int], Batch]  # micro-batch k of the run (deterministic in k)
+    # Micro-batch k of the run (deterministic in k), or its pieces as
+    # (batch, weight) with weights summing to 1 (a batch split to fit memory).
+    train_batch: Callable[[int], Batch | list[tuple[Batch, float]]]
     out: Path
     write_weights: Callable[
         [Path], None
@@ -70,29 +72,42 @@ def build_optimizer(settings: TrainSettings) -> optim.Optimizer:
 
 
 def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings):
-    """One micro-batch: forward, backward, accumulate; update on the last micro-batch."""
-    model, accumulation = job.model, settings.grad_accumulation
+    """``(gradients, update)``: one micro-batch's loss and gradient, scaled by
+    ``weight`` (its share of the optimizer step, an array; None for 1), and
+    the optimizer step on their sum.
+
+    Both are compiled on their own, so every micro-batch of one shape (the
+    first, a middle one, the last) replays one trace of ``gradients``.
+    """
+    model = job.model
     value_and_grad = nn.value_and_grad(model, job.loss_fn)
 
-    def step(batch: Batch, grad_sum, update: bool):
+    def gradients(batch: Batch, weight: mx.array | None):
         (loss, n_tokens, metrics), grad = value_and_grad(model, *batch)
-        if grad_sum is not None:
-            grad = tree_map(mx.add, grad, grad_sum)
-        if not update:
-            return loss, n_tokens, metrics, grad
-        if accumulation > 1:
-            grad = tree_map(lambda g: g / accumulation, grad)
+        if weight is not None:
+            grad = tree_map(lambda g: g * weight, grad)
+        return loss, n_tokens, metrics, grad
+
+    def update(grad) -> dict[str, mx.array]:
+        metrics = {}
         if settings.max_grad_norm > 0:
-            grad, norm = optim.clip_grad_norm(grad, settings.max_grad_norm)
-            metrics = {**metrics, "grad_norm": norm}
+            grad, metrics["grad_norm"] = optim.clip_grad_norm(
+                grad, settings.max_grad_norm
+            )
         optimizer.update(model, grad)
-        return loss, n_tokens, metrics, None
+        return metrics
 
     if not settings.compile:
-        return step
+        return gradients, update
+    frozen = [m.state for m in job.frozen]
     state = [model.state, optimizer.state, mx.random.state]
-    inputs = state + [frozen.state for frozen in job.frozen]
-    return partial(mx.compile, inputs=inputs, outputs=state)(step)
+    # value_and_grad leaves its traced parameters in the model: model.state is
+    # an output too, so the compiled call puts the real arrays back.
+    traced = [model.state, mx.random.state]
+    return (
+        mx.compile(gradients, inputs=[*traced, *frozen], outputs=traced),
+        mx.compile(update, inputs=state, outputs=state),
+    )
 
 
 def evaluate(job: TrainJob) -> dict[str, float]:
@@ -181,22 +196,39 @@ def step_seed(seed: int, step: int) -> int:
 def run_optimizer_step(
     job, step, optimizer, settings: TrainSettings, it: int, log: MetricsLog
 ):
-    """The micro-batches of optimizer step ``it``; logs every ``log_every`` steps."""
+    """The micro-batches of optimizer step ``it``; logs every ``log_every`` steps.
+
+    Loss and metrics are the micro-batches' means weighted by their share of
+    the step.
+    """
     tic = time.perf_counter()
     mx.random.seed(step_seed(settings.seed, it))
-    grad, losses, n_tokens, metrics = None, [], 0.0, {}
-    for micro in range(settings.grad_accumulation):
-        batch = job.train_batch((it - 1) * settings.grad_accumulation + micro)
-        last_micro = micro == settings.grad_accumulation - 1
-        loss, n, metrics, grad = step(batch, grad, last_micro)
-        mx.eval(loss, n, metrics, grad, job.model.parameters(), optimizer.state)
-        losses.append(loss.item())
+    accumulation = settings.grad_accumulation
+    pieces = []
+    for micro in range(accumulation):
+        drawn = job.train_batch((it - 1) * accumulation + micro)
+        drawn = drawn if isinstance(drawn, list) else [(drawn, 1.0)]
+        pieces += [(batch, weight / accumulation) for batch, weight in drawn]
+    gradients, update = step
+    grad, loss_sum, n_tokens, metric_sums = None, 0.0, 0.0, {}
+    for batch, weight in pieces:
+        scale = None if len(pieces) == 1 else mx.array(weight)
+        loss, n, metrics, piece_grad = gradients(batch, scale)
+        grad = piece_grad if grad is None else tree_map(mx.add, grad, piece_grad)
+        mx.eval(loss, n, metrics, grad)  # frees this piece's activations
+        loss_sum += weight * loss.item()
         n_tokens += n.item()
+        for name, value in metrics.items():
+            if name != "n_examples":
+                metric_sums[name] = metric_sums.get(name, 0.0) + weight * value.item()
+    update_metrics = update(grad)
+    mx.eval(update_metrics, job.model.parameters(), optimizer.state)
+    metric_sums.update({k: v.item() for k, v in update_metrics.items()})
     log.add(
         seconds=time.perf_counter() - tic,
         n_tokens=n_tokens,
-        loss=sum(losses) / len(losses),
-        metrics={k: v.item() for k, v in metrics.items() if k != "n_examples"},
+        loss=loss_sum,
+        metrics=metric_sums,
     )
     if it % settings.log_every == 0 or it == settings.steps:
         return log.write(it, log.flush(learning_rate=optimizer.learning_rate.item()))

@@ -45,10 +45,10 @@ def orpo_batch_loss(model: nn.Module, inputs: tuple, index: mx.array, *, beta: f
 
 
 def orpo_batches(batches: PairBatches, layout: str) -> Callable:
-    """Pair indices -> ``(inputs, index)`` in ``layout`` (``preference.pair_layout``)."""
-    return lambda indices: (
-        pad_pairs(batches, indices, layout),
-        batches.index(indices),
+    """Pair indices (rows, widths) -> ``(inputs, index)`` in ``layout`` (``preference.pair_layout``)."""
+    return lambda indices, rows=None, widths=(): (
+        pad_pairs(batches, indices, layout, rows, widths),
+        batches.index(indices, rows),
     )
 
 

@@ -92,12 +92,82 @@ def pair_layout(config, *models: nn.Module | None) -> str:
     return "shared" if all(map(supports_shared_prompts, models)) else "full"
 
 
-def pad_pairs(batches: PairBatches, indices: list[int], layout: str) -> tuple:
-    """The model inputs of pairs ``indices`` in ``layout`` (see ``pair_layout``)."""
+def pad_pairs(
+    batches: PairBatches,
+    indices: list[int],
+    layout: str,
+    rows: int | None = None,
+    widths: tuple = (),
+) -> tuple:
+    """The model inputs of pairs ``indices`` in ``layout`` (see ``pair_layout``),
+    ``rows`` pairs (default: the batch size), padded to ``widths``
+    (``padded_widths`` of a batch of the same layout; default: their own)."""
     if layout == "packed":
-        return batches.pad_packed(indices)
-    inputs = batches.pad_shared(indices) if layout == "shared" else None
-    return inputs or batches.pad(indices)[:2]
+        return batches.pad_packed(indices, rows)
+    shared = layout == "shared" and len(widths) != 1
+    inputs = batches.pad_shared(indices, rows, widths) if shared else None
+    return inputs or batches.pad(indices, rows, widths[:1])[:2]
+
+
+def padded_tokens(inputs: tuple) -> int:
+    """Token positions a pair batch runs through the model, padding included (any layout)."""
+    return inputs[0].size + (inputs[2].size if len(inputs) == 4 else 0)
+
+
+def padded_widths(inputs: tuple) -> tuple:
+    """The widths that fix a padded pair batch's shape: (Lp, C) shared, (T,) full rows;
+    () for packed rows, which are packed anew."""
+    if len(inputs) == 4:
+        return inputs[0].shape[1], inputs[2].shape[1]
+    return (inputs[0].shape[1],) if len(inputs) == 2 else ()
+
+
+# The auto token budget: batches past this multiple of the median are split.
+AUTO_BUDGET_OVER_MEDIAN = 1.25
+
+
+def token_budget(config, make: Callable, plan: BatchPlan) -> int:
+    """``--max-batch-tokens``, or with -1 (auto) 1.25x the median padded size of
+    the train batches ``make(indices)`` the run visits; 0: no limit."""
+    if config.max_batch_tokens >= 0:
+        return config.max_batch_tokens
+    sizes = [
+        padded_tokens(make(indices)[0])
+        for indices in visited_batches(plan, config, "train")
+    ]
+    return int(AUTO_BUDGET_OVER_MEDIAN * float(np.median(sizes)))
+
+
+def fit_to_budget(
+    make: Callable, indices: list[int], rows: int, budget: int
+) -> tuple | list[tuple[tuple, float]]:
+    """``make(indices, rows)``, or when its padded tokens exceed ``budget``, its pieces.
+
+    A batch over budget is halved (recursively; a single pair always runs),
+    and weighted by its share of the pairs: the stage's loss is a mean over
+    pairs, so the weighted sum of the pieces' gradients is the whole
+    batch's. The pieces keep the whole batch's widths, so pieces of batches
+    of one shape share one compiled trace (their own widths would make new
+    ones: each a trace of the whole step). Returns a batch, or a list of
+    ``(batch, weight)`` for ``loop.train``.
+    """
+    whole = make(indices, rows)
+    widths = padded_widths(whole[0])
+
+    def pieces(part: list[int], rows: int, batch: tuple) -> list[tuple[tuple, int]]:
+        if not budget or len(part) < 2 or padded_tokens(batch[0]) <= budget:
+            return [(batch, len(part))]
+        half = (rows + 1) // 2
+        return [
+            piece
+            for side in (part[:half], part[half:])
+            for piece in pieces(side, half, make(side, half, widths))
+        ]
+
+    fitted = pieces(indices, rows, whole)
+    if len(fitted) == 1:
+        return whole
+    return [(batch, n / len(indices)) for batch, n in fitted]
 
 
 def load_batches(config, tokenizer, encode: Callable, make_batches: Callable) -> list:
@@ -236,17 +306,21 @@ def train_on_pairs(
     adapters: dict | None,
     loss_fn: Callable,
     train_set: PairBatches,
-    make_train: Callable[[list[int]], tuple],
+    make_train: Callable[..., tuple],
     valid_set: PairBatches | None,
     make_valid: Callable[[list[int]], tuple] | None,
     frozen: list[nn.Module] | None = None,
 ) -> None:
     """The training loop over pair batches (DPO, ORPO): micro-batch k is
-    ``make_train(plan.batch(k))``; eval over the valid batches a run visits."""
+    ``make_train(plan.batch(k), rows)``, split into pieces when it exceeds the
+    token budget (``fit_to_budget``); eval over the valid batches a run visits."""
+    budget = token_budget(config, make_train, train_set.plan)
     job = TrainJob(
         model=model,
         loss_fn=loss_fn,
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
+        train_batch=lambda k: fit_to_budget(
+            make_train, train_set.plan.batch(k), train_set.batch_size, budget
+        ),
         out=Path(config.out),
         write_weights=partial(write_weights, model, adapters),
         weights_file=weights_file(adapters),
