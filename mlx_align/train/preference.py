@@ -104,6 +104,7 @@ def pad_pairs(
     (``padded_widths`` of a batch of the same layout; default: their own)."""
     if layout == "packed":
         return batches.pad_packed(indices, rows)
+    # a batch that fell back to full rows hands its pieces one width, (T,)
     shared = layout == "shared" and len(widths) != 1
     inputs = batches.pad_shared(indices, rows, widths) if shared else None
     return inputs or batches.pad(indices, rows, widths[:1])[:2]
@@ -154,10 +155,11 @@ def fit_to_budget(
     whole = make(indices, rows)
     widths = padded_widths(whole[0])
 
-    def pieces(part: list[int], rows: int, batch: tuple) -> list[tuple[tuple, int]]:
+    def pieces(part: list[int], part_rows: int, batch: tuple) -> list[tuple]:
+        """(batch, pairs in it) for each piece of ``part``."""
         if not budget or len(part) < 2 or padded_tokens(batch[0]) <= budget:
             return [(batch, len(part))]
-        half = (rows + 1) // 2
+        half = (part_rows + 1) // 2
         return [
             piece
             for side in (part[:half], part[half:])
