@@ -2,6 +2,7 @@
 
 import json
 import math
+from functools import partial
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -376,11 +377,61 @@ def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
     )
 
 
-def test_split_batches_train_exactly_like_whole_batches(
+@pytest.mark.parametrize("compiled", [False, True])
+def test_weighted_pieces_sum_to_the_whole_batch_gradient(
+    compiled, tiny_model, pref_dir
+):
+    """The loop's ``gradients`` of each piece, scaled by its weight, sum to the
+    whole batch's gradient (3 pairs: pieces of 1, 1, 1 pair; random lora_b).
+
+    Adam all but cancels a uniform scale of the gradient, so a run-level test
+    could not catch wrong weights: this checks the gradient itself.
+    """
+    from mlx.utils import tree_flatten, tree_map
+
+    from mlx_align.train.dpo import dpo_batches
+    from mlx_align.train.loop import TrainJob, make_step
+    from mlx_align.train.preference import fit_to_budget, padded_tokens
+
+    model, batches = batch_of(tiny_model, pref_dir)
+    mx.random.seed(1)
+    attach_adapters(model, LORA)
+    model.update(
+        tree_map(
+            lambda a: 0.05 * mx.random.normal(a.shape), model.trainable_parameters()
+        )
+    )
+    ref = mx.array(-20.0 - np.arange(32, dtype=np.float32).reshape(16, 2))
+    make = dpo_batches(batches, ref, "shared")
+    indices = batches.plan.batches[0][:3]
+    whole = make(indices, 4)
+    pieces = fit_to_budget(make, indices, 4, padded_tokens(whole[0]) // 4)
+    assert len(pieces) == 3
+    config = DPOConfig(model="m", data="d", compile=compiled)
+    objective = dpo_objective(config)
+    job = TrainJob(model, partial(dpo_loss, objective=objective), None, None, None, "")
+    gradients, _ = make_step(job, optim.AdamW(1e-3), config)
+    loss, _, _, expected = gradients(whole, None)
+    total, summed = 0.0, None
+    for piece, weight in pieces:
+        piece_loss, _, _, grad = gradients(piece, mx.array(weight))
+        total += weight * piece_loss.item()
+        summed = grad if summed is None else tree_map(mx.add, summed, grad)
+    assert total == pytest.approx(loss.item(), abs=1e-6)
+    largest = max(mx.abs(g).max().item() for _, g in tree_flatten(expected))
+    assert largest > 1e-3
+    for (name, a), (_, b) in zip(
+        tree_flatten(expected), tree_flatten(summed), strict=True
+    ):
+        assert mx.allclose(a, b, atol=1e-5 * largest, rtol=1e-4).item(), name
+
+
+def test_split_batches_train_like_whole_batches(
     tiny_model, pref_dir, tmp_path, monkeypatch
 ):
-    """Every batch split down to single pairs (compiled step, weighted gradients)
-    ends at the same adapters and logs the same losses as whole batches."""
+    """Every batch split down to single pairs (compiled step) logs the same
+    losses and ends at the same adapters as whole batches, up to float noise
+    that Adam enlarges where a gradient is near 0."""
     from mlx_align.train import preference
 
     forwards = []
@@ -408,7 +459,7 @@ def test_split_batches_train_exactly_like_whole_batches(
     whole, split = (mx.load(str(runs[b] / "adapters.safetensors")) for b in (0, 1))
     assert whole.keys() == split.keys()
     for name in whole:
-        assert mx.allclose(whole[name], split[name], atol=1e-6, rtol=1e-4).item(), name
+        assert mx.allclose(whole[name], split[name], atol=1e-4, rtol=1e-3).item(), name
     trained = [whole[n] for n in whole if n.endswith("lora_b")]
     assert max(mx.abs(b).max().item() for b in trained) > 0  # lora_b left 0
     losses = [[m["loss"] for m in metrics_of(runs[b]) if "loss" in m] for b in (0, 1)]
