@@ -3,8 +3,9 @@
 A loss function has the signature ``loss_fn(model, *batch) -> (loss, n_tokens,
 metrics)``: ``loss`` a scalar mean, ``n_tokens`` the number of trained tokens
 (it weights evaluation averages and gives tokens/s), ``metrics`` a dict of
-scalars. The step is ``mx.compile``d with the model, optimizer and random
-state declared as its state, as mlx-lm's trainer does.
+scalars. A micro-batch's gradients and the optimizer update are each
+``mx.compile``d with the model, optimizer and random state declared as their
+state, as mlx-lm's trainer does with its one step function.
 """
 
 from __future__ import annotations
