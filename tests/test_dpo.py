@@ -377,12 +377,16 @@ def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
     )
 
 
-@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize(
+    "layout, compiled",
+    [("shared", False), ("shared", True), ("full", True), ("packed", True)],
+)
 def test_weighted_pieces_sum_to_the_whole_batch_gradient(
-    compiled, tiny_model, pref_dir
+    layout, compiled, tiny_model, pref_dir
 ):
     """The loop's ``gradients`` of each piece, scaled by its weight, sum to the
-    whole batch's gradient (3 pairs: pieces of 1, 1, 1 pair; random lora_b).
+    whole batch's gradient (3 pairs: pieces of 1, 1, 1 pair; random lora_b),
+    in every pair layout.
 
     Adam all but cancels a uniform scale of the gradient, so a run-level test
     could not catch wrong weights: this checks the gradient itself.
@@ -401,8 +405,12 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
             lambda a: 0.05 * mx.random.normal(a.shape), model.trainable_parameters()
         )
     )
+    if layout == "packed":
+        from mlx_align.logprobs import enable_packing
+
+        enable_packing(model)
     ref = mx.array(-20.0 - np.arange(32, dtype=np.float32).reshape(16, 2))
-    make = dpo_batches(batches, ref, "shared")
+    make = dpo_batches(batches, ref, layout)
     indices = batches.plan.batches[0][:3]
     whole = make(indices, 4)
     pieces = fit_to_budget(make, indices, 4, padded_tokens(whole[0]) // 4)
