@@ -356,9 +356,9 @@ def mlx_align_worker(report: Path, argv: list[str]) -> None:
         pieces = [b for b, _ in fitted] if isinstance(fitted, list) else [fitted]
         pairs = [make.batches.pairs[i] for i in indices]
         tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
-        # full rows: tokens (2B, T); shared prompt: prompts (B, Lp) + completions (2B, C)
+        # full rows: T; shared prompt: Lp + C; packed rows: their width
         widths = [
-            inputs[0].shape[1] + (inputs[2].shape[1] if len(inputs) == 4 else 0)
+            sum(preference.padded_widths(inputs)) or inputs[0].shape[1]
             for inputs, _ in pieces
         ]
         row = {"batch": recorded_fit.drawn, "width": max(widths), "widths": widths}
