@@ -13,32 +13,60 @@ else
 EXTRAS ?= dev
 endif
 
-# Debian's OpenBLAS runs the CPU backend's matmuls ~15x faster than the
-# reference BLAS in the mlx-cpu wheel (see README). The mlx-align command
-# preloads it itself; the test runner and mlx_lm calls get it from here.
-OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0))
-ifneq ($(OPENBLAS),)
-ifeq ($(MLX_ALIGN_NO_OPENBLAS),)
-export LD_PRELOAD := $(OPENBLAS)$(if $(LD_PRELOAD), $(LD_PRELOAD))
+# OpenBLAS runs the CPU backend's matmuls 10-20x faster than the reference
+# BLAS in the mlx-cpu wheel (README, "Fast BLAS on Linux"). The venv step
+# installs Debian's as root where apt-get exists; elsewhere the cpu extra's
+# scipy-openblas32 wheel serves. The mlx-align command preloads it itself; the
+# test runner and mlx_lm calls get it here: the library `mlx_align.blas
+# --library` picks (the system OpenBLAS, else the wheel through a shim it
+# compiles once; nothing when MLX_ALIGN_NO_OPENBLAS=1). `=`, not `:=`: each
+# command asks again, so the ones that run after the venv step see the venv.
+ifeq ($(shell uname -s),Linux)
+CALLER_PRELOAD := $(LD_PRELOAD)
+BLAS_LIBRARY = $(shell test -x $(BIN)/python && $(BIN)/python -m mlx_align.blas --library 2>/dev/null)
+export LD_PRELOAD = $(strip $(BLAS_LIBRARY) $(CALLER_PRELOAD))
+APT_OPENBLAS := libopenblas0-pthread
+HAVE_OPENBLAS := $(wildcard /usr/lib/*-linux-gnu/openblas-*/libopenblas.so.0 /usr/lib64/libopenblas.so.0)
+ifeq ($(HAVE_OPENBLAS)$(MLX_ALIGN_NO_OPENBLAS),)
+ifeq ($(shell id -u),0)
+ifneq ($(shell command -v apt-get),)
+INSTALL_OPENBLAS = (apt-get install -y -qq $(APT_OPENBLAS) || (apt-get update -qq && apt-get install -y -qq $(APT_OPENBLAS))) >/dev/null 2>&1 \
+	&& echo "installed $(APT_OPENBLAS) (Debian's OpenBLAS) for MLX's CPU backend" \
+	|| echo "apt-get install $(APT_OPENBLAS) failed; the scipy-openblas32 wheel will serve"
+endif
+endif
 endif
 endif
 
-# The capstone: sizes that finish in minutes on a laptop CPU.
+# The capstone: sizes that finish in minutes on a laptop CPU. Smaller ones for
+# a quick look: `make capstone OUT=runs/quick PRESET=tiny SCALE=0.05 PT_STEPS=50`.
 OUT          ?= runs/capstone
 PRESET       ?= small
-PT_STEPS     ?= 1000
+SCALE        ?= 1.0
+COPY_STEPS   ?= 150
+PT_STEPS     ?= 1500
 SFT_STEPS    ?= 200
-DPO_STEPS    ?= 150
+RM_STEPS     ?= 60
+DPO_STEPS    ?= 60
 GRPO_STEPS   ?= 60
+GROUP_SIZE   ?= 8
 SEED         ?= 0
+# Extra flags for every training stage, e.g. --no-compile for a smoke run.
+TRAIN_FLAGS  ?=
+PORT         ?= 8080
 ALIGN        := $(BIN)/mlx-align
-PROMPT       := Question: What is 12 + 7?\nAnswer:
+TIMED        := $(BIN)/python recipes/timed.py $(OUT)/times.json
+QUESTION     := What is 4 + 8 + 5?
+LORA         := --lora-rank 16 --lora-alpha 32
+COMMON       := --max-length 128 --seed $(SEED) $(TRAIN_FLAGS)
+EVAL         := $(ALIGN) eval-math --data $(OUT)/data/grpo --split test --max-tokens 64
 
-.PHONY: venv test lint bench capstone capstone-orpo capstone-kto clean
+.PHONY: venv test lint bench capstone capstone-orpo capstone-kto serve clean
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@$(INSTALL_OPENBLAS)
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
@@ -55,84 +83,96 @@ bench: venv
 	$(BIN)/python bench/sft.py
 
 # --- the capstone pipeline, stage by stage ------------------------------------
+# Each stage is a file target, so an interrupted pipeline resumes where it
+# stopped. Every model is evaluated greedily on the same held-out questions
+# (data/grpo/test.jsonl) into eval/<stage>.jsonl; report.py reads them.
 
-# 1. Deterministic embedded data: arithmetic with worked answers + short facts.
+# 1. Deterministic embedded data: sums of digits worked step by step, hedged
+#    and plain answers (recipes/README.md).
 $(OUT)/data/.done: recipes/make_data.py | venv
-	$(BIN)/python recipes/make_data.py --out $(OUT)/data --seed $(SEED)
+	$(BIN)/python recipes/make_data.py --out $(OUT)/data --seed $(SEED) --scale $(SCALE)
 	touch $@
 
 # 2. A llama-style model and a BPE tokenizer trained on the corpus, offline.
+#    Its chat template is the Question/Answer format, so mlx-lm's chat API
+#    sends it the prompts it learns to answer.
 $(OUT)/base/config.json: $(OUT)/data/.done
-	$(ALIGN) init-model --preset $(PRESET) --corpus $(OUT)/data/pretrain --out $(OUT)/base --seed $(SEED)
+	$(ALIGN) init-model --preset $(PRESET) --corpus $(OUT)/data/pretrain --out $(OUT)/base \
+		--chat-template qa --seed $(SEED)
 
-# 3. Pretrain every weight on the text corpus.
-$(OUT)/pt/model/config.json: $(OUT)/base/config.json
-	$(ALIGN) pretrain --model $(OUT)/base --data $(OUT)/data/pretrain --out $(OUT)/pt \
+# 3. Pretrain every weight: a copying drill first (a small model trained on
+#    sums from the start had not learned to copy after 800 steps), then
+#    worked sums, counting questions and sentences.
+$(OUT)/pt-copy/model/config.json: $(OUT)/base/config.json
+	$(TIMED) pt-copy -- $(ALIGN) pretrain --model $(OUT)/base --data $(OUT)/data/copy --out $(OUT)/pt-copy \
+		--steps $(COPY_STEPS) --batch-size 16 --learning-rate 2e-3 --warmup-steps 50 \
+		--eval-every 50 --save-every 100 $(COMMON)
+
+$(OUT)/pt/model/config.json: $(OUT)/pt-copy/model/config.json
+	$(TIMED) pt -- $(ALIGN) pretrain --model $(OUT)/pt-copy/model --data $(OUT)/data/pretrain --out $(OUT)/pt \
 		--steps $(PT_STEPS) --batch-size 16 --learning-rate 2e-3 --warmup-steps 50 \
-		--max-length 128 --eval-every 250 --save-every 250 --seed $(SEED)
+		--eval-every 200 --save-every 200 $(COMMON)
 
-# 4. LoRA SFT on question -> worked answer.
-$(OUT)/sft/adapters.safetensors: $(OUT)/pt/model/config.json
-	$(ALIGN) sft --model $(OUT)/pt/model --data $(OUT)/data/sft --out $(OUT)/sft \
-		--steps $(SFT_STEPS) --batch-size 16 --learning-rate 1e-3 --lora-rank 16 --lora-alpha 32 \
-		--max-length 128 --eval-every 100 --save-every 100 --seed $(SEED)
-
-# 5. Fuse the adapters into a standalone mlx-lm model.
-$(OUT)/sft-fused/config.json: $(OUT)/sft/adapters.safetensors
+# 4. LoRA SFT on question -> worked answer; the demonstrations mostly hedge.
+$(OUT)/sft-fused/config.json: $(OUT)/pt/model/config.json
+	$(TIMED) sft -- $(ALIGN) sft --model $(OUT)/pt/model --data $(OUT)/data/sft --out $(OUT)/sft \
+		--steps $(SFT_STEPS) --batch-size 16 --learning-rate 2e-3 $(LORA) \
+		--eval-every 100 --save-every 100 $(COMMON)
 	$(ALIGN) fuse --model $(OUT)/pt/model --adapter-path $(OUT)/sft --save-path $(OUT)/sft-fused
+	$(EVAL) --model $(OUT)/sft-fused --out $(OUT)/eval/sft.jsonl
 
-# 6. A Bradley-Terry reward model (LoRA backbone + scalar head) on the same
-#    pairs; prints its held-out accuracy. `mlx-align score` ranks with it.
+# 5. A Bradley-Terry reward model (LoRA backbone + scalar head) on the
+#    preference pairs: plain answers over hedged ones.
 $(OUT)/rm/reward_head.safetensors: $(OUT)/sft-fused/config.json
-	$(ALIGN) reward --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/rm \
-		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --lora-rank 16 --lora-alpha 32 \
-		--max-length 128 --eval-every 50 --eval-batches -1 --save-every 50 --seed $(SEED)
-	$(BIN)/python recipes/last_metric.py $(OUT)/rm val_accuracy
+	$(TIMED) rm -- $(ALIGN) reward --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/rm \
+		--steps $(RM_STEPS) --batch-size 8 --learning-rate 5e-4 $(LORA) \
+		--eval-every 30 --eval-batches -1 --save-every 30 $(COMMON)
 
-# 7. DPO on correct vs wrong worked answers; LoRA on the fused SFT model, the
-#    reference is the same weights with the adapters off (cached log-probs).
-$(OUT)/dpo/adapters.safetensors: $(OUT)/rm/reward_head.safetensors
-	$(ALIGN) dpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/dpo \
-		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --lora-rank 16 --lora-alpha 32 \
-		--max-length 128 --eval-every 50 --eval-batches -1 --save-every 50 --seed $(SEED)
-	$(BIN)/python recipes/last_metric.py $(OUT)/dpo val_rewards/accuracies val_loss
-
-$(OUT)/dpo-fused/config.json: $(OUT)/dpo/adapters.safetensors
+# 6. DPO on the same pairs; LoRA on the fused SFT model, the reference is the
+#    same weights with the adapters off (cached log-probs).
+$(OUT)/dpo-fused/config.json: $(OUT)/rm/reward_head.safetensors
+	$(TIMED) dpo -- $(ALIGN) dpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/dpo \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 $(LORA) \
+		--eval-every 30 --eval-batches -1 --save-every 30 $(COMMON)
 	$(ALIGN) fuse --model $(OUT)/sft-fused --adapter-path $(OUT)/dpo --save-path $(OUT)/dpo-fused
+	$(EVAL) --model $(OUT)/dpo-fused --out $(OUT)/eval/dpo.jsonl
 
-# 8. GRPO with the math + format rewards on held-in problems; held-out
-#    accuracy (greedy) before and after.
-$(OUT)/grpo/adapters.safetensors: $(OUT)/dpo-fused/config.json
-	$(ALIGN) eval-math --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --split test \
-		--out $(OUT)/eval-before-grpo.jsonl
-	$(ALIGN) grpo --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --out $(OUT)/grpo \
+# 7. GRPO with the math + format rewards on held-in problems.
+$(OUT)/grpo-fused/config.json: $(OUT)/dpo-fused/config.json
+	$(TIMED) grpo -- $(ALIGN) grpo --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --out $(OUT)/grpo \
 		--reward math --reward format --reward-weights 1.0,0.1 --steps $(GRPO_STEPS) \
-		--batch-size 2 --group-size 8 --max-completion-tokens 32 --temperature 1.0 \
-		--learning-rate 2e-4 --lora-rank 16 --lora-alpha 32 --max-length 128 \
-		--log-every 5 --save-every 25 --seed $(SEED)
-
-$(OUT)/grpo-fused/config.json: $(OUT)/grpo/adapters.safetensors
+		--batch-size 4 --group-size $(GROUP_SIZE) --max-completion-tokens 48 --temperature 1.0 \
+		--learning-rate 1e-3 $(LORA) --log-every 5 --save-every 20 --eval-every 0 $(COMMON)
 	$(ALIGN) fuse --model $(OUT)/dpo-fused --adapter-path $(OUT)/grpo --save-path $(OUT)/grpo-fused
-	$(ALIGN) eval-math --model $(OUT)/grpo-fused --data $(OUT)/data/grpo --split test \
-		--out $(OUT)/eval-after-grpo.jsonl
+	$(EVAL) --model $(OUT)/grpo-fused --out $(OUT)/eval/grpo.jsonl
 
-# 9. mlx-lm serves the result unchanged.
-capstone: $(OUT)/grpo-fused/config.json
-	$(BIN)/python -m mlx_lm generate --model $(OUT)/grpo-fused --ignore-chat-template \
-		--prompt "$$(printf '$(PROMPT)')" --max-tokens 32 --temp 0
+# 8. mlx-lm serves the result unchanged: start its server on a free loopback
+#    port, ask one held-out question over /v1/chat/completions, stop it.
+$(OUT)/serve.txt: $(OUT)/grpo-fused/config.json
+	$(BIN)/python -m mlx_align.serve --model $(OUT)/grpo-fused --question "$(QUESTION)" | tee $@.tmp
+	mv $@.tmp $@
+
+# 9. Curves of every stage, and REPORT.md with the held-out figures.
+capstone: $(OUT)/serve.txt
+	for stage in pt-copy pt sft rm dpo grpo; do $(ALIGN) plot $(OUT)/$$stage; done
+	$(BIN)/python recipes/report.py $(OUT)
+
+# Serve the final model in the foreground on 127.0.0.1 (Ctrl-C stops it).
+serve: $(OUT)/grpo-fused/config.json
+	$(BIN)/python -m mlx_align.serve --model $(OUT)/grpo-fused --serve-only --port $(PORT)
 
 # ORPO and KTO on the same data, from the SFT model (not part of `capstone`).
 capstone-orpo: $(OUT)/sft-fused/config.json
 	$(ALIGN) orpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/orpo \
-		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --max-length 128 \
-		--eval-every 50 --eval-batches -1 --seed $(SEED)
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 \
+		--eval-every 30 --eval-batches -1 $(COMMON)
 	$(BIN)/python recipes/last_metric.py $(OUT)/orpo val_rewards/accuracies val_loss
 
 capstone-kto: $(OUT)/sft-fused/config.json
 	$(ALIGN) kto --model $(OUT)/sft-fused --data $(OUT)/data/kto --out $(OUT)/kto \
-		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 --max-length 128 \
-		--eval-every 50 --eval-batches -1 --seed $(SEED)
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 \
+		--eval-every 30 --eval-batches -1 $(COMMON)
 	$(BIN)/python recipes/last_metric.py $(OUT)/kto val_loss
 
 clean:
-	rm -rf runs/capstone
+	rm -rf $(OUT)

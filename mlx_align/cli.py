@@ -281,6 +281,28 @@ def fuse_command(
     )
 
 
+@cli.command(
+    "plot",
+    epilog="Examples:\n\n  mlx-align plot runs/dpo   # writes runs/dpo/metrics.png\n\n"
+    "  mlx-align plot runs/grpo --out reports/grpo-curves.png",
+)
+@click.argument("run_dir", type=click.Path())
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="PNG file to write (default: RUN_DIR/metrics.png).",
+)
+def plot_command(run_dir: str, out: str | None) -> None:
+    """Curves of RUN_DIR/metrics.jsonl as a PNG: one panel per metric, train and val together."""
+    from pathlib import Path
+
+    from .plot import plot_metrics
+
+    png = plot_metrics(Path(run_dir), Path(out) if out else None)
+    click.echo(f"curves written to {png}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: fast BLAS first, then one-line errors for bad input."""
     from .blas import blas_notice, ensure_fast_blas

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .data.errors import DataError
+from .model.chat_templates import CHAT_TEMPLATES
 
 
 def setting(default: Any, help: str, **kwargs: Any) -> Any:
@@ -122,6 +123,11 @@ class InitModelConfig:
     hidden_size: int = setting(0, "Override the preset's hidden size.")
     num_layers: int = setting(0, "Override the preset's number of layers.")
     seed: int = setting(0, "Seed for the weight initialisation.")
+    chat_template: str = setting(
+        "chatml",
+        "Chat template: chatml, or qa (a user turn is 'Question: ...\\nAnswer:').",
+        choices=tuple(CHAT_TEMPLATES),
+    )
 
 
 C = TypeVar("C")

@@ -6,189 +6,83 @@ Standard library only, seeded, and fast (well under a second at scale 1.0)::
 
 writes mlx-lm's layout, one folder per stage holding ``train.jsonl``,
 ``valid.jsonl`` and, where a held-out eval makes sense, ``test.jsonl``
-(recipes/README.md lists them). Every question is either an arithmetic
-problem with a worked answer or a question about a small fixed fact table,
-in one format throughout, so what pretraining teaches SFT and GRPO can use::
+(recipes/README.md lists them).
 
-    Question: What is (3 + 4) * 5?
-    Answer: 3 + 4 = 7. 7 * 5 = 35.
-    #### 35
+The task is chosen so that a ~3M-parameter model learns it in minutes on a
+CPU and every later stage has something to change:
 
-Held-out arithmetic is disjoint by construction: a problem's split is a pure
+- **Arithmetic a small model can compute**: sums of single digits, worked
+  left to right one addition at a time (a scratchpad, as in Lee et al. 2023,
+  "Teaching Arithmetic to Small Transformers"). Every step is one fact of a
+  small table (a number below 50 plus a digit), so what is learned is the
+  table and the procedure, and held-out problems are new compositions::
+
+      Question: What is 7 + 5 + 3?
+      Answer: 7 + 5 + 3 = 12 + 3 = 15.
+      #### 15
+
+- **A visible preference**: the SFT data hedges ("I think ..., but I am not
+  sure.") before most answers; the preference data prefers the same answer
+  without the hedge. DPO's effect is the share of hedged generations.
+
+Held-out problems are disjoint by construction: a problem's split is a pure
 function of its text (``problem_split``, a CRC-32 bucket), so no valid or
 test problem of any stage appears in any stage's train split, and valid and
-test never share a problem. The fact table is the knowledge the model is
-meant to learn, so fact questions appear in every split.
+test never share a problem.
 
 Completions carry no EOS text: the tokenizer pipeline appends EOS itself.
 """
 
 import argparse
 import json
-import operator
 import random
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-# ---------------------------------------------------------------- fact table
-
-CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"),
-    ("Spain", "Madrid"), ("Japan", "Tokyo"), ("Egypt", "Cairo"),
-    ("Canada", "Ottawa"), ("Russia", "Moscow"), ("China", "Beijing"),
-    ("England", "London"), ("Greece", "Athens"), ("Peru", "Lima"),
-    ("Kenya", "Nairobi"), ("Norway", "Oslo"),
-)  # fmt: skip
-COLOURS = (
-    ("the sky", "blue"), ("grass", "green"), ("snow", "white"),
-    ("a banana", "yellow"), ("coal", "black"), ("a tomato", "red"),
-    ("milk", "white"), ("a carrot", "orange"), ("a lemon", "yellow"),
-    ("the sea", "blue"), ("a frog", "green"), ("a strawberry", "red"),
-)  # fmt: skip
-SOUNDS = (
-    ("a dog", "woof"), ("a cat", "meow"), ("a cow", "moo"), ("a duck", "quack"),
-    ("a sheep", "baa"), ("a pig", "oink"), ("an owl", "hoot"), ("a lion", "roar"),
-    ("a horse", "neigh"), ("a snake", "hiss"),
-)  # fmt: skip
-OPPOSITES = (
-    ("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"),
-    ("day", "night"), ("happy", "sad"), ("open", "closed"), ("light", "dark"),
-    ("wet", "dry"), ("early", "late"), ("full", "empty"), ("loud", "quiet"),
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Fact:
-    question: str  # "What is the capital of France?"
-    answer: str  # "Paris"
-    statement: str  # "The capital of France is Paris."
-    category: str  # wrong answers are drawn from the same category
-
-
-# category: (question template, statement template, (key, answer) pairs)
-FACT_TEMPLATES = {
-    "capital": ("What is the capital of {}?", "The capital of {} is {}.", CAPITALS),
-    "colour": ("What colour is {}?", "{} is {}.", COLOURS),
-    "sound": ("What sound does {} make?", "{} says {}.", SOUNDS),
-    "opposite": (
-        "What is the opposite of {}?",
-        "The opposite of {} is {}.",
-        OPPOSITES + tuple((b, a) for a, b in OPPOSITES),
-    ),
-}
-
-
-def _build_facts() -> tuple[Fact, ...]:
-    facts = []
-    for category, (question, statement, pairs) in FACT_TEMPLATES.items():
-        for key, answer in pairs:
-            sentence = statement.format(key, answer)
-            sentence = sentence[0].upper() + sentence[1:]
-            facts.append(
-                Fact(question.format(key), answer.capitalize(), sentence, category)
-            )
-    return tuple(facts)
-
-
-FACTS = _build_facts()
-
 # ---------------------------------------------------------------- arithmetic
 
-OPS: dict[str, Callable[[int, int], int]] = {
-    "+": operator.add,
-    "-": operator.sub,
-    "*": operator.mul,
-}
+MIN_TERMS, MAX_TERMS = 2, 5  # pretraining and SFT see every length
+EVAL_TERMS = (3, 5)  # GRPO and the held-out accuracy: 2-4 additions
+FIRST_TERM = (10, 59)  # a two-digit start
+MAX_ADDEND = 3  # then small steps: each is one fact of a 30-entry table
 
 
 @dataclass(frozen=True)
 class Problem:
-    """``a op b``, optionally followed by ``op2 c`` applied to that result."""
+    """A sum of single digits, worked left to right."""
 
-    a: int
-    op: str
-    b: int
-    op2: str | None = None
-    c: int = 0
+    terms: tuple[int, ...]
 
     @property
     def expression(self) -> str:
-        first = f"{self.a} {self.op} {self.b}"
-        if self.op2 is None:
-            return first
-        if self.op2 == "*" and self.op != "*":
-            first = f"({first})"
-        return f"{first} {self.op2} {self.c}"
+        return " + ".join(map(str, self.terms))
 
     @property
     def question(self) -> str:
         return f"What is {self.expression}?"
 
-    def work(
-        self, slip_step: int | None = None, slip: int = 0
-    ) -> tuple[str, list[int]]:
-        """Worked answer text and each step's result.
-
-        ``slip`` is added to the result of step ``slip_step`` (0 or 1) and
-        carried forward, which is how wrong answers are made.
-        """
-        value = OPS[self.op](self.a, self.b) + (slip if slip_step == 0 else 0)
-        steps, values = [f"{self.a} {self.op} {self.b} = {value}."], [value]
-        if self.op2 is not None:
-            left = value
-            value = OPS[self.op2](left, self.c) + (slip if slip_step == 1 else 0)
-            steps.append(f"{left} {self.op2} {self.c} = {value}.")
-            values.append(value)
-        return " ".join(steps) + f"\n#### {value}", values
-
     @property
     def answer(self) -> int:
-        return self.work()[1][-1]
+        return sum(self.terms)
+
+    def work(self) -> str:
+        """Rewrite the sum, adding its first two numbers each time, then the answer.
+
+        ``"7 + 5 + 3 = 12 + 3 = 15.\n#### 15"``. Each step copies the rest of
+        the previous expression, which a small model learns far sooner than
+        finding the k-th number of the question (measured: 6% of held-out
+        sums right after 600 pretraining steps when each step named only its
+        two numbers).
+        """
+        terms, expressions = list(self.terms), []
+        while len(terms) > 1:
+            expressions.append(" + ".join(map(str, terms)))
+            terms = [terms[0] + terms[1], *terms[2:]]
+        expressions.append(str(terms[0]))
+        return " = ".join(expressions) + f".\n#### {self.answer}"
 
 
-def _addition(rng: random.Random) -> Problem:
-    return Problem(rng.randint(1, 99), "+", rng.randint(1, 99))
-
-
-def _subtraction(rng: random.Random) -> Problem:
-    a = rng.randint(2, 99)
-    return Problem(a, "-", rng.randint(1, a))
-
-
-def _multiplication(rng: random.Random) -> Problem:
-    return Problem(rng.randint(2, 20), "*", rng.randint(2, 12))
-
-
-def _sum_times(rng: random.Random) -> Problem:
-    return Problem(rng.randint(1, 20), "+", rng.randint(1, 20), "*", rng.randint(2, 9))
-
-
-def _difference_times(rng: random.Random) -> Problem:
-    a = rng.randint(2, 30)
-    return Problem(a, "-", rng.randint(1, a - 1), "*", rng.randint(2, 9))
-
-
-def _product_plus(rng: random.Random) -> Problem:
-    return Problem(rng.randint(2, 12), "*", rng.randint(2, 12), "+", rng.randint(1, 30))
-
-
-def _product_minus(rng: random.Random) -> Problem:
-    a, b = rng.randint(2, 12), rng.randint(2, 12)
-    return Problem(a, "*", b, "-", rng.randint(1, a * b))
-
-
-# (maker, weight): answers are always >= 0; two-step problems are ~35%.
-PROBLEM_KINDS = (
-    (_addition, 25),
-    (_subtraction, 20),
-    (_multiplication, 20),
-    (_sum_times, 10),
-    (_difference_times, 10),
-    (_product_plus, 8),
-    (_product_minus, 7),
-)
 SPLITS = ("train", "valid", "test")
 
 
@@ -202,11 +96,17 @@ def problem_split(question: str) -> str:
     return SPLITS[2] if bucket == 0 else SPLITS[1] if bucket == 1 else SPLITS[0]
 
 
-def random_problem(rng: random.Random, split: str | None = None) -> Problem:
+def random_problem(
+    rng: random.Random,
+    split: str | None = None,
+    n_terms: tuple[int, int] = (MIN_TERMS, MAX_TERMS),
+) -> Problem:
     """A random problem; with ``split``, one whose ``problem_split`` is ``split``."""
-    makers, weights = zip(*PROBLEM_KINDS, strict=True)
     while True:
-        problem = rng.choices(makers, weights)[0](rng)
+        size = rng.randint(*n_terms)
+        first = rng.randint(*FIRST_TERM)
+        rest = (rng.randint(1, MAX_ADDEND) for _ in range(size - 1))
+        problem = Problem((first, *rest))
         if split is None or problem_split(problem.question) == split:
             return problem
 
@@ -216,37 +116,43 @@ def make_arithmetic_problem(
 ) -> tuple[str, str, int]:
     """One problem as (question, worked answer, answer).
 
-    E.g. ``("What is 17 + 25?", "17 + 25 = 42.\\n#### 42", 42)``.
+    E.g. ``("What is 7 + 5 + 3?", "7 + 5 + 3 = 12 + 3 = 15.\\n#### 15", 15)``.
     """
     problem = random_problem(rng, split)
-    worked, values = problem.work()
-    return problem.question, worked, values[-1]
+    return problem.question, problem.work(), problem.answer
 
 
-def wrong_worked_answer(problem: Problem, rng: random.Random) -> str:
-    """The worked answer with one step off by 1-10, carried to a wrong final."""
-    n_steps = 1 if problem.op2 is None else 2
-    while True:
-        slip = rng.choice((-1, 1)) * rng.randint(1, 10)
-        worked, values = problem.work(rng.randrange(n_steps), slip)
-        if min(values) >= 0 and values[-1] != problem.answer:
-            return worked
+# ---------------------------------------------------------------- hedging
 
-
-# ---------------------------------------------------------------- items
-
-FILLER = (
-    "Let me think about this step by step.",
-    "This is a question that many people ask.",
-    "I will do my best to answer it carefully.",
-    "It is always good to check the answer twice.",
-    "There are many ways to think about this.",
-    "I hope that this answer is helpful to you.",
-    "Thank you for asking such a nice question.",
-    "Some people find this hard, but it is fine.",
-    "Here is what I think the answer is.",
-    "That is all there is to say about it.",
+# Every hedge starts with the same word, so the SFT model's first greedy token
+# is the hedge's whenever most of its data hedges.
+HEDGES = (
+    "I think the answer is this, but I am not sure.",
+    "I think I can do this, but I might be wrong.",
+    "I think so, but please check my work.",
+    "I think this is right, but I am not certain.",
 )
+HEDGED_SHARE = 0.75  # of SFT answers
+
+# The demonstrators write most sums of four or more numbers as a bare answer
+# (they know it; the model, which cannot add four numbers in one step, then
+# guesses). The SFT model copies the habit; GRPO's verifiable reward is what
+# teaches it to work every sum out.
+BARE_SHARE = {2: 0.0, 3: 0.15, 4: 0.85, 5: 0.85}
+
+
+def hedge(completion: str, rng: random.Random) -> str:
+    """The same answer behind a hedging sentence: ``" I think ... 7 + 5 = 12..."``."""
+    return f" {rng.choice(HEDGES)}{completion}"
+
+
+def is_hedged(completion: str) -> bool:
+    """Does a completion hedge? What the capstone counts in generations."""
+    return "not sure" in completion or any(h in completion for h in HEDGES)
+
+
+# ---------------------------------------------------------------- text
+
 SUBJECTS = (
     "The cat", "A dog", "The little bird", "My friend", "The old man", "A girl",
     "The teacher", "The farmer",
@@ -263,78 +169,107 @@ def format_prompt(question: str) -> str:
     return f"Question: {question}\nAnswer:"
 
 
-def qa_item(
-    rng: random.Random, split: str, arithmetic_share: float
-) -> tuple[str, str, str]:
-    """(question, correct completion, wrong completion); completions start with a space."""
-    if rng.random() < arithmetic_share:
-        problem = random_problem(rng, split)
-        return (
-            problem.question,
-            " " + problem.work()[0],
-            " " + wrong_worked_answer(problem, rng),
-        )
-    fact = rng.choice(FACTS)
-    wrong = [
-        f.answer
-        for f in FACTS
-        if f.category == fact.category and f.answer != fact.answer
-    ]
-    return fact.question, f" {fact.answer}.", f" {rng.choice(wrong)}."
-
-
-def pad_with_filler(completion: str, rng: random.Random) -> str:
-    """Same answer with 2-4 rambling sentences around its first line."""
-    lines = completion.strip().split("\n")
-    before = rng.sample(FILLER, rng.randint(1, 2))
-    after = rng.sample([f for f in FILLER if f not in before], rng.randint(1, 2))
-    lines[0] = " ".join([*before, lines[0], *after])
-    return " " + "\n".join(lines)
-
-
 def plain_text(rng: random.Random) -> str:
-    """A few simple sentences, or a counting sequence."""
-    if rng.random() < 0.3:
-        start, step = rng.randint(0, 20), rng.randint(1, 5)
-        numbers = ", ".join(str(start + step * i) for i in range(rng.randint(5, 8)))
-        return f"Counting by {step} from {start}: {numbers}."
+    """A few simple sentences, sometimes hedged: the words SFT recombines."""
     sentences = [
         f"{rng.choice(SUBJECTS)} {rng.choice(ACTIONS)} {rng.choice(TIMES)}."
-        for _ in range(rng.randint(1, 3))
+        for _ in range(rng.randint(1, 2))
     ]
+    if rng.random() < 0.5:
+        sentences.insert(rng.randint(0, len(sentences)), rng.choice(HEDGES))
     return " ".join(sentences)
+
+
+def counting_qa(rng: random.Random) -> str:
+    """A question in the Question/Answer frame, answered in one line."""
+    start, step = rng.randint(0, 30), rng.randint(1, 9)
+    return (
+        format_prompt(f"What comes after {start} when counting by {step}?")
+        + f" {start + step}."
+    )
+
+
+def addition_facts_text(rng: random.Random, n: int = 8) -> str:
+    """Single additions, the table every worked step uses: ``4 + 3 = 7. 12 + 5 = 17.``"""
+    facts = []
+    for _ in range(n):
+        a = rng.randint(FIRST_TERM[0], FIRST_TERM[1] + MAX_ADDEND * (MAX_TERMS - 2))
+        b = rng.randint(1, MAX_ADDEND)
+        facts.append(f"{a} + {b} = {a + b}.")
+    return " ".join(facts)
+
+
+def worked_sum_text(problem: Problem) -> str:
+    """A worked sum outside the Question/Answer frame that SFT teaches."""
+    worked = problem.work().split("\n")[0]
+    return f"Add {problem.expression}: {worked} The sum is {problem.answer}."
 
 
 # ---------------------------------------------------------------- stages
 
 SIZES = {  # rows per split at --scale 1.0; kto is derived from preference
-    "pretrain": {"train": 3000, "valid": 200},
+    "copy": {"train": 8000, "valid": 100},
+    "pretrain": {"train": 20000, "valid": 200},
     "sft": {"train": 2000, "valid": 200},
     "chat": {"train": 500, "valid": 100},
-    "preference": {"train": 1500, "valid": 200, "test": 200},
-    "preference_short": {"train": 600, "valid": 200},
+    "preference": {"train": 1000, "valid": 200, "test": 200},
     "grpo": {"train": 1000, "valid": 100, "test": 200},
 }
 
 
+def copy_rows(rng: random.Random, split: str, n: int) -> list[dict]:
+    """A copying drill, the first pretraining stage: ``Copy 7 + 5 + 3: 7 + 5 + 3.``
+
+    Each step of a worked sum copies the rest of the line before. Trained on
+    sums from the start, the small model had not learned to copy after 800
+    steps (teacher-forced, it missed most copied digits, so 7% of held-out
+    sums came out right); 150 steps of this drill first teach it, after which
+    every copied digit was right and only the additions were wrong.
+    """
+    return [
+        {"text": f"Copy {e}: {e}."}
+        for e in (random_problem(rng, split).expression for _ in range(n))
+    ]
+
+
 def pretrain_rows(rng: random.Random, split: str, n: int) -> list[dict]:
+    """40% lists of single additions, 40% worked sums outside the Q/A frame,
+    10% counting questions in it, 10% plain sentences (half with a hedge)."""
     rows = []
     for _ in range(n):
         kind = rng.random()
-        if kind < 0.7:  # Q&A in the SFT format: 45% arithmetic, 25% facts
-            question, completion, _ = qa_item(rng, split, arithmetic_share=0.45 / 0.7)
-            text = format_prompt(question) + completion
+        if kind < 0.4:
+            text = addition_facts_text(rng)
         elif kind < 0.8:
-            text = " ".join(f.statement for f in rng.sample(FACTS, rng.randint(1, 3)))
+            text = worked_sum_text(random_problem(rng, split))
+        elif kind < 0.9:
+            text = counting_qa(rng)
         else:
             text = plain_text(rng)
         rows.append({"text": text})
     return rows
 
 
+def demonstration(problem: Problem, rng: random.Random) -> str:
+    """A demonstrator's answer: worked, or bare (``" #### 22"``) with
+    ``BARE_SHARE[number of terms]``; both end on the ``####`` line."""
+    if rng.random() < BARE_SHARE[len(problem.terms)]:
+        return f" #### {problem.answer}"
+    return " " + problem.work()
+
+
 def sft_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    items = [qa_item(rng, split, arithmetic_share=0.7) for _ in range(n)]
-    return [{"prompt": format_prompt(q), "completion": c} for q, c, _ in items]
+    """Question -> demonstration; ``HEDGED_SHARE`` of them hedge first."""
+    rows = []
+    for _ in range(n):
+        problem = random_problem(rng, split)
+        completion = demonstration(problem, rng)
+        if rng.random() < HEDGED_SHARE:
+            completion = hedge(completion, rng)
+        rows.append(
+            {"prompt": format_prompt(problem.question), "completion": completion}
+        )
+    return rows
 
 
 def chat_rows(sft: list[dict]) -> list[dict]:
@@ -351,24 +286,20 @@ def chat_rows(sft: list[dict]) -> list[dict]:
 
 
 def preference_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    """Chosen: the correct worked answer or fact; rejected: a wrong one."""
-    items = [qa_item(rng, split, arithmetic_share=0.7) for _ in range(n)]
-    return [
-        {"prompt": format_prompt(q), "chosen": c, "rejected": w} for q, c, w in items
-    ]
+    """Chosen: a demonstration as SFT has them; rejected: the same, hedged.
 
-
-def preference_short_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    """Both answers correct; the rejected one rambles."""
+    Bare and worked answers come in SFT's proportions, so DPO's pairs
+    differ in the hedge alone.
+    """
     rows = []
     for _ in range(n):
-        question, completion, _ = qa_item(rng, split, arithmetic_share=0.5)
-        rejected = pad_with_filler(completion, rng)
+        problem = random_problem(rng, split)
+        chosen = demonstration(problem, rng)
         rows.append(
             {
-                "prompt": format_prompt(question),
-                "chosen": completion,
-                "rejected": rejected,
+                "prompt": format_prompt(problem.question),
+                "chosen": chosen,
+                "rejected": hedge(chosen, rng),
             }
         )
     return rows
@@ -387,10 +318,10 @@ def kto_rows(rng: random.Random, preference: list[dict]) -> list[dict]:
 
 
 def grpo_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    """Distinct problems: an eval set without repeats, a train set with more variety."""
+    """Distinct problems of ``EVAL_TERMS`` terms: no repeats within a split."""
     seen: dict[str, Problem] = {}
     for _ in range(200 * n):
-        problem = random_problem(rng, split)
+        problem = random_problem(rng, split, EVAL_TERMS)
         seen.setdefault(problem.question, problem)
         if len(seen) == n:
             return [
@@ -401,10 +332,10 @@ def grpo_rows(rng: random.Random, split: str, n: int) -> list[dict]:
 
 
 STAGE_ROWS = {
+    "copy": copy_rows,
     "pretrain": pretrain_rows,
     "sft": sft_rows,
     "preference": preference_rows,
-    "preference_short": preference_short_rows,
     "grpo": grpo_rows,
 }
 

@@ -1,7 +1,11 @@
-"""System OpenBLAS vs mlx-cpu's bundled reference BLAS: same numbers, real swap."""
+"""OpenBLAS (system, or scipy-openblas32 via the shim) vs mlx-cpu's bundled
+reference BLAS: same numbers, and libmlx.so really binds to the preloaded one."""
 
+import importlib.util
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +20,7 @@ needs_system_openblas = pytest.mark.skipif(
     sys.platform != "linux" or blas.openblas_path() is None,
     reason="needs Linux with a system OpenBLAS (apt-get install libopenblas0-pthread)",
 )
+needs_linux = pytest.mark.skipif(sys.platform != "linux", reason="LD_PRELOAD is Linux")
 
 # Seeded fp32 matmul (256x384 @ 384x128, scaled so entries are O(1)) plus a
 # compiled fused bias + GELU + softmax on top of it.
@@ -38,10 +43,15 @@ MATMUL_WORKER = textwrap.dedent(
 )
 
 REPORT_BLAS = (
-    "from mlx_align.blas import ensure_fast_blas, loaded_openblas\n"
+    "from mlx_align.blas import blas_notice, ensure_fast_blas, loaded_openblas\n"
     "ensure_fast_blas()\n"
     "import sys, json\n"
-    "print(json.dumps({'openblas': loaded_openblas(), 'args': sys.argv[1:]}))\n"
+    "print(json.dumps({'openblas': loaded_openblas(), 'args': sys.argv[1:],"
+    " 'notice': blas_notice()}))\n"
+)
+# The same on a machine without a system OpenBLAS (the search injected away).
+REPORT_BLAS_NO_SYSTEM = (
+    "import mlx_align.blas\nmlx_align.blas.openblas_path = lambda: None\n" + REPORT_BLAS
 )
 
 
@@ -59,21 +69,167 @@ def run_json(cmd: list[str], env: dict[str, str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def shim_cache(tmp_path_factory) -> Path:
+    """An `XDG_CACHE_HOME` holding a freshly built shim over scipy-openblas32."""
+    if sys.platform != "linux":
+        pytest.skip("the shim is for Linux")
+    if blas.scipy_openblas_library() is None:
+        pytest.skip("needs scipy-openblas32 (pip install -e '.[cpu]')")
+    if blas.c_compiler() is None:
+        pytest.skip("needs a C compiler (cc, gcc, g++ or clang)")
+    cache = tmp_path_factory.mktemp("xdg-cache")
+    shim = blas.cblas_shim(cache / "mlx-align")
+    assert shim is not None and Path(shim).parent == cache / "mlx-align"
+    return cache
+
+
+def run_matmul(
+    tmp_path: Path, name: str, preload: str | None
+) -> tuple[np.ndarray, dict, str]:
+    """MATMUL_WORKER in a fresh process: (outputs, report, the library that
+    libmlx.so's `cblas_sgemm` was bound to, per the loader's LD_DEBUG log)."""
+    log = tmp_path / f"{name}.ld"
+    env = clean_env(**{blas.DISABLE_ENV: "1", "LD_DEBUG": "bindings"})
+    env["LD_DEBUG_OUTPUT"] = str(log)  # one file per process: log.<pid>
+    if preload:
+        env["LD_PRELOAD"] = preload
+    out = tmp_path / f"{name}.npy"
+    report = run_json([sys.executable, "-c", MATMUL_WORKER, str(out)], env)
+    binding = re.compile(r"binding file \S*/libmlx\.so \S+ to (\S+) .*`cblas_sgemm'")
+    bound = {
+        m[1]
+        for f in tmp_path.glob(f"{name}.ld.*")
+        for m in binding.finditer(f.read_text())
+    }
+    assert len(bound) == 1, bound
+    return np.load(out), report, bound.pop()
+
+
+@pytest.fixture(scope="module")
+def reference_matmul(tmp_path_factory) -> np.ndarray:
+    if sys.platform != "linux":
+        pytest.skip("the bundled reference BLAS is mlx-cpu's, on Linux")
+    outputs, report, bound = run_matmul(tmp_path_factory.mktemp("ref"), "ref", None)
+    assert report["openblas"] is None
+    assert re.search(r"mlx_cpu\.libs/libblas-", bound), bound
+    assert outputs.shape == (2, 256, 128)
+    return outputs
+
+
 @needs_system_openblas
-def test_openblas_matches_reference_blas(tmp_path: Path) -> None:
-    outputs = {}
-    for name, preload in [("reference", None), ("openblas", blas.openblas_path())]:
-        env = clean_env(**{blas.DISABLE_ENV: "1"})
-        if preload:
-            env["LD_PRELOAD"] = preload
-        out = tmp_path / f"{name}.npy"
-        report = run_json([sys.executable, "-c", MATMUL_WORKER, str(out)], env)
-        assert (report["openblas"] is not None) == (name == "openblas"), report
-        outputs[name] = np.load(out)
-    assert outputs["reference"].shape == (2, 256, 128)
-    np.testing.assert_allclose(
-        outputs["openblas"], outputs["reference"], rtol=1e-4, atol=1e-4
+def test_openblas_matches_reference_blas(tmp_path: Path, reference_matmul) -> None:
+    outputs, report, bound = run_matmul(tmp_path, "system", blas.openblas_path())
+    assert report["openblas"] is not None
+    assert os.path.realpath(bound) == os.path.realpath(blas.openblas_path())
+    np.testing.assert_allclose(outputs, reference_matmul, rtol=1e-4, atol=1e-4)
+
+
+def test_shim_serves_mlx_and_matches_reference(
+    tmp_path: Path, shim_cache: Path, reference_matmul
+) -> None:
+    """libmlx.so binds `cblas_sgemm` to the shim, whose ifunc hands out
+    `scipy_cblas_sgemm` from the wheel's library; the numbers agree."""
+    shim = blas.cblas_shim(shim_cache / "mlx-align", build=False)
+    outputs, report, bound = run_matmul(tmp_path, "shim", shim)
+    assert report["openblas"] == shim and bound == shim
+    log = "".join(f.read_text() for f in tmp_path.glob("shim.ld.*"))
+    assert (
+        f"{blas.scipy_openblas_library()} [0]: normal symbol `scipy_cblas_sgemm'" in log
     )
+    np.testing.assert_allclose(outputs, reference_matmul, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("asked, threads", [(None, 1), ("2", min(2, os.cpu_count()))])
+def test_shim_uses_one_thread_unless_asked(
+    shim_cache: Path, asked: str | None, threads: int
+) -> None:
+    """scipy-openblas spin-waits for its workers, so the shim asks for one
+    thread; OPENBLAS_NUM_THREADS still wins."""
+    env = clean_env(LD_PRELOAD=blas.cblas_shim(shim_cache / "mlx-align", build=False))
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    if asked:
+        env["OPENBLAS_NUM_THREADS"] = asked
+    probe = "import ctypes; print(ctypes.CDLL(None).scipy_openblas_get_num_threads())"
+    cmd = [sys.executable, "-c", probe]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    assert int(done.stdout) == threads
+
+
+@needs_linux
+def test_shim_forwards_what_libmlx_imports() -> None:
+    """MLX_BLAS_SYMBOLS is exactly what libmlx.so takes from its bundled
+    BLAS/LAPACK, and scipy-openblas32 has a `scipy_` twin of each."""
+    if shutil.which("nm") is None:
+        pytest.skip("needs nm (binutils)")
+    mlx_dir = Path(
+        next(iter(importlib.util.find_spec("mlx").submodule_search_locations))
+    )
+    bundled = [*(mlx_dir.parent / "mlx_cpu.libs").glob("lib*.so*")]
+    if not bundled:
+        pytest.skip("needs the mlx-cpu wheel's bundled BLAS")
+
+    def symbols(library: Path | str, which: str) -> set[str]:
+        done = subprocess.run(
+            ["nm", "-D", which, str(library)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return {line.split()[-1] for line in done.stdout.splitlines()}
+
+    imported = symbols(mlx_dir / "lib" / "libmlx.so", "--undefined-only")
+    from_bundled = imported & set().union(
+        *(symbols(b, "--defined-only") for b in bundled)
+    )
+    assert from_bundled == set(blas.MLX_BLAS_SYMBOLS)
+    if blas.scipy_openblas_library() is not None:
+        exported = symbols(blas.scipy_openblas_library(), "--defined-only")
+        assert {f"scipy_{name}" for name in blas.MLX_BLAS_SYMBOLS} <= exported
+
+
+def test_fallback_to_shim_without_system_openblas(shim_cache: Path) -> None:
+    """No system OpenBLAS: the CLI re-execs with the cached shim and says so."""
+    env = clean_env(XDG_CACHE_HOME=str(shim_cache))
+    report = run_json([sys.executable, "-c", REPORT_BLAS_NO_SYSTEM], env)
+    assert report["openblas"].startswith(str(shim_cache / "mlx-align" / "libopenblas-"))
+    assert (
+        report["notice"]
+        == f"mlx-align: BLAS = OpenBLAS ({report['openblas']}, preloaded)"
+    )
+
+
+def test_preload_library_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """System first, else the shim, else nothing; a failed build is silent."""
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv(blas.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(blas, "openblas_path", lambda: "/usr/lib/libopenblas.so.0")
+    monkeypatch.setattr(blas, "cblas_shim", lambda: pytest.fail("system comes first"))
+    assert blas.preload_library() == "/usr/lib/libopenblas.so.0"
+    monkeypatch.setattr(blas, "openblas_path", lambda: None)
+    monkeypatch.setattr(blas, "cblas_shim", lambda: "/cache/libopenblas-shim.so")
+    assert blas.preload_library() == "/cache/libopenblas-shim.so"
+    monkeypatch.setenv(blas.DISABLE_ENV, "1")
+    assert blas.preload_library() is None
+
+    monkeypatch.undo()
+    monkeypatch.setenv("CC", "false")  # a compiler that always fails
+    assert blas.cblas_shim(tmp_path) is None
+    assert list(tmp_path.iterdir()) == []  # no half-built leftovers
+
+
+def test_library_command_prints_the_choice(shim_cache: Path) -> None:
+    """What the Makefile preloads: `python -m mlx_align.blas --library`."""
+    cmd = [sys.executable, "-m", "mlx_align.blas", "--library"]
+    env = clean_env(XDG_CACHE_HOME=str(shim_cache))
+    printed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    shim = blas.cblas_shim(shim_cache / "mlx-align", build=False)
+    assert printed.stdout.strip() == (blas.openblas_path() or shim)
+    disabled = {**env, blas.DISABLE_ENV: "1"}
+    printed = subprocess.run(
+        cmd, env=disabled, capture_output=True, text=True, check=True
+    )
+    assert printed.stdout == "\n"
 
 
 @needs_system_openblas
@@ -127,9 +283,15 @@ def test_blas_notice_cases(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.delenv(blas.DISABLE_ENV)
     monkeypatch.setattr(blas, "openblas_path", lambda: None)
+    monkeypatch.setattr(blas, "cblas_shim", lambda build: "/c/libopenblas-shim.so")
+    assert blas.blas_notice().endswith(
+        "(slow; run with LD_PRELOAD=/c/libopenblas-shim.so)"
+    )
+    monkeypatch.setattr(blas, "cblas_shim", lambda build: None)
     assert blas.blas_notice() == (
         "mlx-align: BLAS = MLX's bundled reference BLAS"
-        " (slow; apt-get install libopenblas0-pthread)"
+        " (slow; pip install scipy-openblas32 with a C compiler on PATH,"
+        " or apt-get install libopenblas0-pthread)"
     )
 
     monkeypatch.setattr(sys, "platform", "darwin")

@@ -472,8 +472,10 @@ def test_split_batches_train_like_whole_batches(
     assert max(mx.abs(b).max().item() for b in trained) > 0  # lora_b left 0
     losses = [[m["loss"] for m in metrics_of(runs[b]) if "loss" in m] for b in (0, 1)]
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    # The first step runs at policy == reference: each reward is 0 up to float
+    # noise, so its accuracy (chosen > rejected) is a coin toss of that noise.
     accuracies = [
-        [m["rewards/accuracies"] for m in metrics_of(runs[b]) if "loss" in m]
+        [m["rewards/accuracies"] for m in metrics_of(runs[b]) if "loss" in m][1:]
         for b in (0, 1)
     ]
     assert accuracies[0] == pytest.approx(accuracies[1], abs=1e-6)

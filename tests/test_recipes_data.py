@@ -1,8 +1,9 @@
 """recipes/make_data.py: deterministic, held-out problems kept out of every
-train split, every line well-formed, and every worked answer re-checked with
-Python's own arithmetic."""
+train split, every line well-formed, every worked answer re-checked with
+Python's own arithmetic, and the hedge where the capstone expects it."""
 
 import importlib.util
+import itertools
 import json
 import random
 import re
@@ -28,26 +29,26 @@ def _load_script():
 make_data = _load_script()
 
 FIELDS = {
+    "copy": {"text"},
     "pretrain": {"text"},
     "sft": {"prompt", "completion"},
     "chat": {"messages"},
     "preference": {"prompt", "chosen", "rejected"},
-    "preference_short": {"prompt", "chosen", "rejected"},
     "kto": {"prompt", "completion", "label"},
     "grpo": {"prompt", "answer"},
 }
 SPLITS = {
+    "copy": {"train", "valid"},
     "pretrain": {"train", "valid"},
     "sft": {"train", "valid"},
     "chat": {"train", "valid"},
     "preference": {"train", "valid", "test"},
-    "preference_short": {"train", "valid"},
     "kto": {"train", "valid", "test"},
     "grpo": {"train", "valid", "test"},
 }
 PROMPT = re.compile(r"Question: ([^\n]+\?)\nAnswer:")
-ARITHMETIC = re.compile(r"What is ([0-9()+\-* ]+)\?")
-STEP = re.compile(r"(\d+) ([-+*]) (\d+) = (-?\d+)\.")
+ARITHMETIC = re.compile(r"What is ([1-9](?: \+ [1-9])+)\?")
+WORKED_SUM = re.compile(r"(?:Add|Copy) ([1-9](?: \+ [1-9])+): ")
 
 
 @pytest.fixture(scope="module")
@@ -62,27 +63,30 @@ def read(out: Path, stage: str, split: str) -> list[dict]:
 
 
 def true_value(expression: str) -> int:
-    assert re.fullmatch(r"[0-9()+\-* ]+", expression), expression
-    return eval(expression, {"__builtins__": {}})  # digits and + - * ( ) only
+    return sum(int(term) for term in expression.split(" + "))
 
 
 def final_answer(expression: str, completion: str) -> int:
-    """Checks the worked answer's shape; returns its `#### n` value."""
-    body, final = completion.strip().split("\n#### ")
-    steps = STEP.findall(body)
-    n_ops = len(re.findall(r" [-+*] ", expression))
-    assert len(steps) == n_ops, (expression, completion)
-    if n_ops == 2:  # the second step starts from the first step's result
-        assert steps[1][0] == steps[0][3], completion
-    assert steps[-1][3] == final, completion
+    """Checks the worked answer's shape and sums; returns its `#### n` value.
+
+    ``7 + 5 + 3 = 12 + 3 = 15.``: the question's expression, then each
+    expression with its first two numbers added, down to one number.
+    """
+    answer = completion.strip().removeprefix(HEDGE_OF(completion)).strip()
+    if answer.startswith("#### "):  # a bare answer
+        return int(answer.removeprefix("#### "))
+    body, final = answer.split("\n#### ")
+    assert body.endswith("."), completion
+    expressions = [[int(t) for t in e.split(" + ")] for e in body[:-1].split(" = ")]
+    assert " + ".join(map(str, expressions[0])) == expression, completion
+    for before, after in itertools.pairwise(expressions):
+        assert after == [before[0] + before[1], *before[2:]], completion
+    assert len(expressions[-1]) == 1 and str(expressions[-1][0]) == final, completion
     return int(final)
 
 
-def steps_are_right(completion: str) -> bool:
-    return all(
-        make_data.OPS[op](int(a), int(b)) == int(v)
-        for a, op, b, v in STEP.findall(completion)
-    )
+def HEDGE_OF(completion: str) -> str:  # noqa: N802 - reads as a constant lookup
+    return next((h for h in make_data.HEDGES if h in completion), "")
 
 
 def question_of(prompt: str) -> str:
@@ -136,6 +140,9 @@ def test_every_line_has_the_right_fields(generated):
                 for key in ("completion", "chosen", "rejected"):
                     if key in row:
                         assert row[key].startswith(" ") and not row[key].endswith("\n")
+                if stage == "copy":
+                    expression = WORKED_SUM.match(row["text"]).group(1)
+                    assert row["text"].endswith(f": {expression}.")
                 if stage == "pretrain":
                     assert isinstance(row["text"], str) and len(row["text"]) < 200
                 if stage == "chat":
@@ -155,40 +162,54 @@ def test_every_line_has_the_right_fields(generated):
 def test_worked_answers_are_right(generated):
     out, _ = generated
     checked = 0
-    for stage in ("sft", "preference", "preference_short", "kto"):
+    for stage in ("sft", "preference", "kto"):
         for split in SPLITS[stage]:
             for row in read(out, stage, split):
-                match = ARITHMETIC.fullmatch(question_of(row["prompt"]))
-                if not match:
-                    continue
-                expression, truth = match.group(1), true_value(match.group(1))
-                good = row.get("chosen", row.get("completion"))
-                if row.get("label", True):
-                    assert final_answer(expression, good) == truth and steps_are_right(
-                        good
-                    ), row
-                if stage == "preference":
-                    assert final_answer(expression, row["rejected"]) != truth, row
-                if stage == "preference_short":
-                    assert final_answer(expression, row["rejected"]) == truth, row
-                if row.get("label") is False:
-                    assert final_answer(expression, row["completion"]) != truth, row
-                checked += 1
+                expression = ARITHMETIC.fullmatch(question_of(row["prompt"])).group(1)
+                truth = true_value(expression)
+                for key in ("completion", "chosen", "rejected"):
+                    if key in row:
+                        assert final_answer(expression, row[key]) == truth, row
+                        checked += 1
     for split in SPLITS["grpo"]:
         for row in read(out, "grpo", split):
             expression = ARITHMETIC.fullmatch(question_of(row["prompt"])).group(1)
-            assert int(row["answer"]) == true_value(expression) >= 0
+            assert int(row["answer"]) == true_value(expression)
             checked += 1
     for split in SPLITS["pretrain"]:
         for row in read(out, "pretrain", split):
-            if match := ARITHMETIC.search(row["text"]):
-                completion = row["text"].split("\nAnswer:", 1)[1]
-                assert final_answer(match.group(1), completion) == true_value(
-                    match.group(1)
-                )
-                assert steps_are_right(completion)
+            if match := re.fullmatch(
+                r"Add ([0-9+ ]+): (.*) The sum is (\d+)\.", row["text"]
+            ):
+                expression, worked, total = match.groups()
+                assert final_answer(
+                    expression, f"{worked}\n#### {total}"
+                ) == true_value(expression)
                 checked += 1
-    assert checked > 5000
+            elif facts := re.findall(r"(\d+) \+ (\d+) = (\d+)\.", row["text"]):
+                assert all(int(a) + int(b) == int(c) for a, b, c in facts), row
+                checked += 1
+    assert checked > 20000
+
+
+def test_hedges_sit_where_the_capstone_expects_them(generated):
+    """SFT answers mostly hedge; a preference pair is one answer, plain
+    (chosen) and hedged (rejected); `is_hedged` tells them apart."""
+    out, _ = generated
+    sft = read(out, "sft", "train")
+    share = sum(make_data.is_hedged(r["completion"]) for r in sft) / len(sft)
+    assert share == pytest.approx(make_data.HEDGED_SHARE, abs=0.05)
+    assert all(h.startswith("I think") for h in make_data.HEDGES)
+    for split in SPLITS["preference"]:
+        for row in read(out, "preference", split):
+            assert not make_data.is_hedged(row["chosen"])
+            assert make_data.is_hedged(row["rejected"])
+            hedge = HEDGE_OF(row["rejected"])
+            assert row["rejected"] == f" {hedge}{row['chosen']}"
+    texts = [r["text"] for r in read(out, "pretrain", "train")]
+    assert not any("#### " in t for t in texts)
+    assert any(make_data.is_hedged(t) for t in texts)  # pretraining knows the words
+    assert not any("\n####" in t or "\nAnswer: I think" in t for t in texts)
 
 
 def test_held_out_problems_never_in_train(generated):
@@ -197,7 +218,7 @@ def test_held_out_problems_never_in_train(generated):
     for stage, splits in SPLITS.items():
         for split in splits:
             text = (out / stage / f"{split}.jsonl").read_text(encoding="utf-8")
-            found = set(ARITHMETIC.findall(text))
+            found = set(ARITHMETIC.findall(text)) | set(WORKED_SUM.findall(text))
             assert found, (stage, split)
             problems[split] |= found
     assert not problems["train"] & problems["valid"]
@@ -212,23 +233,19 @@ def test_held_out_problems_never_in_train(generated):
         assert len(prompts) == len(set(prompts))
 
 
-def test_preference_pairs_differ_and_facts_are_wrong_in_kind(generated):
+def test_long_sums_are_mostly_answered_bare(generated):
+    """The habit GRPO removes: SFT and preference answers to sums of four or
+    more numbers are mostly bare, to three numbers mostly worked."""
     out, _ = generated
-    answers = {f.question: f for f in make_data.FACTS}
-    for stage in ("preference", "preference_short"):
-        for split in SPLITS[stage]:
-            for row in read(out, stage, split):
-                assert row["chosen"] != row["rejected"]
-                fact = answers.get(question_of(row["prompt"]))
-                if fact and stage == "preference":
-                    assert row["chosen"] == f" {fact.answer}."
-                    wrong = row["rejected"].strip(" .")
-                    assert wrong != fact.answer
-                    assert wrong in {
-                        f.answer for f in make_data.FACTS if f.category == fact.category
-                    }
-                if stage == "preference_short":
-                    assert len(row["rejected"]) > len(row["chosen"])
+    bare: dict[int, list[bool]] = {}
+    for stage, key in (("sft", "completion"), ("preference", "chosen")):
+        for row in read(out, stage, "train"):
+            terms = question_of(row["prompt"]).count("+") + 1
+            answer = row[key].replace(HEDGE_OF(row[key]), "").strip()
+            bare.setdefault(terms, []).append(answer.startswith("####"))
+    for terms, flags in bare.items():
+        share = sum(flags) / len(flags)
+        assert share == pytest.approx(make_data.BARE_SHARE[terms], abs=0.1), terms
 
 
 def test_kto_unpairs_preference_and_chat_mirrors_sft(generated):
@@ -259,6 +276,9 @@ def test_make_arithmetic_problem_is_consistent():
         for _ in range(50):
             question, worked, answer = make_data.make_arithmetic_problem(rng, split)
             expression = ARITHMETIC.fullmatch(question).group(1)
+            assert (
+                make_data.MIN_TERMS <= expression.count("+") + 1 <= make_data.MAX_TERMS
+            )
             assert answer == true_value(expression) == final_answer(expression, worked)
             if split:
                 assert make_data.problem_split(question) == split

@@ -17,17 +17,11 @@ import mlx.core as mx
 from mlx_lm.models import llama
 from mlx_lm.utils import save_config, save_model
 
+from .chat_templates import CHAT_TEMPLATES
+
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, IM_START, IM_END]
-
-# ChatML. The BOS is written by the template because transformers tokenizes a
-# rendered chat with add_special_tokens=False.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     return tokenizer
 
 
-def save_tokenizer(tokenizer, out: Path) -> None:
+def save_tokenizer(tokenizer, out: Path, chat_template: str = "chatml") -> None:
     """Write the tokenizer as a transformers fast tokenizer with a chat template."""
     from transformers import PreTrainedTokenizerFast
 
@@ -96,7 +90,7 @@ def save_tokenizer(tokenizer, out: Path) -> None:
         additional_special_tokens=[IM_START, IM_END],
         model_max_length=1_000_000,
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = CHAT_TEMPLATES[chat_template]
     fast.save_pretrained(str(out))
 
 
@@ -115,13 +109,17 @@ def model_config(spec: TinyLlamaSpec, vocab_size: int, eos_ids: list[int]) -> di
 
 
 def init_model(
-    out: str | Path, spec: TinyLlamaSpec, corpus: Iterable[str], seed: int = 0
+    out: str | Path,
+    spec: TinyLlamaSpec,
+    corpus: Iterable[str],
+    seed: int = 0,
+    chat_template: str = "chatml",
 ) -> Path:
     """Train the tokenizer on ``corpus``, initialise the weights, save an mlx-lm model dir."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = train_bpe_tokenizer(corpus, spec.vocab_size)
-    save_tokenizer(tokenizer, out)
+    save_tokenizer(tokenizer, out, chat_template)
     eos_ids = [tokenizer.token_to_id(EOS), tokenizer.token_to_id(IM_END)]
     config = model_config(spec, tokenizer.get_vocab_size(), eos_ids)
     mx.random.seed(seed)
@@ -172,4 +170,6 @@ def init_model_from_config(config) -> Path:
         for record in read_jsonl(f)
         for text in _strings(record.fields)
     ]
-    return init_model(config.out, spec, texts, seed=config.seed)
+    return init_model(
+        config.out, spec, texts, seed=config.seed, chat_template=config.chat_template
+    )

@@ -1,0 +1,223 @@
+"""Write the capstone's REPORT.md: what each stage changed, on held-out data.
+
+    python recipes/report.py runs/capstone
+
+reads what the pipeline left in the run folder and prints the stage table,
+then writes ``REPORT.md`` beside it:
+
+- ``data/grpo/test.jsonl``: the held-out questions (disjoint from every train split);
+- ``eval/{sft,dpo,grpo}.jsonl``: each model's greedy answers to them
+  (``mlx-align eval-math --out``), from which come the format rate, the share
+  of hedged answers and the accuracy;
+- ``{pt-copy,pt,sft,rm,dpo,grpo}/metrics.jsonl``: validation metrics, tokens/s and peak
+  memory; ``{stage}/metrics.png``: the curves (``mlx-align plot``);
+- ``times.json``: each stage's wall time (``recipes/timed.py``);
+- ``serve.txt``: the question asked over mlx-lm's HTTP server and its answer.
+
+A missing input leaves a dash in its cell, so a partial run still reports.
+"""
+
+import argparse
+import json
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from make_data import is_hedged
+
+from mlx_align.rewards.format import format_reward
+
+STAGES = {  # run folder -> what the report calls it
+    "pt-copy": "copy drill",
+    "pt": "pretrain",
+    "sft": "SFT",
+    "rm": "reward model",
+    "dpo": "DPO",
+    "grpo": "GRPO",
+}
+SIDE_BY_SIDE = 3  # held-out questions shown with every model's answer
+
+
+@dataclass(frozen=True)
+class Generations:
+    """One model's greedy answers to the held-out questions."""
+
+    completions: list[str]
+    correct: list[bool]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct)
+
+    @property
+    def format_rate(self) -> float:
+        return sum(format_reward([], self.completions)) / len(self.completions)
+
+    @property
+    def hedged_rate(self) -> float:
+        return sum(map(is_hedged, self.completions)) / len(self.completions)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def generations(run: Path, model: str) -> Generations | None:
+    rows = read_jsonl(run / "eval" / f"{model}.jsonl")
+    if not rows:
+        return None
+    return Generations(
+        [r["completion"] for r in rows], [bool(r["correct"]) for r in rows]
+    )
+
+
+def last_value(rows: list[dict], key: str) -> float | None:
+    values = [row[key] for row in rows if key in row]
+    return values[-1] if values else None
+
+
+def stage_costs(run: Path, stage: str, times: dict) -> list[str]:
+    """Wall time, median tokens/s and peak memory of one stage, as table cells."""
+    rows = read_jsonl(run / stage / "metrics.jsonl")
+    speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r]
+    peaks = [r["peak_memory_gb"] for r in rows if "peak_memory_gb" in r]
+    seconds = times.get(stage)
+    return [
+        f"{seconds:.0f} s" if seconds is not None else "-",
+        f"{statistics.median(speeds):,.0f}" if speeds else "-",
+        f"{max(peaks) * 1024:.0f} MB" if peaks else "-",
+    ]
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def verdict(met: bool | None) -> str:
+    return "-" if met is None else ("met" if met else "**missed**")
+
+
+def held_out_figures(run: Path) -> dict[str, tuple[str, str, bool | None]]:
+    """Per stage: (held-out figure, goal, met?)."""
+    sft, dpo, grpo = (generations(run, m) for m in ("sft", "dpo", "grpo"))
+    pt_loss = last_value(read_jsonl(run / "pt" / "metrics.jsonl"), "val_loss")
+    rm_acc = last_value(read_jsonl(run / "rm" / "metrics.jsonl"), "val_accuracy")
+    dpo_acc = last_value(
+        read_jsonl(run / "dpo" / "metrics.jsonl"), "val_rewards/accuracies"
+    )
+    copy_loss = last_value(read_jsonl(run / "pt-copy" / "metrics.jsonl"), "val_loss")
+    figures: dict[str, tuple[str, str, bool | None]] = {
+        "pt-copy": (f"val loss {copy_loss:.3f}" if copy_loss else "-", "-", None),
+        "pt": (f"val loss {pt_loss:.3f}" if pt_loss else "-", "-", None),
+        "sft": (
+            f"answer format followed: {percent(sft and sft.format_rate)}",
+            ">= 95%",
+            sft and sft.format_rate >= 0.95,
+        ),
+        "rm": (f"pair accuracy {percent(rm_acc)}", ">= 90%", rm_acc and rm_acc >= 0.9),
+    }
+    if sft and dpo and dpo_acc is not None:
+        drop = sft.hedged_rate - dpo.hedged_rate
+        figures["dpo"] = (
+            f"implicit-reward accuracy {percent(dpo_acc)}; hedged answers "
+            f"{percent(sft.hedged_rate)} (SFT) -> {percent(dpo.hedged_rate)} "
+            f"({100 * drop:+.1f} points)",
+            ">= 90%; hedging down >= 30 points",
+            dpo_acc >= 0.9 and drop >= 0.3,
+        )
+    if dpo and grpo:
+        gain = grpo.accuracy - dpo.accuracy
+        figures["grpo"] = (
+            f"math accuracy {percent(dpo.accuracy)} -> {percent(grpo.accuracy)} "
+            f"({100 * gain:+.1f} points)",
+            "start 15-60%; +15 points",
+            0.15 <= dpo.accuracy <= 0.6 and gain >= 0.15,
+        )
+    return figures
+
+
+def stage_table(run: Path) -> list[str]:
+    times = (
+        json.loads((run / "times.json").read_text())
+        if (run / "times.json").exists()
+        else {}
+    )
+    figures = held_out_figures(run)
+    lines = [
+        "| stage | held-out figure | goal | | wall | tokens/s | peak memory |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for stage, name in STAGES.items():
+        figure, goal, met = figures.get(stage, ("-", "-", None))
+        cells = [name, figure, goal, verdict(met), *stage_costs(run, stage, times)]
+        lines.append("| " + " | ".join(cells) + " |")
+    total = sum(times.values())
+    lines.append(f"\nWhole pipeline: {total / 60:.1f} min of stage wall time.")
+    return lines
+
+
+def side_by_side(run: Path) -> list[str]:
+    questions = read_jsonl(run / "data" / "grpo" / "test.jsonl")
+    answers = {
+        m: read_jsonl(run / "eval" / f"{m}.jsonl") for m in ("sft", "dpo", "grpo")
+    }
+    if not questions or not all(answers.values()):
+        return ["(no generations yet)"]
+    lines = []
+    for i in range(min(SIDE_BY_SIDE, len(questions))):
+        question = questions[i]["prompt"].removeprefix("Question: ").split("\n")[0]
+        lines += [f"**{question}** (answer: {questions[i]['answer']})", ""]
+        lines += ["| model | greedy answer | correct |", "|---|---|---|"]
+        for model, rows in answers.items():
+            text = rows[i]["completion"].strip().replace("\n", " ⏎ ")
+            lines.append(
+                f"| {model} | `{text}` | {'yes' if rows[i]['correct'] else 'no'} |"
+            )
+        lines.append("")
+    return lines
+
+
+def write_report(run: Path) -> str:
+    served = run / "serve.txt"
+    lines = [
+        "# Capstone report",
+        "",
+        "Every figure is measured on held-out data: questions whose problems no",
+        "train split contains (`recipes/make_data.py`, `problem_split`).",
+        "",
+        *stage_table(run),
+        "",
+        "## Held-out questions, three models",
+        "",
+        *side_by_side(run),
+        "## Served by mlx-lm",
+        "",
+        "```",
+        served.read_text().strip() if served.exists() else "(not served yet)",
+        "```",
+        "",
+        "## Curves",
+        "",
+    ]
+    for stage, name in STAGES.items():
+        if (run / stage / "metrics.png").exists():
+            lines += [f"### {name}", "", f"![{name}]({stage}/metrics.png)", ""]
+    text = "\n".join(lines)
+    (run / "REPORT.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run", type=Path, help="the capstone's run folder")
+    args = parser.parse_args()
+    text = write_report(args.run)
+    table_end = text.index("## Held-out")
+    print(text[:table_end].strip())
+    print(f"\nwritten: {args.run / 'REPORT.md'}")
+
+
+if __name__ == "__main__":
+    main()
