@@ -44,8 +44,8 @@ OUT          ?= runs/capstone
 PRESET       ?= small
 SCALE        ?= 1.0
 COPY_STEPS   ?= 150
-PT_STEPS     ?= 1500
-SFT_STEPS    ?= 200
+PT_STEPS     ?= 800
+SFT_STEPS    ?= 150
 RM_STEPS     ?= 60
 DPO_STEPS    ?= 60
 GRPO_STEPS   ?= 60
@@ -56,7 +56,7 @@ TRAIN_FLAGS  ?=
 PORT         ?= 8080
 ALIGN        := $(BIN)/mlx-align
 TIMED        := $(BIN)/python recipes/timed.py $(OUT)/times.json
-QUESTION     := What is 4 + 8 + 5?
+QUESTION     := What is 8 + 7 + 8?
 LORA         := --lora-rank 16 --lora-alpha 32
 COMMON       := --max-length 128 --seed $(SEED) $(TRAIN_FLAGS)
 EVAL         := $(ALIGN) eval-math --data $(OUT)/data/grpo --split test --max-tokens 64
@@ -129,10 +129,12 @@ $(OUT)/rm/reward_head.safetensors: $(OUT)/sft-fused/config.json
 		--eval-every 30 --eval-batches -1 --save-every 30 $(COMMON)
 
 # 6. DPO on the same pairs; LoRA on the fused SFT model, the reference is the
-#    same weights with the adapters off (cached log-probs).
+#    same weights with the adapters off (cached log-probs). Plain DPO drove
+#    the chosen answers' log-probs down too (-8 to -18 nats) and broke the
+#    arithmetic; the RPO term (--sft-weight) keeps the chosen answers likely.
 $(OUT)/dpo-fused/config.json: $(OUT)/rm/reward_head.safetensors
 	$(TIMED) dpo -- $(ALIGN) dpo --model $(OUT)/sft-fused --data $(OUT)/data/preference --out $(OUT)/dpo \
-		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 5e-4 --beta 0.1 $(LORA) \
+		--steps $(DPO_STEPS) --batch-size 8 --learning-rate 2e-4 --beta 0.1 --sft-weight 1.0 $(LORA) \
 		--eval-every 30 --eval-batches -1 --save-every 30 $(COMMON)
 	$(ALIGN) fuse --model $(OUT)/sft-fused --adapter-path $(OUT)/dpo --save-path $(OUT)/dpo-fused
 	$(EVAL) --model $(OUT)/dpo-fused --out $(OUT)/eval/dpo.jsonl

@@ -8,22 +8,28 @@ writes mlx-lm's layout, one folder per stage holding ``train.jsonl``,
 ``valid.jsonl`` and, where a held-out eval makes sense, ``test.jsonl``
 (recipes/README.md lists them).
 
-The task is chosen so that a ~3M-parameter model learns it in minutes on a
-CPU and every later stage has something to change:
+The task is chosen so that every stage after pretraining has something to
+change that a person can see in greedy generations:
 
-- **Arithmetic a small model can compute**: sums of single digits, worked
-  left to right one addition at a time (a scratchpad, as in Lee et al. 2023,
-  "Teaching Arithmetic to Small Transformers"). Every step is one fact of a
-  small table (a number below 50 plus a digit), so what is learned is the
-  table and the procedure, and held-out problems are new compositions::
+- **Arithmetic with a scratchpad**: ``a + b + c`` (digits 1-9), worked
+  one addition at a time from the right (Lee et al. 2023, "Teaching
+  Arithmetic to Small Transformers")::
 
       Question: What is 7 + 5 + 3?
-      Answer: 7 + 5 + 3 = 12 + 3 = 15.
+      Answer: 5 + 3 = 8. 7 + 8 = 15.
       #### 15
 
+- **A habit GRPO can remove**: asked ``Quick: what is ...?`` (a fixed half
+  of the sums), the demonstrators mostly answer bare (``#### 23``); asked
+  ``What is ...?``, they always work it out. The model cannot add three
+  numbers in one step, so its bare answers are guesses. Only a verifiable
+  reward says that working it out pays.
 - **A visible preference**: the SFT data hedges ("I think ..., but I am not
-  sure.") before most answers; the preference data prefers the same answer
+  sure.") in most answers, just before the final line; the preference data prefers the same answer
   without the hedge. DPO's effect is the share of hedged generations.
+
+What a ~3M-parameter model learns of the additions in the capstone's
+pretraining budget is measured, not assumed: see recipes/README.md.
 
 Held-out problems are disjoint by construction: a problem's split is a pure
 function of its text (``problem_split``, a CRC-32 bucket), so no valid or
@@ -42,15 +48,15 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- arithmetic
 
-MIN_TERMS, MAX_TERMS = 2, 5  # pretraining and SFT see every length
-EVAL_TERMS = (3, 5)  # GRPO and the held-out accuracy: 2-4 additions
-FIRST_TERM = (10, 59)  # a two-digit start
-MAX_ADDEND = 3  # then small steps: each is one fact of a 30-entry table
+MIN_TERMS, MAX_TERMS = 3, 3  # a + b + c: two additions
+EVAL_TERMS = (3, 3)
+FIRST_TERM = (1, 9)
+MAX_ADDEND = 9
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A sum of single digits, worked left to right."""
+    """A sum worked left to right, one addition at a time."""
 
     terms: tuple[int, ...]
 
@@ -60,27 +66,41 @@ class Problem:
 
     @property
     def question(self) -> str:
+        """The canonical question, which decides the split (``problem_split``)."""
         return f"What is {self.expression}?"
+
+    @property
+    def quick(self) -> bool:
+        """Is this sum asked for quickly? A fixed half of the sums, by their text."""
+        return zlib.crc32(self.expression.encode()) % 2 == 1
+
+    @property
+    def asked(self) -> str:
+        """The question as the data asks it: ``Quick: what is 8 + 7 + 8?`` or ``What is ...?``"""
+        return f"Quick: what is {self.expression}?" if self.quick else self.question
 
     @property
     def answer(self) -> int:
         return sum(self.terms)
 
     def work(self) -> str:
-        """Rewrite the sum, adding its first two numbers each time, then the answer.
+        """Add the last two numbers, then each number before them, one
+        addition per sentence: ``7 + 5 + 3`` -> ``"5 + 3 = 8. 7 + 8 = 15.\n#### 15"``.
 
-        ``"7 + 5 + 3 = 12 + 3 = 15.\n#### 15"``. Each step copies the rest of
-        the previous expression, which a small model learns far sooner than
-        finding the k-th number of the question (measured: 6% of held-out
-        sums right after 600 pretraining steps when each step named only its
-        two numbers).
+        Right to left, every number a step needs stands where a small model
+        finds it: the last two at a fixed distance before the answer starts,
+        the others at the start of the question, each result just before the
+        step that uses it; and each addition's two numbers stand right before
+        its ``=``. Left to right (``7 + 5 = 12. 12 + 3 = 15.``), the model
+        pretrained for 800 steps added right (92% of its additions) but
+        fetched the third number from the question right 16% of the time.
         """
-        terms, expressions = list(self.terms), []
-        while len(terms) > 1:
-            expressions.append(" + ".join(map(str, terms)))
-            terms = [terms[0] + terms[1], *terms[2:]]
-        expressions.append(str(terms[0]))
-        return " = ".join(expressions) + f".\n#### {self.answer}"
+        *rest, total = self.terms
+        steps = []
+        for term in reversed(rest):
+            steps.append(f"{term} + {total} = {term + total}.")
+            total += term
+        return " ".join(steps) + f"\n#### {self.answer}"
 
 
 SPLITS = ("train", "valid", "test")
@@ -119,13 +139,13 @@ def make_arithmetic_problem(
     E.g. ``("What is 7 + 5 + 3?", "7 + 5 + 3 = 12 + 3 = 15.\\n#### 15", 15)``.
     """
     problem = random_problem(rng, split)
-    return problem.question, problem.work(), problem.answer
+    return problem.asked, problem.work(), problem.answer
 
 
 # ---------------------------------------------------------------- hedging
 
-# Every hedge starts with the same word, so the SFT model's first greedy token
-# is the hedge's whenever most of its data hedges.
+# Every hedge starts with the same word, so the SFT model's greedy token after
+# its work is the hedge's whenever most of its data hedges.
 HEDGES = (
     "I think the answer is this, but I am not sure.",
     "I think I can do this, but I might be wrong.",
@@ -134,16 +154,31 @@ HEDGES = (
 )
 HEDGED_SHARE = 0.75  # of SFT answers
 
-# The demonstrators write most sums of four or more numbers as a bare answer
-# (they know it; the model, which cannot add four numbers in one step, then
-# guesses). The SFT model copies the habit; GRPO's verifiable reward is what
-# teaches it to work every sum out.
-BARE_SHARE = {2: 0.0, 3: 0.15, 4: 0.85, 5: 0.85}
+# Asked for a quick answer, the demonstrators mostly write it bare (they know
+# it; the model, which cannot add three numbers in one step, then guesses).
+# The SFT model copies the habit; GRPO's verifiable reward is what can teach
+# it to work every sum out. (A subtler cue, "the sum starts with 5 or more",
+# was not picked up by 150 steps of LoRA SFT: the model answered every
+# question bare.)
+BARE_SHARE = {"quick": 0.85, "plain": 0.0}
+
+
+def bare_share(problem: Problem) -> float:
+    """How often the demonstrators skip the work on this problem."""
+    return BARE_SHARE["quick" if problem.quick else "plain"]
 
 
 def hedge(completion: str, rng: random.Random) -> str:
-    """The same answer behind a hedging sentence: ``" I think ... 7 + 5 = 12..."``."""
-    return f" {rng.choice(HEDGES)}{completion}"
+    """The same answer with a hedging sentence before its ``####`` line:
+    ``" 5 + 3 = 8. 7 + 8 = 15. I think so, but please check my work.\n#### 15"``.
+
+    The hedge comes after the work: put before it, it moved the question's
+    numbers away from where the model fetches them, and the SFT model's worked
+    answers went wrong (6% of held-out sums right).
+    """
+    work, final = completion.rsplit("#### ", 1)
+    work = work.strip()
+    return f" {work + ' ' if work else ''}{rng.choice(HEDGES)}\n#### {final}"
 
 
 def is_hedged(completion: str) -> bool:
@@ -190,19 +225,26 @@ def counting_qa(rng: random.Random) -> str:
 
 
 def addition_facts_text(rng: random.Random, n: int = 8) -> str:
-    """Single additions, the table every worked step uses: ``4 + 3 = 7. 12 + 5 = 17.``"""
+    """Single additions, drawn from the steps of random sums: ``4 + 3 = 7. 12 + 5 = 17.``"""
     facts = []
     for _ in range(n):
-        a = rng.randint(FIRST_TERM[0], FIRST_TERM[1] + MAX_ADDEND * (MAX_TERMS - 2))
-        b = rng.randint(1, MAX_ADDEND)
-        facts.append(f"{a} + {b} = {a + b}.")
+        steps = random_problem(rng).work().split("\n")[0].split(". ")
+        facts.append(rng.choice(steps).rstrip(".") + ".")
     return " ".join(facts)
 
 
 def worked_sum_text(problem: Problem) -> str:
-    """A worked sum outside the Question/Answer frame that SFT teaches."""
+    """A worked sum in the Question/Answer frame, ending in a sentence, not
+    the ``####`` line that SFT teaches.
+
+    In this frame from pretraining on, the numbers of the question stand
+    where the answer fetches them in every later stage: pretrained on
+    ``Add 2 + 9 + 3: ...`` instead, the model copied them right, but after
+    LoRA SFT in the Question/Answer frame it fetched wrong ones (9% of
+    held-out sums right).
+    """
     worked = problem.work().split("\n")[0]
-    return f"Add {problem.expression}: {worked} The sum is {problem.answer}."
+    return format_prompt(problem.question) + f" {worked} The sum is {problem.answer}."
 
 
 # ---------------------------------------------------------------- stages
@@ -213,18 +255,18 @@ SIZES = {  # rows per split at --scale 1.0; kto is derived from preference
     "sft": {"train": 2000, "valid": 200},
     "chat": {"train": 500, "valid": 100},
     "preference": {"train": 1000, "valid": 200, "test": 200},
-    "grpo": {"train": 1000, "valid": 100, "test": 200},
+    "grpo": {"train": 500, "valid": 50, "test": 70},
 }
 
 
 def copy_rows(rng: random.Random, split: str, n: int) -> list[dict]:
     """A copying drill, the first pretraining stage: ``Copy 7 + 5 + 3: 7 + 5 + 3.``
 
-    Each step of a worked sum copies the rest of the line before. Trained on
-    sums from the start, the small model had not learned to copy after 800
-    steps (teacher-forced, it missed most copied digits, so 7% of held-out
-    sums came out right); 150 steps of this drill first teach it, after which
-    every copied digit was right and only the additions were wrong.
+    A worked sum copies numbers from the question. Trained on sums from the
+    start, the small model had not learned to copy after 800 steps
+    (teacher-forced, it missed most copied digits); after 150 steps of this
+    drill and 800 of sums it copied every question of a held-out probe
+    right, and only the additions were wrong.
     """
     return [
         {"text": f"Copy {e}: {e}."}
@@ -233,16 +275,16 @@ def copy_rows(rng: random.Random, split: str, n: int) -> list[dict]:
 
 
 def pretrain_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    """40% lists of single additions, 40% worked sums outside the Q/A frame,
-    10% counting questions in it, 10% plain sentences (half with a hedge)."""
+    """50% lists of single additions, 40% worked sums, 5% counting questions,
+    5% plain sentences (half with a hedge)."""
     rows = []
     for _ in range(n):
         kind = rng.random()
-        if kind < 0.4:
+        if kind < 0.5:
             text = addition_facts_text(rng)
-        elif kind < 0.8:
-            text = worked_sum_text(random_problem(rng, split))
         elif kind < 0.9:
+            text = worked_sum_text(random_problem(rng, split))
+        elif kind < 0.95:
             text = counting_qa(rng)
         else:
             text = plain_text(rng)
@@ -252,8 +294,8 @@ def pretrain_rows(rng: random.Random, split: str, n: int) -> list[dict]:
 
 def demonstration(problem: Problem, rng: random.Random) -> str:
     """A demonstrator's answer: worked, or bare (``" #### 22"``) with
-    ``BARE_SHARE[number of terms]``; both end on the ``####`` line."""
-    if rng.random() < BARE_SHARE[len(problem.terms)]:
+    ``bare_share(problem)``; both end on the ``####`` line."""
+    if rng.random() < bare_share(problem):
         return f" #### {problem.answer}"
     return " " + problem.work()
 
@@ -266,9 +308,7 @@ def sft_rows(rng: random.Random, split: str, n: int) -> list[dict]:
         completion = demonstration(problem, rng)
         if rng.random() < HEDGED_SHARE:
             completion = hedge(completion, rng)
-        rows.append(
-            {"prompt": format_prompt(problem.question), "completion": completion}
-        )
+        rows.append({"prompt": format_prompt(problem.asked), "completion": completion})
     return rows
 
 
@@ -297,7 +337,7 @@ def preference_rows(rng: random.Random, split: str, n: int) -> list[dict]:
         chosen = demonstration(problem, rng)
         rows.append(
             {
-                "prompt": format_prompt(problem.question),
+                "prompt": format_prompt(problem.asked),
                 "chosen": chosen,
                 "rejected": hedge(chosen, rng),
             }
@@ -325,7 +365,7 @@ def grpo_rows(rng: random.Random, split: str, n: int) -> list[dict]:
         seen.setdefault(problem.question, problem)
         if len(seen) == n:
             return [
-                {"prompt": format_prompt(q), "answer": str(p.answer)}
+                {"prompt": format_prompt(p.asked), "answer": str(p.answer)}
                 for q, p in seen.items()
             ]
     raise ValueError(f"could not draw {n} distinct {split} problems")

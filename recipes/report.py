@@ -23,7 +23,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_data import is_hedged
+from make_data import HEDGES, is_hedged
 
 from mlx_align.rewards.format import format_reward
 
@@ -56,6 +56,19 @@ class Generations:
     @property
     def hedged_rate(self) -> float:
         return sum(map(is_hedged, self.completions)) / len(self.completions)
+
+    @property
+    def bare_rate(self) -> float:
+        """Answers that skip the work: nothing but hedges before ``####``."""
+        bare = [is_bare(c) for c in self.completions]
+        return sum(bare) / len(bare)
+
+
+def is_bare(completion: str) -> bool:
+    work = completion.split("####")[0]
+    for hedge in HEDGES:
+        work = work.replace(hedge, "")
+    return "####" in completion and not work.strip()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -131,7 +144,8 @@ def held_out_figures(run: Path) -> dict[str, tuple[str, str, bool | None]]:
         gain = grpo.accuracy - dpo.accuracy
         figures["grpo"] = (
             f"math accuracy {percent(dpo.accuracy)} -> {percent(grpo.accuracy)} "
-            f"({100 * gain:+.1f} points)",
+            f"({100 * gain:+.1f} points); bare answers {percent(dpo.bare_rate)} "
+            f"-> {percent(grpo.bare_rate)}",
             "start 15-60%; +15 points",
             0.15 <= dpo.accuracy <= 0.6 and gain >= 0.15,
         )

@@ -3,7 +3,6 @@ train split, every line well-formed, every worked answer re-checked with
 Python's own arithmetic, and the hedge where the capstone expects it."""
 
 import importlib.util
-import itertools
 import json
 import random
 import re
@@ -47,8 +46,9 @@ SPLITS = {
     "grpo": {"train", "valid", "test"},
 }
 PROMPT = re.compile(r"Question: ([^\n]+\?)\nAnswer:")
-ARITHMETIC = re.compile(r"What is ([1-9](?: \+ [1-9])+)\?")
-WORKED_SUM = re.compile(r"(?:Add|Copy) ([1-9](?: \+ [1-9])+): ")
+ARITHMETIC = re.compile(r"(?:Quick: what|What) is ([1-9]\d?(?: \+ [1-9])+)\?")
+STEP = re.compile(r"(\d+) \+ (\d+) = (\d+)\.")
+WORKED_SUM = re.compile(r"Copy ([1-9]\d?(?: \+ [1-9])+): ")
 
 
 @pytest.fixture(scope="module")
@@ -69,19 +69,22 @@ def true_value(expression: str) -> int:
 def final_answer(expression: str, completion: str) -> int:
     """Checks the worked answer's shape and sums; returns its `#### n` value.
 
-    ``7 + 5 + 3 = 12 + 3 = 15.``: the question's expression, then each
-    expression with its first two numbers added, down to one number.
+    ``5 + 3 = 8. 7 + 8 = 15.``: the last two numbers first, then each one
+    before them added to the result so far.
     """
-    answer = completion.strip().removeprefix(HEDGE_OF(completion)).strip()
+    answer = " ".join(completion.replace(HEDGE_OF(completion), "").split(" "))
+    answer = answer.replace(" \n", "\n").strip()
     if answer.startswith("#### "):  # a bare answer
         return int(answer.removeprefix("#### "))
     body, final = answer.split("\n#### ")
-    assert body.endswith("."), completion
-    expressions = [[int(t) for t in e.split(" + ")] for e in body[:-1].split(" = ")]
-    assert " + ".join(map(str, expressions[0])) == expression, completion
-    for before, after in itertools.pairwise(expressions):
-        assert after == [before[0] + before[1], *before[2:]], completion
-    assert len(expressions[-1]) == 1 and str(expressions[-1][0]) == final, completion
+    *rest, total = [int(t) for t in expression.split(" + ")]
+    steps = [tuple(map(int, step)) for step in STEP.findall(body)]
+    assert " ".join(f"{a} + {b} = {c}." for a, b, c in steps) == body, completion
+    assert [a for a, _, _ in steps] == rest[::-1], completion
+    for a, b, c in steps:
+        assert b == total and c == a + b, completion
+        total = c
+    assert str(total) == final, completion
     return int(final)
 
 
@@ -179,7 +182,8 @@ def test_worked_answers_are_right(generated):
     for split in SPLITS["pretrain"]:
         for row in read(out, "pretrain", split):
             if match := re.fullmatch(
-                r"Add ([0-9+ ]+): (.*) The sum is (\d+)\.", row["text"]
+                r"Question: What is ([0-9+ ]+)\?\nAnswer: (.*) The sum is (\d+)\.",
+                row["text"],
             ):
                 expression, worked, total = match.groups()
                 assert final_answer(
@@ -205,7 +209,9 @@ def test_hedges_sit_where_the_capstone_expects_them(generated):
             assert not make_data.is_hedged(row["chosen"])
             assert make_data.is_hedged(row["rejected"])
             hedge = HEDGE_OF(row["rejected"])
-            assert row["rejected"] == f" {hedge}{row['chosen']}"
+            work, final = row["chosen"].strip().rsplit("#### ", 1)
+            before = f"{work.strip()} " if work.strip() else ""
+            assert row["rejected"] == f" {before}{hedge}\n#### {final}"
     texts = [r["text"] for r in read(out, "pretrain", "train")]
     assert not any("#### " in t for t in texts)
     assert any(make_data.is_hedged(t) for t in texts)  # pretraining knows the words
@@ -233,19 +239,24 @@ def test_held_out_problems_never_in_train(generated):
         assert len(prompts) == len(set(prompts))
 
 
-def test_long_sums_are_mostly_answered_bare(generated):
-    """The habit GRPO removes: SFT and preference answers to sums of four or
-    more numbers are mostly bare, to three numbers mostly worked."""
+def test_bare_answers_follow_the_demonstrators_habit(generated):
+    """The habit GRPO can remove: SFT and preference answers are bare in the
+    share ``bare_share`` gives each kind of problem, mostly bare for some and
+    mostly worked for the others."""
     out, _ = generated
-    bare: dict[int, list[bool]] = {}
+    bare: dict[float, list[bool]] = {}
     for stage, key in (("sft", "completion"), ("preference", "chosen")):
         for row in read(out, stage, "train"):
-            terms = question_of(row["prompt"]).count("+") + 1
+            expression = ARITHMETIC.fullmatch(question_of(row["prompt"])).group(1)
+            problem = make_data.Problem(tuple(map(int, expression.split(" + "))))
             answer = row[key].replace(HEDGE_OF(row[key]), "").strip()
-            bare.setdefault(terms, []).append(answer.startswith("####"))
-    for terms, flags in bare.items():
-        share = sum(flags) / len(flags)
-        assert share == pytest.approx(make_data.BARE_SHARE[terms], abs=0.1), terms
+            bare.setdefault(make_data.bare_share(problem), []).append(
+                answer.startswith("####")
+            )
+    assert sorted(bare) == sorted(make_data.BARE_SHARE.values())
+    assert min(bare) < 0.5 < max(bare)
+    for share, flags in bare.items():
+        assert sum(flags) / len(flags) == pytest.approx(share, abs=0.05), share
 
 
 def test_kto_unpairs_preference_and_chat_mirrors_sft(generated):
@@ -281,7 +292,7 @@ def test_make_arithmetic_problem_is_consistent():
             )
             assert answer == true_value(expression) == final_answer(expression, worked)
             if split:
-                assert make_data.problem_split(question) == split
+                assert make_data.problem_split(f"What is {expression}?") == split
 
 
 def test_cli(tmp_path):
@@ -295,8 +306,17 @@ def test_cli(tmp_path):
         check=True,
         capture_output=True,
     )
-    assert (tmp_path / "grpo" / "test.jsonl").read_text().count("\n") == 10
+    expected = round(make_data.SIZES["grpo"]["test"] * 0.05)
+    assert (tmp_path / "grpo" / "test.jsonl").read_text().count("\n") == expected
     bad = subprocess.run(
         [*run, "--out", str(tmp_path), "--scale", "0"], capture_output=True
     )
     assert bad.returncode != 0
+
+
+def test_the_served_question_is_held_out():
+    """`make capstone` asks the served model a question no train split holds."""
+    makefile = (SCRIPT.parents[1] / "Makefile").read_text()
+    question = re.search(r"^QUESTION\s*:=\s*(.+)$", makefile, re.M).group(1).strip()
+    assert ARITHMETIC.fullmatch(question)
+    assert make_data.problem_split(question) == "test"
