@@ -284,23 +284,31 @@ def fuse_command(
 @cli.command(
     "plot",
     epilog="Examples:\n\n  mlx-align plot runs/dpo   # writes runs/dpo/metrics.png\n\n"
+    "  mlx-align plot runs/sft runs/dpo runs/grpo   # one PNG in each\n\n"
     "  mlx-align plot runs/grpo --out reports/grpo-curves.png",
 )
-@click.argument("run_dir", type=click.Path())
+@click.argument(
+    "run_dirs", metavar="RUN_DIR...", nargs=-1, required=True, type=click.Path()
+)
 @click.option(
     "--out",
     type=click.Path(),
     default=None,
-    help="PNG file to write (default: RUN_DIR/metrics.png).",
+    help="PNG file to write, for one RUN_DIR (default: RUN_DIR/metrics.png).",
 )
-def plot_command(run_dir: str, out: str | None) -> None:
+def plot_command(run_dirs: tuple[str, ...], out: str | None) -> None:
     """Curves of RUN_DIR/metrics.jsonl as a PNG: one panel per metric, train and val together."""
     from pathlib import Path
 
     from .plot import plot_metrics
 
-    png = plot_metrics(Path(run_dir), Path(out) if out else None)
-    click.echo(f"curves written to {png}")
+    if out and len(run_dirs) > 1:
+        raise click.UsageError(
+            "--out takes one RUN_DIR; without it each gets metrics.png"
+        )
+    for run_dir in run_dirs:
+        png = plot_metrics(Path(run_dir), Path(out) if out else None)
+        click.echo(f"curves written to {png}")
 
 
 def main(argv: list[str] | None = None) -> None:

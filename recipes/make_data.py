@@ -160,7 +160,7 @@ HEDGED_SHARE = 0.75  # of SFT answers
 # it to work every sum out. (A subtler cue, "the sum starts with 5 or more",
 # was not picked up by 150 steps of LoRA SFT: the model answered every
 # question bare.)
-BARE_SHARE = {"quick": 0.85, "plain": 0.0}
+BARE_SHARE = {"quick": 0.7, "plain": 0.0}
 
 
 def bare_share(problem: Problem) -> float:

@@ -168,7 +168,10 @@ def stage_table(run: Path) -> list[str]:
         cells = [name, figure, goal, verdict(met), *stage_costs(run, stage, times)]
         lines.append("| " + " | ".join(cells) + " |")
     total = sum(times.values())
-    lines.append(f"\nWhole pipeline: {total / 60:.1f} min of stage wall time.")
+    lines.append(
+        f"\nTraining stages: {total / 60:.1f} min of wall time in all (evaluation, "
+        "fusing, serving and plots come on top)."
+    )
     return lines
 
 

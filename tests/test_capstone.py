@@ -94,4 +94,4 @@ def test_report_has_every_stage_the_answers_and_the_curves(capstone):
     assert "Q: What is" in report
     for stage in STAGES:
         assert f"]({stage}/metrics.png)" in report, stage
-    assert "Whole pipeline:" in (capstone / "make.log").read_text()
+    assert "Training stages:" in (capstone / "make.log").read_text()

@@ -118,3 +118,14 @@ def test_cli_plots_and_help_has_an_example(tmp_path, capsys):
     assert (run_dir / "metrics.png").is_file()
     main(["plot", "--help"])
     assert "mlx-align plot runs/" in capsys.readouterr().out
+
+
+def test_cli_plots_several_runs_at_once(tmp_path, capsys):
+    runs = [write_run(tmp_path / name) for name in ("sft", "dpo")]
+    main(["plot", *map(str, runs)])
+    for run in runs:
+        assert matplotlib.image.imread(run / "metrics.png").ndim == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", *map(str, runs), "--out", str(tmp_path / "one.png")])
+    assert exit_info.value.code == 2
+    assert not (tmp_path / "one.png").exists()
