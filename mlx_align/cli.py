@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 import typing
 from collections.abc import Callable
@@ -22,6 +23,36 @@ from .config import (
     build_config,
 )
 from .data.errors import DataError
+
+
+class RegistryChoice(click.Choice):
+    """``click.Choice`` over the keys of a registry named ``"module:NAME"``.
+
+    The module is imported when a value is checked or help is shown, not when
+    the CLI starts, so a bad value fails before any model or data loads, and
+    an entry added to the registry is a valid choice with no other change.
+    """
+
+    def __init__(self, registry: str) -> None:
+        super().__init__(())
+        self.registry = registry
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        module, name = self.registry.split(":")
+        return tuple(getattr(importlib.import_module(module), name))
+
+    @choices.setter
+    def choices(self, _: object) -> None:  # click.Choice.__init__ assigns it
+        pass
+
+
+def choice_type(
+    choices: tuple[str, ...] | str | None, kind: type
+) -> click.ParamType | type:
+    if isinstance(choices, str):
+        return RegistryChoice(choices)
+    return click.Choice(choices) if choices else kind
 
 
 def options_from(cls: type) -> Callable:
@@ -45,11 +76,10 @@ def options_from(cls: type) -> Callable:
                     f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text
                 )
             else:
-                choices = f.metadata.get("choices")
                 option = click.option(
                     flag,
                     f.name,
-                    type=click.Choice(choices) if choices else kind,
+                    type=choice_type(f.metadata.get("choices"), kind),
                     default=None,
                     help=help_text,
                 )

@@ -18,6 +18,9 @@ from .model.chat_templates import CHAT_TEMPLATES
 
 
 def setting(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field. ``choices`` is a tuple, or ``"module:REGISTRY"``: the
+    registry the code calls, read when a value is checked (so the CLI starts
+    without importing MLX, and a registry entry is a CLI choice)."""
     return field(default=default, metadata={"help": help, **kwargs})
 
 
@@ -216,7 +219,9 @@ class DPOConfig(
 ):
     loss: str = setting(
         "sigmoid",
-        "sigmoid (DPO), ipo, hinge (SLiC) or robust (cDPO-style, needs --label-smoothing).",
+        "sigmoid (DPO), ipo, hinge (SLiC), robust (cDPO-style, needs "
+        "--label-smoothing), or any other name in losses.DPO_LOSSES.",
+        choices="mlx_align.losses:DPO_LOSSES",
     )
     label_smoothing: float = setting(
         0.0, "ε for the robust loss: assumed fraction of flipped labels."
@@ -280,9 +285,15 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
     iterations: int = setting(
         1, "μ: optimisation passes per rollout batch (the clip only acts when μ > 1)."
     )
-    loss: str = setting("grpo", "Token aggregation: grpo, bnpo, dr_grpo or dapo.")
+    loss: str = setting(
+        "grpo",
+        "Token aggregation: grpo, bnpo, dr_grpo or dapo.",
+        choices="mlx_align.grpo_loss:GRPO_AGGREGATIONS",
+    )
     scale_rewards: str = setting(
-        "group", "Advantage scaling: group, batch or none (Dr. GRPO)."
+        "group",
+        "Advantage scaling: group, batch or none (Dr. GRPO).",
+        choices="mlx_align.advantages:ADVANTAGE_SCALES",
     )
     fuse_rollout: str = setting(
         "auto",

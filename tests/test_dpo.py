@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
-from mlx_align import reference
+from mlx_align import losses, reference
 from mlx_align.config import DPOConfig, ORPOConfig
 from mlx_align.data.jsonl import read_jsonl
 from mlx_align.data.preference import PairBatches, encode_pairs
@@ -470,8 +470,8 @@ def test_split_batches_train_like_whole_batches(
         assert mx.allclose(whole[name], split[name], atol=1e-4, rtol=1e-3).item(), name
     trained = [whole[n] for n in whole if n.endswith("lora_b")]
     assert max(mx.abs(b).max().item() for b in trained) > 0  # lora_b left 0
-    losses = [[m["loss"] for m in metrics_of(runs[b]) if "loss" in m] for b in (0, 1)]
-    assert losses[0] == pytest.approx(losses[1], abs=1e-5)
+    logged = [[m["loss"] for m in metrics_of(runs[b]) if "loss" in m] for b in (0, 1)]
+    assert logged[0] == pytest.approx(logged[1], abs=1e-5)
     # The first step runs at policy == reference: each reward is 0 up to float
     # noise, so its accuracy (chosen > rejected) is a coin toss of that noise.
     accuracies = [
@@ -479,3 +479,65 @@ def test_split_batches_train_like_whole_batches(
         for b in (0, 1)
     ]
     assert accuracies[0] == pytest.approx(accuracies[1], abs=1e-6)
+
+
+def toy_double_sigmoid_loss(
+    policy_chosen_logps,
+    policy_rejected_logps,
+    ref_chosen_logps,
+    ref_rejected_logps,
+    beta,
+):
+    """A toy DPO-family loss: twice the sigmoid loss, so 2 ln 2 at policy == reference."""
+    pair_losses, metrics = losses.dpo_sigmoid_loss(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        beta,
+    )
+    return 2.0 * pair_losses, metrics
+
+
+def test_a_loss_added_to_the_registry_is_a_cli_choice(
+    tiny_model, pref_dir, tmp_path, monkeypatch, capsys
+):
+    """One function plus one registry line: `--loss toy` is accepted by the CLI
+    and the toy loss is what trains (its first logged loss is 2 ln 2, where
+    every other registered loss gives ln 2 or something else)."""
+    from mlx_align.cli import main
+
+    monkeypatch.setitem(losses.DPO_LOSSES, "toy", toy_double_sigmoid_loss)
+    main(["dpo", "--help"])
+    assert "toy" in capsys.readouterr().out
+    out = tmp_path / "toy"
+    flags = dict(steps=1, log_every=1, warmup_steps=0, learning_rate=0.0)
+    settings = dpo_config(tiny_model, pref_dir, out, **flags)
+    argv = ["dpo", "--loss", "toy", "--no-compile"]
+    for name, value in settings.items():
+        if name != "compile":
+            argv += ["--" + name.replace("_", "-"), str(value)]
+    main(argv)
+    first = next(m for m in metrics_of(out) if "loss" in m)
+    assert first["loss"] == pytest.approx(2 * math.log(2), abs=1e-4)
+
+
+def test_an_unknown_loss_fails_before_anything_loads(tmp_path, capsys):
+    from mlx_align.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "dpo",
+                "--model",
+                str(tmp_path / "none"),
+                "--data",
+                str(tmp_path),
+                "--loss",
+                "foo",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'foo' is not one of" in err and "sigmoid" in err
+    assert "Traceback" not in err

@@ -10,6 +10,7 @@ every step instead (a model object sharing the base arrays, or the loaded
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -36,22 +37,25 @@ from .preference import (
 
 
 def dpo_objective(config: DPOConfig) -> Callable:
-    """The chosen loss as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``."""
-    beta = config.beta
-    return {
-        "sigmoid": lambda pc, pr, rc, rr, lc, lr: losses.dpo_sigmoid_loss(
-            pc, pr, rc, rr, beta
-        ),
-        "hinge": lambda pc, pr, rc, rr, lc, lr: losses.dpo_hinge_loss(
-            pc, pr, rc, rr, beta
-        ),
-        "ipo": lambda pc, pr, rc, rr, lc, lr: losses.dpo_ipo_loss(
-            pc, pr, rc, rr, beta, lc, lr
-        ),
-        "robust": lambda pc, pr, rc, rr, lc, lr: losses.dpo_robust_loss(
-            pc, pr, rc, rr, beta, config.label_smoothing
-        ),
-    }[config.loss]
+    """``losses.DPO_LOSSES[config.loss]`` as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``.
+
+    A loss receives, by name, those of ``beta``, ``label_smoothing``,
+    ``chosen_lengths`` and ``rejected_lengths`` that its signature lists, so a
+    new DPO variant is one function and one registry line.
+    """
+    loss_fn = losses.DPO_LOSSES[config.loss]
+    accepted = inspect.signature(loss_fn).parameters
+    settings = {"beta": config.beta, "label_smoothing": config.label_smoothing}
+    fixed = {k: v for k, v in settings.items() if k in accepted}
+    wants_lengths = "chosen_lengths" in accepted
+
+    def objective(pc, pr, rc, rr, lc, lr):
+        lengths = (
+            {"chosen_lengths": lc, "rejected_lengths": lr} if wants_lengths else {}
+        )
+        return loss_fn(pc, pr, rc, rr, **fixed, **lengths)
+
+    return objective
 
 
 def dpo_loss(
