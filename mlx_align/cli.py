@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 import typing
 from collections.abc import Callable
@@ -21,8 +20,10 @@ from .config import (
     RewardConfig,
     SFTConfig,
     build_config,
+    choices_of,
 )
 from .data.errors import DataError
+from .errors import UserError
 
 
 class RegistryChoice(click.Choice):
@@ -39,8 +40,7 @@ class RegistryChoice(click.Choice):
 
     @property
     def choices(self) -> tuple[str, ...]:
-        module, name = self.registry.split(":")
-        return tuple(getattr(importlib.import_module(module), name))
+        return choices_of(self.registry)
 
     @choices.setter
     def choices(self, _: object) -> None:  # click.Choice.__init__ assigns it
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(2)
-    except DataError as e:
+    except (DataError, UserError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:

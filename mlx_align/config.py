@@ -7,13 +7,14 @@ dataclass is the single place a setting is described.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 
-from .data.errors import DataError
+from .errors import UserError
 from .model.chat_templates import CHAT_TEMPLATES
 
 
@@ -121,7 +122,11 @@ class InitModelConfig:
         required=True,
     )
     out: str = setting("models/base", "Output model directory.")
-    preset: str = setting("tiny", "Size preset: tiny, small (~3M), base (~25M).")
+    preset: str = setting(
+        "tiny",
+        "Size preset: tiny, small (~3M), base (~25M).",
+        choices="mlx_align.model.tiny:PRESETS",
+    )
     vocab_size: int = setting(0, "BPE vocabulary size (0: the preset's).")
     hidden_size: int = setting(0, "Override the preset's hidden size.")
     num_layers: int = setting(0, "Override the preset's number of layers.")
@@ -140,15 +145,33 @@ def load_yaml(path: str) -> dict:
     try:
         values = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
-        raise DataError(path, 0, "config file not found") from None
+        raise UserError(path, "config file not found") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise DataError(
-            path, mark.line + 1 if mark else 0, f"invalid YAML: {e}"
-        ) from None
+        where = f"{path}:{mark.line + 1}" if mark else path
+        raise UserError(where, f"invalid YAML: {e}") from None
     if not isinstance(values, dict):
-        raise DataError(path, 0, "a config file must be a mapping of setting: value")
+        raise UserError(path, "a config file must be a mapping of setting: value")
     return values
+
+
+def choices_of(spec: tuple[str, ...] | str) -> tuple[str, ...]:
+    """A field's ``choices``: the tuple, or the keys of the ``"module:REGISTRY"`` it names."""
+    if isinstance(spec, tuple):
+        return spec
+    module, name = spec.split(":")
+    return tuple(getattr(importlib.import_module(module), name))
+
+
+def check_choices(cls: type, values: dict[str, Any], source: str) -> None:
+    """Values given in a config file for enumerated settings (flags are checked by click)."""
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get("choices")
+        if spec and f.name in values and values[f.name] not in choices_of(spec):
+            allowed = ", ".join(choices_of(spec))
+            raise UserError(
+                source, f"{f.name}: {values[f.name]!r} is not one of {allowed}"
+            )
 
 
 def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> C:
@@ -159,8 +182,9 @@ def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> 
         for key, value in load_yaml(config_file).items():
             key = key.replace("-", "_")
             if key not in names:
-                raise DataError(config_file, 0, f"unknown setting '{key}'")
+                raise UserError(config_file, f"unknown setting '{key}'")
             values[key] = value
+        check_choices(cls, values, config_file)
     given = {k: v for k, v in cli.items() if v is not None and v != () and k in names}
     values.update(given)
     missing = [
@@ -170,8 +194,8 @@ def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> 
     ]
     if missing:
         flags = ", ".join("--" + m.replace("_", "-") for m in missing)
-        raise DataError(
-            config_file or "command line", 0, f"missing required setting {flags}"
+        raise UserError(
+            config_file or "command line", f"missing required setting {flags}"
         )
     for f in dataclasses.fields(
         cls

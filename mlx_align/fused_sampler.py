@@ -31,7 +31,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
-from .data.errors import DataError
+from .errors import UserError
 
 FUSE_MEMORY_SHARE = 0.1
 FUSE_CHOICES = ("auto", "on", "off")
@@ -75,10 +75,8 @@ def machine_memory() -> int:
 def should_fuse(model: nn.Module, mode: str) -> bool:
     """``on``: whenever there is an adapter to fuse; ``auto``: also if the copy is under 10% of memory."""
     if mode not in FUSE_CHOICES:
-        raise DataError(
-            "--fuse-rollout",
-            0,
-            f"must be one of {', '.join(FUSE_CHOICES)}, got {mode!r}",
+        raise UserError(
+            "--fuse-rollout", f"must be one of {', '.join(FUSE_CHOICES)}, got {mode!r}"
         )
     adapters = fusable_adapters(model)
     if mode == "off" or not adapters:

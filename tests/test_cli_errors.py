@@ -112,3 +112,19 @@ def test_every_command_has_help_with_an_example(capsys):
         main([command, "--help"])
         out = capsys.readouterr().out
         assert "Example" in out and "mlx-align " + command in out, command
+
+
+def test_enumerated_settings_are_refused_before_anything_loads(tmp_path, capsys):
+    """Flags through click, config-file values through build_config: one line,
+    exit code 2, and no model or data is touched (neither exists here)."""
+    code, err = run_cli(
+        ["init-model", "--corpus", str(tmp_path), "--preset", "huge"], capsys
+    )
+    assert code == 2 and "'huge' is not one of 'tiny', 'small', 'base'" in err
+    config = tmp_path / "dpo.yaml"
+    config.write_text("loss: foo\n")
+    argv = ["dpo", "--config", str(config), "--model", "m", "--data", "d"]
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert f"{config}: loss: 'foo' is not one of sigmoid, hinge, ipo, robust" in err
+    assert "Traceback" not in err

@@ -9,7 +9,7 @@ from mlx_lm.tuner.lora import LoRALinear
 
 from mlx_align import fused_sampler
 from mlx_align.config import AdapterSettings
-from mlx_align.data.errors import DataError
+from mlx_align.errors import UserError
 from mlx_align.fused_sampler import (
     FusedSampler,
     fusable_adapters,
@@ -104,7 +104,7 @@ def test_should_fuse_by_mode_memory_and_quantization(tiny_model, monkeypatch):
     assert not should_fuse(policy, "off")
     monkeypatch.setattr(fused_sampler, "machine_memory", lambda: 10_000)
     assert not should_fuse(policy, "auto") and should_fuse(policy, "on")
-    with pytest.raises(DataError, match="fuse-rollout"):
+    with pytest.raises(UserError, match="fuse-rollout"):
         should_fuse(policy, "always")
 
     plain, _ = mlx_lm.load(str(tiny_model))

@@ -16,6 +16,7 @@ from mlx_align.data.jsonl import read_jsonl
 from mlx_align.data.kto import KTOBatches, KTOExample, encode_kto
 from mlx_align.data.preference import encode_completion
 from mlx_align.data.tokenize import Encoded, encode_prompt_completion
+from mlx_align.errors import UserError
 from mlx_align.logprobs import sequence_logps
 from mlx_align.train.kto import kto_batch_loss, run_kto
 
@@ -255,5 +256,5 @@ def test_reference_variants_match_the_precomputed_reference(
 
 
 def test_batch_size_one_is_refused(tiny_model, kto_dir, tmp_path):
-    with pytest.raises(DataError, match="batch-size of at least 2"):
+    with pytest.raises(UserError, match="--batch-size: KTO needs at least 2"):
         run_kto(kto_config(tiny_model, kto_dir, tmp_path / "r", batch_size=1))

@@ -8,7 +8,7 @@ import mlx.nn as nn
 import mlx_lm
 from mlx_lm.utils import save as mlx_lm_save
 
-from ..data.errors import DataError
+from ..errors import UserError
 
 
 def load_model(path_or_hub_id: str) -> tuple[nn.Module, object, dict]:
@@ -19,9 +19,8 @@ def load_model(path_or_hub_id: str) -> tuple[nn.Module, object, dict]:
         if Path(path_or_hub_id).exists():
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(
-            path_or_hub_id,
-            0,
+        raise UserError(
+            f"--model {path_or_hub_id}",
             f"not a local model directory, and loading it from the hub failed: {reason}",
         ) from None
 

@@ -147,11 +147,11 @@ def init_model_from_config(config) -> Path:
 
     from ..data.errors import DataError
     from ..data.jsonl import read_jsonl
+    from ..errors import UserError
 
     if config.preset not in PRESETS:
-        raise DataError(
+        raise UserError(
             "--preset",
-            0,
             f"unknown preset '{config.preset}' (choose from {', '.join(PRESETS)})",
         )
     overrides = {

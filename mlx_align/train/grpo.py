@@ -33,6 +33,7 @@ from ..data.batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
 from ..data.errors import DataError
 from ..data.jsonl import Record, load_split
 from ..data.tokenize import Encoded, encode_plain, is_chat_field, require_messages
+from ..errors import UserError
 from ..fused_sampler import FusedSampler, should_fuse
 from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
 from ..losses import grpo_loss
@@ -97,9 +98,8 @@ class Rollouts:
         self.names = [spec.rsplit(":", 1)[-1] for spec in config.reward]
         weights = [float(w) for w in config.reward_weights.split(",") if w.strip()]
         if weights and len(weights) != len(self.functions):
-            raise DataError(
+            raise UserError(
                 "--reward-weights",
-                0,
                 f"{len(weights)} weights for {len(self.functions)} reward functions",
             )
         self.weights = weights or None

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from .. import losses
 from ..config import KTOConfig
-from ..data.errors import DataError
 from ..data.kto import KTOBatches, encode_kto
+from ..errors import UserError
 from ..logprobs import sequence_logps
 from ..model.load import load_model
 from .adapted import weights_file, write_result, write_weights
@@ -151,10 +151,9 @@ def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
 def run_kto(config: KTOConfig) -> Path:
     """Train a KTO policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
     if config.batch_size < 2:  # TRL refuses it too
-        raise DataError(
-            "command line",
-            0,
-            "KTO needs --batch-size of at least 2: with one example the KL row is the example itself",
+        raise UserError(
+            "--batch-size",
+            "KTO needs at least 2: with one example the KL row is the example itself",
         )
     model, tokenizer, model_config = load_model(config.model)
     train_set, valid_set = load_kto(config, tokenizer)
