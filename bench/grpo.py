@@ -257,7 +257,7 @@ def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list[int]:
     from mlx_lm.utils import load_tokenizer
 
     from mlx_align.data.jsonl import read_jsonl
-    from mlx_align.train.grpo import encode_prompt
+    from mlx_align.data.tokenize import encode_prompt
 
     dump = opts.work / "mlx-lm-lora-tokens.json"
     cmd = [opts.lora_python, __file__, "--worker", "tokens", str(dump), "--"]

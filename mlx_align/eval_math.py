@@ -10,9 +10,9 @@ from tqdm import tqdm
 
 from .config import EvalMathConfig
 from .data.jsonl import load_split, require_str
+from .data.tokenize import encode_prompt
 from .fused_sampler import fuse_in_place
 from .rewards.math import math_reward
-from .train.grpo import encode_prompt
 
 
 def run_eval_math(config: EvalMathConfig) -> float:

@@ -130,3 +130,13 @@ def test_piece_ladder_steps_by_8_then_follows_the_ladder():
     ]
     assert piece_bucket_lengths(40) == [8, 16, 24, 32, 40]
     assert piece_bucket_lengths(20) == [8, 16, 20]
+
+
+def test_pad_id_is_the_pad_token_else_eos():
+    """One source for the padding id (GRPO once fell back to 0, not EOS)."""
+    from types import SimpleNamespace
+
+    from mlx_align.data.tokenize import pad_id_of
+
+    assert pad_id_of(SimpleNamespace(pad_token_id=0, eos_token_id=2)) == 0
+    assert pad_id_of(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2

@@ -37,6 +37,12 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
     return n
 
 
+def pad_id_of(tokenizer) -> int:
+    """The padding id of every batch: the tokenizer's pad token, else its EOS."""
+    pad = tokenizer.pad_token_id
+    return tokenizer.eos_token_id if pad is None else pad
+
+
 def encode_plain(tokenizer, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=True))
 
@@ -142,3 +148,21 @@ def truncate(example: Encoded, max_length: int) -> Encoded | None:
     tokens = tokens[:max_length]
     result = Encoded(tokens, start)
     return result if result.n_completion > 0 else None
+
+
+def encode_prompt(tokenizer, record: Record) -> list[int]:
+    """A ``prompt`` string as is, or chat messages through the template with the generation prompt."""
+    if is_chat_field(record, "prompt"):
+        messages = require_messages(record, "prompt")
+        text = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    prompt = record.fields.get("prompt")
+    if not isinstance(prompt, str):
+        raise DataError(
+            record.path,
+            record.line,
+            "field 'prompt' must be a string or a list of messages",
+        )
+    return encode_plain(tokenizer, prompt)

@@ -30,9 +30,8 @@ from tqdm import tqdm
 from ..advantages import combine_rewards, group_advantages
 from ..config import GRPOConfig
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
-from ..data.errors import DataError
 from ..data.jsonl import Record, load_split
-from ..data.tokenize import Encoded, encode_plain, is_chat_field, require_messages
+from ..data.tokenize import Encoded, encode_prompt, pad_id_of
 from ..errors import UserError
 from ..fused_sampler import FusedSampler, should_fuse
 from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
@@ -52,24 +51,6 @@ ROLLOUT_STATS = (
     "completion_length_mean",
     "completion_length_max",
 )
-
-
-def encode_prompt(tokenizer, record: Record) -> list[int]:
-    """A ``prompt`` string as is, or chat messages through the template with the generation prompt."""
-    if is_chat_field(record, "prompt"):
-        messages = require_messages(record, "prompt")
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    prompt = record.fields.get("prompt")
-    if not isinstance(prompt, str):
-        raise DataError(
-            record.path,
-            record.line,
-            "field 'prompt' must be a string or a list of messages",
-        )
-    return encode_plain(tokenizer, prompt)
 
 
 def rollout_index(micro_batch: int, accumulation: int, passes: int) -> int:
@@ -181,7 +162,7 @@ class Rollouts:
 
     def score_inputs(self, groups) -> tuple:
         """What ``policy_token_logps`` scores: shared prompts, or full prompt+completion rows."""
-        pad = self.tokenizer.pad_token_id or 0
+        pad = pad_id_of(self.tokenizer)
         if not self.shared_prompts:
             examples = [
                 Encoded(g.prompt + c, len(g.prompt))

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
 from ..data.preference import PairBatches, encode_pairs
-from ..data.tokenize import Encoded
+from ..data.tokenize import Encoded, pad_id_of
 from ..logprobs import (
     enable_packing,
     pair_logps,
@@ -179,11 +179,7 @@ def load_batches(config, tokenizer, encode: Callable, make_batches: Callable) ->
     records into items; ``make_batches(items, batch_size, max_length, pad_id,
     seed)`` groups them (``PairBatches``, ``KTOBatches``).
     """
-    pad_id = (
-        tokenizer.pad_token_id
-        if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id
-    )
+    pad_id = pad_id_of(tokenizer)
     out = []
     for split in ("train", "valid"):
         records = load_split(config.data, split, required=split == "train")

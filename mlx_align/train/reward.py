@@ -30,7 +30,7 @@ from ..data.batching import bucket_lengths, pad_examples
 from ..data.errors import DataError
 from ..data.jsonl import Record, read_jsonl, split_path
 from ..data.preference import PairBatches, encode_completion
-from ..data.tokenize import Encoded
+from ..data.tokenize import Encoded, pad_id_of
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..model.reward_head import (
@@ -115,11 +115,6 @@ def run_reward(config: RewardConfig) -> Path:
         model_config,
         config.quantize,
     )
-
-
-def pad_id_of(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad is None else pad
 
 
 def score_examples(

@@ -20,7 +20,7 @@ from ..config import SFTConfig
 from ..data.batching import BatchPlan, bucket_lengths, pad_examples
 from ..data.jsonl import load_split
 from ..data.sft import Encoder, encode_examples
-from ..data.tokenize import Encoded, encode_sft_record
+from ..data.tokenize import Encoded, encode_sft_record, pad_id_of
 from ..logprobs import sequence_logps
 from ..model.adapters import quantize_base
 from ..model.load import load_model
@@ -72,8 +72,7 @@ def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     train_records = load_split(config.data, "train", required=True)
     valid_records = load_split(config.data, "valid")
     model, tokenizer, model_config = load_model(config.model)
-    pad_id = tokenizer.pad_token_id
-    pad_id = tokenizer.eos_token_id if pad_id is None else pad_id
+    pad_id = pad_id_of(tokenizer)
 
     def batches(records):
         examples = encode_examples(
