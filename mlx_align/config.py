@@ -323,7 +323,7 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
         "auto",
         "Sample from LoRA-fused weights, a copy held during each rollout "
         "(auto: when the copy is under 10% of memory; never for a quantized base).",
-        choices=("auto", "on", "off"),
+        choices="mlx_align.fused_sampler:FUSE_CHOICES",
     )
     learning_rate: float = setting(
         1e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."

@@ -48,15 +48,13 @@ from pathlib import Path
 
 # ---------------------------------------------------------------- arithmetic
 
-MIN_TERMS, MAX_TERMS = 3, 3  # a + b + c: two additions
-EVAL_TERMS = (3, 3)
-FIRST_TERM = (1, 9)
-MAX_ADDEND = 9
+MIN_TERMS, MAX_TERMS = 3, 3  # a + b + c: two additions, in every stage
+DIGITS = (1, 9)  # each term
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A sum worked left to right, one addition at a time."""
+    """A sum of digits, worked from the right one addition at a time."""
 
     terms: tuple[int, ...]
 
@@ -124,9 +122,7 @@ def random_problem(
     """A random problem; with ``split``, one whose ``problem_split`` is ``split``."""
     while True:
         size = rng.randint(*n_terms)
-        first = rng.randint(*FIRST_TERM)
-        rest = (rng.randint(1, MAX_ADDEND) for _ in range(size - 1))
-        problem = Problem((first, *rest))
+        problem = Problem(tuple(rng.randint(*DIGITS) for _ in range(size)))
         if split is None or problem_split(problem.question) == split:
             return problem
 
@@ -358,10 +354,10 @@ def kto_rows(rng: random.Random, preference: list[dict]) -> list[dict]:
 
 
 def grpo_rows(rng: random.Random, split: str, n: int) -> list[dict]:
-    """Distinct problems of ``EVAL_TERMS`` terms: no repeats within a split."""
+    """Distinct problems: no repeats within a split."""
     seen: dict[str, Problem] = {}
     for _ in range(200 * n):
-        problem = random_problem(rng, split, EVAL_TERMS)
+        problem = random_problem(rng, split)
         seen.setdefault(problem.question, problem)
         if len(seen) == n:
             return [

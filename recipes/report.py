@@ -86,8 +86,11 @@ def generations(run: Path, model: str) -> Generations | None:
     )
 
 
-def last_value(rows: list[dict], key: str) -> float | None:
-    values = [row[key] for row in rows if key in row]
+def last_value(run: Path, stage: str, key: str) -> float | None:
+    """The last logged value of ``key`` in ``run/stage/metrics.jsonl``."""
+    values = [
+        row[key] for row in read_jsonl(run / stage / "metrics.jsonl") if key in row
+    ]
     return values[-1] if values else None
 
 
@@ -115,15 +118,14 @@ def verdict(met: bool | None) -> str:
 def held_out_figures(run: Path) -> dict[str, tuple[str, str, bool | None]]:
     """Per stage: (held-out figure, goal, met?)."""
     sft, dpo, grpo = (generations(run, m) for m in ("sft", "dpo", "grpo"))
-    pt_loss = last_value(read_jsonl(run / "pt" / "metrics.jsonl"), "val_loss")
-    rm_acc = last_value(read_jsonl(run / "rm" / "metrics.jsonl"), "val_accuracy")
-    dpo_acc = last_value(
-        read_jsonl(run / "dpo" / "metrics.jsonl"), "val_rewards/accuracies"
-    )
-    copy_loss = last_value(read_jsonl(run / "pt-copy" / "metrics.jsonl"), "val_loss")
+    rm_acc = last_value(run, "rm", "val_accuracy")
+    dpo_acc = last_value(run, "dpo", "val_rewards/accuracies")
     figures: dict[str, tuple[str, str, bool | None]] = {
-        "pt-copy": (f"val loss {copy_loss:.3f}" if copy_loss else "-", "-", None),
-        "pt": (f"val loss {pt_loss:.3f}" if pt_loss else "-", "-", None),
+        stage: (f"val loss {loss:.3f}" if loss else "-", "-", None)
+        for stage in ("pt-copy", "pt")
+        for loss in [last_value(run, stage, "val_loss")]
+    }
+    figures |= {
         "sft": (
             f"answer format followed: {percent(sft and sft.format_rate)}",
             ">= 95%",
