@@ -121,3 +121,19 @@ class FusedSampler:
             yield self.model
         finally:
             self._unfuse()
+
+
+@contextmanager
+def sampling_model(
+    policy: nn.Module, sampler: FusedSampler | None
+) -> Iterator[nn.Module]:
+    """The model to sample from: ``sampler``'s fused twin, or the policy in eval mode."""
+    if sampler is not None:
+        with sampler.fused() as model:
+            yield model
+        return
+    policy.eval()
+    try:
+        yield policy
+    finally:
+        policy.train()

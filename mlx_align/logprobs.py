@@ -331,25 +331,3 @@ def packed_completion_logps(
     hidden = hidden.reshape(-1, hidden.shape[-1])[sources]  # (T, D)
     logps = head_logps(model, hidden, targets)  # (T,)
     return membership @ logps, membership.sum(axis=-1)
-
-
-def pair_logps(model: nn.Module, inputs: tuple) -> tuple[mx.array, mx.array]:
-    """Summed completion log-probs and lengths of a pair batch, (2B,) each, chosen rows first.
-
-    ``inputs`` is ``(tokens, loss_mask)`` with chosen rows then rejected rows,
-    a ``packing.pack_trees`` batch (7 arrays; slots chosen-first), or the
-    shared-prompt layout ``(prompts, prompt_mask, completions,
-    completion_mask)`` whose completion rows alternate chosen, rejected.
-    """
-    if len(inputs) == 2:
-        _, summed, mask = sequence_logps(model, *inputs)  # (2B,), (2B, T-1)
-        return summed, mask.sum(axis=-1)
-    if len(inputs) == 7:  # packed trees, slots chosen 0..B-1 then rejected B..2B-1
-        return packed_completion_logps(model, inputs)
-    summed = grouped_completion_logps(model, *inputs).sum(axis=-1)  # (2B,) interleaved
-    lengths = inputs[3].sum(axis=-1)
-    return _chosen_first(summed), _chosen_first(lengths)
-
-
-def _chosen_first(x: mx.array) -> mx.array:
-    return mx.concatenate([x[0::2], x[1::2]])

@@ -26,7 +26,6 @@ BOOKKEEPING_KEYS = frozenset(
         "tokens",
         "tokens_per_sec",
         "peak_memory_gb",
-        "n_examples",
         "elapsed",
         "seconds",
     }

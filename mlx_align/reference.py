@@ -18,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -28,7 +31,12 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from .logprobs import sequence_logps
+from .data.tokenize import Encoded
+from .events import emit
+from .layouts import choose_layout
+from .model.adapters import quantize_base
+from .model.load import load_model
+from .train.adapted import prepare_trainable
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 
@@ -66,25 +74,18 @@ def cache_key(model_path: str, token_rows: Iterable[list[int]], extra: dict) -> 
 
 def score_items(
     model: nn.Module,
-    batches: Iterable[tuple[tuple, mx.array]],
+    batches: Iterable,
     logps: np.ndarray,
     total: int | None = None,
-    score: Callable[[nn.Module, tuple], mx.array] | None = None,
 ) -> None:
-    """Fill ``logps`` (n_items, columns) with summed completion log-probs, in place.
+    """Fill ``logps`` (n_items, 2) with summed completion log-probs, in place.
 
-    Each batch is ``(inputs, index (B,))``, index -1 on filler; ``score(model,
-    inputs)`` gives (columns*B,) log-probs grouped by column (all first
-    columns, then all second). The default scores full rows:
-    ``inputs = (tokens, loss_mask)``.
+    Each batch has ``inputs`` (a layout, 2B completions in slot order: first
+    columns, then second) and ``index`` (B,), -1 on filler.
     """
-    score = score or (lambda m, inputs: sequence_logps(m, *inputs)[1])
-    columns = logps.shape[1]
-    for inputs, index in tqdm(
-        batches, total=total, desc="reference log-probs", leave=False
-    ):
-        summed = score(model, inputs).reshape(columns, -1).T  # (B, columns)
-        summed, index = np.array(summed), np.array(index)
+    for batch in tqdm(batches, total=total, desc="reference log-probs", leave=False):
+        summed = batch.inputs.logps(model)[0].reshape(2, -1).T  # (B, 2)
+        summed, index = np.array(summed), np.array(batch.index)
         keep = index >= 0
         logps[index[keep]] = summed[keep]
 
@@ -115,8 +116,6 @@ def shared_reference(policy: nn.Module, model_path: str) -> nn.Module:
     """
     reference, _ = mlx_lm.load(model_path, lazy=True)
     if any(isinstance(m, nn.QuantizedLinear) for _, m in policy.named_modules()):
-        from .model.adapters import quantize_base
-
         bits = next(
             m.bits
             for _, m in policy.named_modules()
@@ -132,3 +131,81 @@ def shared_reference(policy: nn.Module, model_path: str) -> nn.Module:
     reference.freeze()
     reference.eval()
     return reference
+
+
+@dataclass
+class ScoredSplit:
+    """A split whose items get cached reference log-probs: two rows per item
+    (chosen/rejected, or matched/KL) and how to batch them."""
+
+    rows: list[tuple[Encoded, Encoded]]
+    batch: Callable[[list[int], str], Any]  # (item indices, layout) -> batch
+    needed: list[list[int]]  # the batches this run visits
+
+
+def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.array:
+    """(N, 2) reference log-probs from ``model`` of every item the run visits, cached.
+
+    The cache key covers the model files and every item's tokens; items no
+    run has visited yet are NaN in the cache and scored when first needed.
+    """
+    rows = (
+        [*a.tokens, -1, a.completion_start, -1, *b.tokens, -1, b.completion_start]
+        for a, b in split.rows
+    )
+    key = cache_key(
+        settings.ref_model or settings.model,
+        rows,
+        {"quantize": settings.quantize, "batch": settings.batch_size},
+    )
+    tic = time.perf_counter()
+    logps = load_cached(key)
+    if logps is None:
+        logps = np.full((len(split.rows), 2), np.nan, dtype=np.float32)
+    todo = [b for b in split.needed if np.isnan(logps[b]).any()]
+    if todo:
+        layout = choose_layout(getattr(settings, "padding_free", False), model)
+        batches = (split.batch(indices, layout) for indices in todo)
+        score_items(model, batches, logps, total=len(todo))
+        path = save_cached(key, logps)
+        tqdm.write(
+            f"reference log-probs: {sum(map(len, todo))} items scored, cached in {path}"
+        )
+    else:
+        tqdm.write(f"reference log-probs: reusing {cache_path(key)}")
+    emit("reference", seconds=time.perf_counter() - tic, items=sum(map(len, todo)))
+    return mx.array(np.nan_to_num(logps))
+
+
+class Reference(NamedTuple):
+    """How a preference stage gets its reference: cached log-probs per split, or a model run each step."""
+
+    adapters: dict | None  # the policy's adapter config; None for full training
+    cached: list[mx.array | None]  # per split, (N, 2) log-probs; None: not precomputed
+    model: nn.Module | None  # run every step (``--no-precompute``); None: cached
+
+
+def prepare_reference(settings, model: nn.Module, splits: list) -> Reference:
+    """Quantize, precompute (or load) the reference, attach the policy's adapters.
+
+    In this order, because before its adapters exist the policy is the
+    reference: it scores the splits with ``--precompute`` (or ``--ref-model``
+    does). Without precomputing, the reference run each step is
+    ``--ref-model``, or a model sharing the policy's base arrays
+    (``shared_reference``), or with full training a second copy.
+    """
+    ref_model = load_model(settings.ref_model)[0] if settings.ref_model else None
+    if settings.quantize:  # the reference scores with the same quantized base
+        for m in filter(None, (model, ref_model)):
+            quantize_base(m, settings.quantize)
+    cached: list[mx.array | None] = [None] * len(splits)
+    if settings.precompute:
+        scorer = ref_model or model
+        cached = [s and precomputed_logps(settings, scorer, s) for s in splits]
+    adapters = prepare_trainable(model, settings, settings.seed)
+    if settings.precompute:
+        return Reference(adapters, cached, None)
+    shared = shared_reference(model, settings.model) if adapters else None
+    return Reference(
+        adapters, cached, ref_model or shared or load_model(settings.model)[0]
+    )

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
-from mlx_align import losses, reference
+from mlx_align import events, losses, reference
+from mlx_align.batches import PairBatch
 from mlx_align.config import DPOConfig, ORPOConfig
 from mlx_align.data.jsonl import read_jsonl
 from mlx_align.data.preference import PairBatches, encode_pairs
+from mlx_align.layouts import LAYOUTS
 from mlx_align.logprobs import sequence_logps
 from mlx_align.model.adapters import attach_adapters
 from mlx_align.train.dpo import dpo_loss, dpo_objective, run_dpo
@@ -105,9 +107,10 @@ def test_dpo_raises_held_out_implicit_reward_accuracy(tiny_model, pref_dir, tmp_
     trained, _ = mlx_lm.load(str(tiny_model), adapter_path=str(out))
     valid = encode_pairs(tokenizer, read_jsonl(pref_dir / "valid.jsonl"), 64)
     correct = 0
-    for tokens, mask, index in PairBatches(
-        valid, 8, 64, tokenizer.pad_token_id, 0
-    ).in_order():
+    valid_set = PairBatches(valid, 8, 64, tokenizer.pad_token_id, 0)
+    for indices in valid_set.plan.batches:
+        tokens, mask = valid_set.full(indices)
+        index = valid_set.index(indices)
         ref = sequence_logps(model, tokens, mask)[1]
         pol = sequence_logps(trained, tokens, mask)[1]
         chosen, rejected = mx.split(pol - ref, 2)
@@ -119,18 +122,20 @@ def test_dpo_loss_is_ln2_at_init_and_a_step_moves_log_ratios_the_right_way(
     tiny_model, pref_dir
 ):
     model, batches = batch_of(tiny_model, pref_dir)
-    tokens, mask, _ = batches.train_batch(0)
+    indices = batches.plan.batch(0)
+    tokens, mask = inputs = batches.full(indices)
     ref = sequence_logps(model, tokens, mask)[1]
+    batch = PairBatch(inputs, batches.index(indices), reference=ref)
     attach_adapters(model, LORA)
     objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1))
-    loss, n_tokens, metrics = dpo_loss(model, (tokens, mask), ref, objective=objective)
+    loss, n_tokens, metrics = dpo_loss(model, batch, objective=objective)
     assert loss.item() == pytest.approx(
         math.log(2), abs=1e-6
     )  # lora_b = 0: policy == reference
     assert n_tokens.item() == mask[:, 1:].sum().item()
 
     grad_fn = nn.value_and_grad(
-        model, lambda m: dpo_loss(m, (tokens, mask), ref, objective=objective)[0]
+        model, lambda m: dpo_loss(m, batch, objective=objective)[0]
     )
     optimizer = optim.SGD(learning_rate=0.5)
     for _ in range(
@@ -164,56 +169,38 @@ def test_reference_with_adapters_off_is_exactly_the_base_model(tiny_model, pref_
 
 def score_all(model, batches):
     logps = np.full((len(batches.pairs), 2), np.nan, dtype=np.float32)
-    reference.score_items(model, ((b[:2], b[2]) for b in batches.in_order()), logps)
+    make = batches.maker("full")
+    reference.score_items(model, map(make, batches.plan.batches), logps)
     assert not np.isnan(logps).any()
     return mx.array(logps)
 
 
 def test_reference_cache_is_reused_extended_and_invalidated(
-    tiny_model, pref_dir, tmp_path, monkeypatch
+    tiny_model, pref_dir, tmp_path
 ):
-    scored = []  # pairs scored per call
-    real = reference.score_items
+    scored = []  # pairs scored per reference pass that scored any
 
-    def counting(model, batches, logps, total=None, score=None):
-        batches = list(batches)
-        scored.append(sum(int((index >= 0).sum().item()) for _, index in batches))
-        return real(model, batches, logps, total, score)
+    def count(event, fields):
+        if event == "reference" and fields["items"]:
+            scored.append(fields["items"])
 
-    monkeypatch.setattr("mlx_align.train.preference.score_items", counting)
+    def dpo(data, out, steps):
+        config = dpo_config(tiny_model, data, tmp_path / out, steps=steps, log_every=1)
+        with events.listening(count):
+            run_dpo(DPOConfig(**config))
+
     # 32 train pairs in 4 batches of 8; 2 steps visit 2 of them. 16 valid pairs.
-    run_dpo(
-        DPOConfig(
-            **dpo_config(tiny_model, pref_dir, tmp_path / "a", steps=2, log_every=1)
-        )
-    )
+    dpo(pref_dir, "a", steps=2)
     assert scored == [16, 16]  # only the visited train pairs, then the valid split
-    run_dpo(
-        DPOConfig(
-            **dpo_config(tiny_model, pref_dir, tmp_path / "b", steps=2, log_every=1)
-        )
-    )
+    dpo(pref_dir, "b", steps=2)
     assert scored == [16, 16]  # both reused from the cache
-    run_dpo(
-        DPOConfig(
-            **dpo_config(tiny_model, pref_dir, tmp_path / "c", steps=6, log_every=1)
-        )
-    )
+    dpo(pref_dir, "c", steps=6)
     assert scored == [16, 16, 16]  # a longer run scores only the batches not cached yet
     changed = tmp_path / "changed"
     write_jsonl(changed / "train.jsonl", preference_rows(WORDS[:8], chosen=" Fine."))
     (changed / "valid.jsonl").write_text((pref_dir / "valid.jsonl").read_text())
-    run_dpo(
-        DPOConfig(
-            **dpo_config(tiny_model, changed, tmp_path / "d", steps=2, log_every=1)
-        )
-    )
-    assert scored == [
-        16,
-        16,
-        16,
-        16,
-    ]  # new train data recomputed, unchanged valid reused
+    dpo(changed, "d", steps=2)
+    assert scored == [16] * 4  # new train data recomputed, unchanged valid reused
 
 
 @pytest.mark.parametrize("compiled", [False, True])
@@ -296,7 +283,7 @@ def test_orpo_moves_chosen_logps_above_rejected(
     assert last["val_rewards/accuracies"] >= 0.9
 
 
-@pytest.mark.parametrize("layout", ["pad_shared", "pad_packed"])
+@pytest.mark.parametrize("layout", ["shared", "packed"])
 def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
     layout, tiny_model, pref_dir
 ):
@@ -317,15 +304,15 @@ def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
         }
     )
     indices = batches.plan.batches[-1][:3]  # a short batch: one filler pair
-    full = batches.pad(indices)[:2]
-    shared = getattr(batches, layout)(indices)
-    assert shared is not None
-    assert shared[2].shape[0] == 8 if layout == "pad_shared" else len(shared) == 7
+    index = batches.index(indices)
     ref = mx.array([-20.0, -21.0, -22.0, 0.0, -23.0, -24.0, -25.0, 0.0])
+    full = PairBatch(batches.full(indices), index, ref)
+    shared = PairBatch(batches.inputs(indices, layout), index, ref)
+    assert isinstance(shared.inputs, LAYOUTS[layout])
     objective = dpo_objective(DPOConfig(model="m", data="d", beta=0.1, sft_weight=0.5))
-    grad_fn = lambda inputs: nn.value_and_grad(  # noqa: E731
+    grad_fn = lambda batch: nn.value_and_grad(  # noqa: E731
         model,
-        lambda m: dpo_loss(m, inputs, ref, objective=objective, sft_weight=0.5)[0],
+        lambda m: dpo_loss(m, batch, objective=objective, sft_weight=0.5)[0],
     )(model)
     (loss_full, g_full), (loss_shared, g_shared) = grad_fn(full), grad_fn(shared)
     assert loss_full.item() == pytest.approx(loss_shared.item(), abs=1e-5)
@@ -333,10 +320,13 @@ def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
         tree_flatten(g_full), tree_flatten(g_shared), strict=True
     ):
         assert mx.allclose(a, b, atol=1e-5, rtol=1e-3).item(), name
-    _, n_full, m_full = dpo_loss(model, full, ref, objective=objective)
-    _, n_shared, m_shared = dpo_loss(model, shared, ref, objective=objective)
+    _, n_full, m_full = dpo_loss(model, full, objective=objective)
+    _, n_shared, m_shared = dpo_loss(model, shared, objective=objective)
     assert n_full.item() == n_shared.item()
-    assert m_full["n_examples"].item() == m_shared["n_examples"].item() == 3
+    assert m_full.keys() == m_shared.keys()
+    for name in m_full:
+        assert m_full[name].item() == pytest.approx(m_shared[name].item(), abs=1e-5)
+    assert full.n_examples.item() == 3  # the filler pair counts nowhere
 
 
 def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
@@ -344,32 +334,33 @@ def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
 ):
     """Pieces at the whole batch's widths (one compiled shape), weighted by their
     share of the pairs."""
-    from mlx_align.train.dpo import dpo_batches
-    from mlx_align.train.preference import fit_to_budget, padded_tokens, token_budget
+    from mlx_align.data.budget import fit_to_budget, token_budget
 
     _, batches = batch_of(tiny_model, pref_dir)
-    make = dpo_batches(batches, None, "shared")
+    make = batches.maker("shared", reference=mx.zeros((len(batches.pairs), 2)))
     indices = batches.plan.batches[0]
     whole = make(indices)
-    size = padded_tokens(whole[0])
-    assert padded_tokens(fit_to_budget(make, indices, 4, size)[0]) == size  # fits
+    size = whole.inputs.padded_tokens
+    assert fit_to_budget(make, indices, 4, size).inputs.padded_tokens == size  # fits
     pieces = fit_to_budget(make, indices, 4, size - 1)
     assert [w for _, w in pieces] == [0.5, 0.5]
+    prompt_width, completion_width = whole.inputs.widths
     for piece, _ in pieces:  # 2 of the 4 prompt rows, completions at the same widths
-        assert [a.shape for a in piece[0]] == [
-            (2, whole[0][0].shape[1]),
-            (2, whole[0][0].shape[1]),
-            (4, whole[0][2].shape[1]),
-            (4, whole[0][2].shape[1]),
+        assert [a.shape for a in piece.inputs] == [
+            (2, prompt_width),
+            (2, prompt_width),
+            (4, completion_width),
+            (4, completion_width),
         ]
-        assert piece[1].shape == (4,)  # reference log-probs of its 2 pairs
+        assert piece.reference.shape == (4,)  # reference log-probs of its 2 pairs
     three = fit_to_budget(make, indices[:3], 4, size // 4)  # down to single pairs
     assert [w for _, w in three] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
     # the third pair keeps its half's 2 rows (one filler): the shape of its half
-    assert [padded_tokens(p[0]) for p, _ in three] == [size // 4] * 2 + [size // 2]
+    sizes = [p.inputs.padded_tokens for p, _ in three]
+    assert sizes == [size // 4] * 2 + [size // 2]
     # auto: 1.25x the median padded batch of the visited train batches
     config = DPOConfig(model="m", data="d", steps=2, max_batch_tokens=-1)
-    sizes = [padded_tokens(make(b)[0]) for b in batches.plan.batches[:2]]
+    sizes = [make(b).inputs.padded_tokens for b in batches.plan.batches[:2]]
     assert token_budget(config, make, batches.plan) == int(1.25 * np.median(sizes))
     assert (
         token_budget(DPOConfig(model="m", data="d", max_batch_tokens=7), make, None)
@@ -393,9 +384,8 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
     """
     from mlx.utils import tree_flatten, tree_map
 
-    from mlx_align.train.dpo import dpo_batches
+    from mlx_align.data.budget import fit_to_budget
     from mlx_align.train.loop import TrainJob, make_step
-    from mlx_align.train.preference import fit_to_budget, padded_tokens
 
     model, batches = batch_of(tiny_model, pref_dir)
     mx.random.seed(1)
@@ -410,10 +400,10 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
 
         enable_packing(model)
     ref = mx.array(-20.0 - np.arange(32, dtype=np.float32).reshape(16, 2))
-    make = dpo_batches(batches, ref, layout)
+    make = batches.maker(layout, ref)
     indices = batches.plan.batches[0][:3]
     whole = make(indices, 4)
-    pieces = fit_to_budget(make, indices, 4, padded_tokens(whole[0]) // 4)
+    pieces = fit_to_budget(make, indices, 4, whole.inputs.padded_tokens // 4)
     assert len(pieces) == 3
     config = DPOConfig(model="m", data="d", compile=compiled)
     objective = dpo_objective(config)
@@ -434,34 +424,23 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
         assert mx.allclose(a, b, atol=1e-5 * largest, rtol=1e-4).item(), name
 
 
-def test_split_batches_train_like_whole_batches(
-    tiny_model, pref_dir, tmp_path, monkeypatch
-):
+def test_split_batches_train_like_whole_batches(tiny_model, pref_dir, tmp_path):
     """Every batch split down to single pairs (compiled step) logs the same
     losses and ends at the same adapters as whole batches, up to float noise
     that Adam enlarges where a gradient is near 0."""
-    from mlx_align.train import preference
-
     forwards = []
-    fit = preference.fit_to_budget
 
-    def counted(*args):
-        fitted = fit(*args)
-        forwards.append(len(fitted) if isinstance(fitted, list) else 1)
-        return fitted
+    def count(event, fields):
+        if event == "batch":
+            forwards.append(len(fields["widths"]))
 
-    monkeypatch.setattr(preference, "fit_to_budget", counted)
     settings = dict(steps=4, batch_size=4, log_every=1, compile=True, warmup_steps=0)
     runs = {}
     for budget in (0, 1):
         out = tmp_path / f"budget-{budget}"
-        run_dpo(
-            DPOConfig(
-                **dpo_config(
-                    tiny_model, pref_dir, out, max_batch_tokens=budget, **settings
-                )
-            )
-        )
+        config = dpo_config(tiny_model, pref_dir, out, max_batch_tokens=budget)
+        with events.listening(count):
+            run_dpo(DPOConfig(**{**config, **settings}))
         runs[budget] = out
     assert forwards == [1] * 4 + [4] * 4  # budget 1: four single-pair pieces a step
     whole, split = (mx.load(str(runs[b] / "adapters.safetensors")) for b in (0, 1))

@@ -132,14 +132,14 @@ def test_kl_rows_pair_each_prompt_with_the_next_completion_of_its_batch():
     ]
     batches = KTOBatches(examples, batch_size=3, max_length=32, pad_id=0, seed=0)
     assert batches.plan.batches == [[0, 1, 2], [3, 4, 5], [6]]
-    tokens, mask, labels, index = batches.pad([3, 4, 5])
+    (tokens, mask), labels, index, _ = batches.pad([3, 4, 5])
     assert tokens.shape == (6, 32)
     kl_rows = tokens[3:, :4].tolist()
     assert kl_rows == [[103, 4, 4, 0], [104, 5, 5, 0], [105, 3, 3, 0]]
     assert mask[3:, :4].tolist() == [[0, 1, 1, 1]] * 3  # the completion is scored
     assert labels.tolist() == [False, True, False] and index.tolist() == [3, 4, 5]
 
-    tokens, mask, labels, index = batches.pad([6])  # filler rows: index -1, no mask
+    (tokens, mask), labels, index, _ = batches.pad([6])  # filler: index -1, no mask
     assert tokens[:, :4].tolist()[3] == [106, 3, 3, 0]
     assert index.tolist() == [6, -1, -1]
     assert mask[[1, 2, 4, 5]].sum().item() == 0
@@ -162,20 +162,21 @@ def test_loss_by_hand_with_kl_from_the_mismatched_rows():
         for i, label in enumerate([True, False, True])
     ]
     batches = KTOBatches(examples, batch_size=4, max_length=32, pad_id=0, seed=0)
-    tokens, mask, labels, index = batches.pad([0, 1, 2])
-    assert labels.tolist() == [True, False, True, False]
-    policy = sequence_logps(model, tokens, mask)[1]  # (8,)
+    batch = batches.pad([0, 1, 2])
+    assert batch.labels.tolist() == [True, False, True, False]
+    policy = sequence_logps(model, *batch.inputs)[1]  # (8,)
     ref = policy - mx.array([0, 0, 0, 0, 1, 2, 3, 100], dtype=mx.float32)
+    batch = batch._replace(reference=ref)
+    assert batch.n_examples.item() == 3
 
-    def loss(*batch):
-        return kto_batch_loss(model, *batch, beta=0.5)
+    def loss(batch):
+        return kto_batch_loss(model, batch, beta=0.5)
 
     expected = (2 * (1 - sigmoid(-1)) + (1 - sigmoid(1))) / 3
     for fn in (loss, mx.compile(loss, inputs=model.state)):
-        value, n_tokens, metrics = fn(tokens, mask, labels, index, ref)
+        value, n_tokens, metrics = fn(batch)
         assert value.item() == pytest.approx(expected, abs=1e-5)
         assert metrics["kl"].item() == pytest.approx(2.0, abs=1e-5)
-        assert metrics["n_examples"].item() == 3
         assert metrics["rewards/chosen"].item() == pytest.approx(0.0, abs=1e-5)
         desirable_logps = (policy[0] + policy[2]).item() / 2
         assert metrics["logps/chosen"].item() == pytest.approx(desirable_logps)

@@ -11,24 +11,20 @@ import mlx_lm
 import pytest
 from conftest import write_jsonl
 
+from mlx_align.batches import PairBatch
 from mlx_align.config import RewardConfig
 from mlx_align.data.batching import pad_examples
 from mlx_align.data.jsonl import Record
-from mlx_align.data.preference import encode_completion
+from mlx_align.data.preference import PairBatches, encode_completion, encode_pairs
+from mlx_align.data.splits import load_batched_splits
+from mlx_align.layouts import FullRows
 from mlx_align.model.reward_head import (
     CHECKPOINT_WEIGHTS,
     RewardModel,
     hidden_size_of,
     load_reward_model,
 )
-from mlx_align.train.preference import load_pairs
-from mlx_align.train.reward import (
-    bt_batch_loss,
-    run_reward,
-    run_score,
-    score,
-    with_margins,
-)
+from mlx_align.train.reward import bt_batch_loss, run_reward, run_score, score
 
 ANSWERS = ["Blue.", "Green.", "Red.", "White.", "Black.", "Yellow.", "Grey.", "Gold."]
 FILLER = ["well", "you", "know", "um", "basically", "actually", "so", "like", "I"]
@@ -136,19 +132,18 @@ def test_bt_batch_loss_by_hand():
     def model(tokens, loss_mask):
         return rewards
 
-    tokens, mask, index = mx.zeros((6, 4)), mx.ones((6, 4)), mx.array([0, 1, -1])
-    loss, n_tokens, metrics = bt_batch_loss(model, tokens, mask, index)
+    inputs = FullRows(mx.zeros((6, 4)), mx.ones((6, 4)))
+    batch = PairBatch(inputs, index=mx.array([0, 1, -1]))
+    loss, n_tokens, metrics = bt_batch_loss(model, batch)
     assert loss.item() == pytest.approx(0.643669, abs=1e-5)
     assert n_tokens.item() == 24
     assert metrics["accuracy"].item() == pytest.approx(0.5)
     assert metrics["margin"].item() == pytest.approx((1.0 - 0.5) / 2)
-    assert metrics["n_examples"].item() == 2
-    margins = mx.array([0.5, 0.0, 0.0])
-    loss, _, _ = bt_batch_loss(model, tokens, mask, index, margins)
+    assert batch.n_examples.item() == 2
+    batch = batch._replace(margins=mx.array([0.5, 0.0, 0.0]))
+    loss, _, _ = bt_batch_loss(model, batch)
     assert loss.item() == pytest.approx(0.724077, abs=1e-5)
-    loss, _, _ = bt_batch_loss(
-        model, tokens, mask, index, margins, center_coefficient=0.1
-    )
+    loss, _, _ = bt_batch_loss(model, batch, center_coefficient=0.1)
     assert loss.item() == pytest.approx(0.724077 + 0.1625, abs=1e-5)
 
 
@@ -162,15 +157,14 @@ def test_margin_column_reaches_the_loss(tiny_model, tmp_path):
     )
     model, tokenizer = fresh_reward_model(tiny_model)
     config = reward_config(tiny_model, tmp_path, tmp_path / "run")
-    train_set, _ = load_pairs(config, tokenizer)
-    batch = with_margins(train_set)(train_set.train_batch(0))
-    index, batch_margins = batch[2], batch[3]
-    expected = [margins[i] if i >= 0 else 0.0 for i in index.tolist()]
-    assert batch_margins.tolist() == pytest.approx(expected)
-    loss, _, metrics = bt_batch_loss(model, *batch)
+    train_set, _ = load_batched_splits(config, tokenizer, encode_pairs, PairBatches)
+    batch = train_set.maker("full", margins=True)(train_set.plan.batch(0))
+    expected = [margins[i] if i >= 0 else 0.0 for i in batch.index.tolist()]
+    assert batch.margins.tolist() == pytest.approx(expected)
+    loss, _, metrics = bt_batch_loss(model, batch)
     by_hand = sum(math.log1p(math.exp(m)) for m in margins) / len(margins)
     assert loss.item() == pytest.approx(by_hand, abs=1e-5)
-    assert metrics["n_examples"].item() == 6
+    assert batch.n_examples.item() == 6
 
 
 @pytest.fixture(scope="module")

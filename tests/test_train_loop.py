@@ -11,6 +11,7 @@ from mlx.utils import tree_flatten
 from test_sft import sft_config
 
 from mlx_align.config import SFTConfig, TrainSettings, build_config
+from mlx_align.layouts import FullRows
 from mlx_align.train import loop
 from mlx_align.train.grad_checkpoint import checkpoint_layers, restore_layers
 from mlx_align.train.sft import completion_nll_loss, run_sft
@@ -90,9 +91,9 @@ def test_grad_checkpoint_gives_the_same_gradients_and_patches_only_given_instanc
     tokens = mx.array(
         [tokenizer.encode("Question: What does a cow say?\nAnswer: Moo.")]
     )
-    mask = mx.ones(tokens.shape)
-    grad_fn = nn.value_and_grad(model, lambda m, t, k: completion_nll_loss(m, t, k)[0])
-    loss, plain = grad_fn(model, tokens, mask)
+    batch = FullRows(tokens, mx.ones(tokens.shape))
+    grad_fn = nn.value_and_grad(model, lambda m, b: completion_nll_loss(m, b)[0])
+    loss, plain = grad_fn(model, batch)
     layer_class = type(model.layers[0])
 
     checkpoint_layers(model.layers)
@@ -103,7 +104,7 @@ def test_grad_checkpoint_gives_the_same_gradients_and_patches_only_given_instanc
         type(type(model.layers[0]).__mro__[1]) is type
         and type(model.layers[0]).__mro__[1] is layer_class
     )
-    loss_ckpt, checkpointed = grad_fn(model, tokens, mask)
+    loss_ckpt, checkpointed = grad_fn(model, batch)
     assert loss.item() == pytest.approx(loss_ckpt.item(), rel=1e-6)
     for (name, a), (_, b) in zip(
         tree_flatten(plain), tree_flatten(checkpointed), strict=True

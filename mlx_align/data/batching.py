@@ -111,3 +111,18 @@ class BatchPlan:
         while True:
             yield self.batch(k)
             k += 1
+
+
+def visited_batches(plan: BatchPlan, settings, split: str) -> list[list[int]]:
+    """The batches of ``plan`` a run reads: on ``train``, every batch its
+    ``steps`` x ``grad_accumulation`` micro-batches draw; on ``valid``, the
+    first ``eval_batches`` (all when negative)."""
+    if split == "valid":
+        limit = settings.eval_batches
+        return plan.batches if limit < 0 else plan.batches[:limit]
+    seen: set[tuple[int, ...]] = set()
+    for k in range(settings.steps * settings.grad_accumulation):
+        seen.add(tuple(plan.batch(k)))
+        if len(seen) == len(plan):  # every batch: no need to replay later epochs
+            break
+    return [list(b) for b in sorted(seen)]

@@ -17,19 +17,19 @@ precomputed and cached like the matched ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
-from .batching import BatchPlan, bucket_lengths, pad_examples
+from ..batches import KTOBatch, columns_by_index
+from ..layouts import FullRows
+from .batching import BatchPlan, bucket_lengths
 from .errors import DataError
 from .jsonl import Record
 from .preference import encode_completion, truncate_prompt_left
 from .tokenize import Encoded, truncate
-
-KTOBatch = tuple[mx.array, mx.array, mx.array, mx.array]
 
 
 @dataclass(frozen=True)
@@ -131,11 +131,11 @@ def kl_partners(batches: list[list[int]]) -> dict[int, int]:
 
 
 class KTOBatches:
-    """Examples -> ``(tokens (2B, T), loss_mask (2B, T), labels (B,), index (B,))``.
+    """Examples as ``KTOBatch``es: B matched rows, then B mismatched (KL) rows.
 
-    Rows: B matched, then B mismatched (KL) rows; ``index`` is -1 on filler
-    rows (a last batch short of examples). ``matched`` / ``mismatched`` hold
-    the rows of example i, so a stage can score and cache them per example.
+    ``index`` is -1 on filler rows (a last batch short of examples).
+    ``matched`` / ``mismatched`` hold the rows of example i, so a stage can
+    score and cache them per example.
     """
 
     def __init__(
@@ -157,6 +157,18 @@ class KTOBatches:
             for i in range(len(examples))
         ]
 
+    def maker(self, reference: mx.array | None = None) -> Callable[..., KTOBatch]:
+        """``make(indices)``: those examples as a ``KTOBatch``, with their cached
+        reference log-probs from ``reference`` (N, 2: matched, KL row)."""
+
+        def make(indices: list[int]) -> KTOBatch:
+            batch = self.pad(indices)
+            if reference is None:
+                return batch
+            return batch._replace(reference=columns_by_index(reference, batch.index))
+
+        return make
+
     def pad(self, indices: list[int]) -> KTOBatch:
         fill = [Encoded([self.pad_id], 1)] * (self.batch_size - len(indices))
         rows = (
@@ -165,19 +177,9 @@ class KTOBatches:
             + [self.mismatched[i] for i in indices]
             + fill
         )
-        tokens, mask = pad_examples(
-            rows, 2 * self.batch_size, self.buckets, self.pad_id
-        )
+        inputs = FullRows.pad(rows, 2 * self.batch_size, self.buckets, self.pad_id)
         labels = np.zeros(self.batch_size, dtype=np.bool_)
         labels[: len(indices)] = [self.examples[i].label for i in indices]
         index = np.full(self.batch_size, -1, dtype=np.int32)
         index[: len(indices)] = indices
-        return tokens, mask, mx.array(labels), mx.array(index)
-
-    def train_batch(self, k: int) -> KTOBatch:
-        return self.pad(self.plan.batch(k))
-
-    def in_order(self, limit: int = -1) -> Iterator[KTOBatch]:
-        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
-        for indices in batches:
-            yield self.pad(indices)
+        return KTOBatch(inputs, mx.array(labels), mx.array(index))

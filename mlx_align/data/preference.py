@@ -1,25 +1,22 @@
-"""Preference pairs: ``prompt`` + ``chosen`` / ``rejected`` -> one concatenated batch.
+"""Preference pairs: ``prompt`` + ``chosen`` / ``rejected`` -> one batch of 2B completions.
 
-Chosen and rejected go through ONE forward: a batch of B pairs is a (2B, T)
-array, chosen rows first, both halves padded to the same bucket length.
+Chosen and rejected go through ONE forward, in any layout (``layouts.py``):
+full rows (chosen rows first, both halves padded to one bucket length), the
+prompt once per pair, or packed without padding.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from ..batches import PairBatch, columns_by_index
+from ..layouts import FullRows, Layout, Packed, SharedPrompt
 from ..packing import Tree, pack_trees
-from .batching import (
-    BatchPlan,
-    bucket_for,
-    bucket_lengths,
-    pad_examples,
-    piece_bucket_lengths,
-)
+from .batching import BatchPlan, bucket_for, bucket_lengths, piece_bucket_lengths
 from .errors import DataError
 from .jsonl import Record, require_str
 from .tokenize import (
@@ -105,16 +102,18 @@ def encode_pairs(
 
 
 def split_prompt(example: Encoded) -> tuple[list[int], list[int]]:
-    """(prompt, scored completion): the first token is never scored, as in ``pad_examples``."""
+    """(prompt, scored completion): the first token is never scored, as in ``batching.pad_examples``."""
     start = max(example.completion_start, 1)
     return example.tokens[:start], example.tokens[start:]
 
 
 class PairBatches:
-    """Pairs -> ``(tokens (2B, T), loss_mask (2B, T), pair_index (B,))`` in a resumable order.
+    """Pairs in a resumable order, padded in any layout as ``PairBatch``es.
 
-    ``pair_index`` is -1 on filler rows (a last batch short of pairs), so a
-    stage can look up per-pair data such as cached reference log-probs.
+    A batch of B pairs holds 2B completions, chosen ones first (slot order,
+    ``layouts.py``); ``index`` is -1 on filler pairs (a last batch short of
+    pairs), so a stage can look up per-pair data such as cached reference
+    log-probs.
     """
 
     def __init__(
@@ -130,22 +129,45 @@ class PairBatches:
         self.pieces = piece_bucket_lengths(max_length)  # shared-prompt pieces
         lengths = [max(len(p.chosen.tokens), len(p.rejected.tokens)) for p in pairs]
         self.plan = BatchPlan.by_length(lengths, batch_size, seed)
+        self.margins = mx.array([p.margin for p in pairs], dtype=mx.float32)
 
-    def pad(
-        self, indices: list[int], rows: int | None = None, widths: tuple = ()
-    ) -> tuple[mx.array, mx.array, mx.array]:
-        """``(tokens (2B, T), loss_mask, index (B,))``, chosen rows then rejected;
-        B = ``rows`` (default: the batch size), T = ``widths[0]`` if given."""
-        chosen = [self.pairs[i].chosen for i in indices]
-        rejected = [self.pairs[i].rejected for i in indices]
-        rows = rows or self.batch_size
-        fill = rows - len(indices)
-        empty = Encoded([self.pad_id], 1)
-        examples = chosen + [empty] * fill + rejected + [empty] * fill
-        tokens, mask = pad_examples(
-            examples, 2 * rows, self.buckets, self.pad_id, *widths[:1]
-        )
-        return tokens, mask, self.index(indices, rows)
+    def maker(
+        self, layout: str, reference: mx.array | None = None, margins: bool = False
+    ) -> Callable[..., PairBatch]:
+        """``make(indices, rows=None, widths=())``: pairs ``indices`` as a ``PairBatch``
+        in ``layout`` (``layouts.LAYOUTS``), ``rows`` pairs (default: the batch
+        size), padded to ``widths`` (default: their own). ``reference`` (N, 2)
+        holds every pair's cached reference log-probs; ``margins`` adds the
+        pairs' margins."""
+
+        def make(indices: list[int], rows: int | None = None, widths: tuple = ()):
+            index = self.index(indices, rows)
+            return PairBatch(
+                self.inputs(indices, layout, rows, widths),
+                index,
+                reference=None
+                if reference is None
+                else columns_by_index(reference, index),
+                margins=columns_by_index(self.margins[:, None], index)
+                if margins
+                else None,
+            )
+
+        return make
+
+    def inputs(
+        self, indices: list[int], layout: str, rows: int | None = None, widths=()
+    ) -> Layout:
+        """The completions of pairs ``indices`` in ``layout``. A shared-prompt
+        batch falls back to full rows when a pair's rows tokenise the prompt
+        apart, and so does a piece of a batch that did (its ``widths`` are (T,))."""
+        if layout == "packed":
+            return self.packed(indices, rows)
+        if layout == "shared" and len(widths) != 1:
+            shared = self.shared(indices, rows, widths)
+            if shared is not None:
+                return shared
+        return self.full(indices, rows, widths)
 
     def index(self, indices: list[int], rows: int | None = None) -> mx.array:
         """(B,) pair indices, -1 on filler rows; B = ``rows`` (default: the batch size)."""
@@ -153,11 +175,22 @@ class PairBatches:
         index[: len(indices)] = indices
         return mx.array(index)
 
-    def pad_shared(
+    def full(
         self, indices: list[int], rows: int | None = None, widths: tuple = ()
-    ) -> tuple[mx.array, ...] | None:
-        """The prompt once per pair: ``(prompts (B, Lp) left-padded, prompt_mask,
-        completions (2B, C) as chosen_0, rejected_0, chosen_1, ..., completion_mask)``.
+    ) -> FullRows:
+        """2B rows, chosen then rejected; B = ``rows`` (default: the batch size),
+        T = ``widths[0]`` if given."""
+        chosen = [self.pairs[i].chosen for i in indices]
+        rejected = [self.pairs[i].rejected for i in indices]
+        rows = rows or self.batch_size
+        fill = [Encoded([self.pad_id], 1)] * (rows - len(indices))
+        examples = chosen + fill + rejected + fill
+        return FullRows.pad(examples, 2 * rows, self.buckets, self.pad_id, *widths[:1])
+
+    def shared(
+        self, indices: list[int], rows: int | None = None, widths: tuple = ()
+    ) -> SharedPrompt | None:
+        """The prompt once per pair, its completions chosen, rejected.
 
         B is ``rows`` (default: the batch size); rows past the pairs are filler.
         ``widths`` = (Lp, C) fixes the widths (default: the buckets of the longest).
@@ -172,28 +205,14 @@ class PairBatches:
             return None
         prompts = [chosen[0] for chosen, _ in split]
         completions = [c[1] for pair in split for c in pair]  # chosen, rejected, ...
-        rows = rows or self.batch_size
-        fill = rows - len(indices)
-        width, limit = widths or (
+        widths = widths or (
             bucket_for(max(map(len, prompts)), self.pieces),
             bucket_for(max(map(len, completions)), self.pieces),
         )
-        prompt_ids = np.full((rows, width), self.pad_id, dtype=np.int32)
-        prompt_mask = np.zeros((rows, width), dtype=np.float32)
-        for row, prompt in enumerate(prompts):
-            prompt_ids[row, width - len(prompt) :] = prompt
-            prompt_mask[row, width - len(prompt) :] = 1.0
-        completion_ids = np.full((2 * rows, limit), self.pad_id, dtype=np.int32)
-        completion_mask = np.zeros((2 * rows, limit), dtype=np.float32)
-        for row, tokens in enumerate(completions + [[]] * (2 * fill)):
-            completion_ids[row, : len(tokens)] = tokens
-            completion_mask[row, : len(tokens)] = 1.0
-        arrays = (prompt_ids, prompt_mask, completion_ids, completion_mask)
-        return tuple(mx.array(a) for a in arrays)
+        rows = rows or self.batch_size
+        return SharedPrompt.pad(prompts, completions, rows, self.pad_id, widths)
 
-    def pad_packed(
-        self, indices: list[int], rows: int | None = None
-    ) -> tuple[mx.array, ...]:
+    def packed(self, indices: list[int], rows: int | None = None) -> Packed:
         """The pairs packed without padding (``packing.pack_trees``): slot b is
         pair b's chosen completion, slot B + b its rejected one (B = ``rows``,
         default the batch size).
@@ -211,14 +230,4 @@ class PairBatches:
             else:
                 trees.append(Tree(chosen[0], [chosen[1]], slots[:1]))
                 trees.append(Tree(rejected[0], [rejected[1]], slots[1:]))
-        return pack_trees(trees, 2 * rows, self.pad_id)
-
-    def train_batch(self, k: int) -> tuple[mx.array, mx.array, mx.array]:
-        return self.pad(self.plan.batch(k))
-
-    def in_order(
-        self, limit: int = -1
-    ) -> Iterator[tuple[mx.array, mx.array, mx.array]]:
-        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
-        for indices in batches:
-            yield self.pad(indices)
+        return Packed(*pack_trees(trees, 2 * rows, self.pad_id))

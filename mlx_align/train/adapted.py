@@ -10,6 +10,7 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from ..config import AdapterSettings
+from ..events import emit
 from ..model.adapters import (
     ADAPTER_WEIGHTS,
     adapter_config,
@@ -34,6 +35,7 @@ def prepare_trainable(
     tqdm.write(
         f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
     )
+    emit("trainable", parameters=trainable)
     return adapters
 
 

@@ -19,21 +19,16 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .. import losses
+from ..batches import PairBatch
 from ..config import DPOConfig
-from ..data.preference import PairBatches
-from ..logprobs import pair_logps
+from ..data.batching import visited_batches
+from ..data.preference import PairBatches, encode_pairs
+from ..data.splits import load_batched_splits
+from ..layouts import choose_layout
 from ..model.load import load_model
+from ..reference import ScoredSplit, prepare_reference
 from .adapted import write_result
-from .preference import (
-    load_pairs,
-    masked_pair_means,
-    pad_pairs,
-    pair_layout,
-    pair_split,
-    reference_and_adapters,
-    reference_rows,
-    train_on_pairs,
-)
+from .pairs import masked_means, train_on_pairs
 
 
 def dpo_objective(config: DPOConfig) -> Callable:
@@ -60,17 +55,19 @@ def dpo_objective(config: DPOConfig) -> Callable:
 
 def dpo_loss(
     model: nn.Module,
-    inputs: tuple,
-    ref_logps: mx.array,
+    batch: PairBatch,
     *,
     objective: Callable,
     sft_weight: float = 0.0,
     reference: nn.Module | None = None,
 ):
-    """One pair batch -> (loss, n_tokens, metrics); ``ref_logps`` (2B,) unless ``reference`` runs now."""
-    summed, lengths = pair_logps(model, inputs)  # (2B,), (2B,)
+    """One pair batch -> (loss, n_tokens, metrics); the reference log-probs are
+    ``batch.reference`` (cached) unless ``reference`` runs now."""
+    summed, lengths = batch.inputs.logps(model)  # (2B,) each, chosen first
     if reference is not None:
-        ref_logps = mx.stop_gradient(pair_logps(reference, inputs)[0])
+        ref_logps = mx.stop_gradient(batch.inputs.logps(reference)[0])
+    else:
+        ref_logps = batch.reference
     pc, pr = mx.split(summed, 2)
     rc, rr = mx.split(ref_logps, 2)
     lc, lr = mx.split(lengths, 2)
@@ -79,56 +76,52 @@ def dpo_loss(
         nll = -pc / mx.maximum(lc, 1)
         pair_losses = pair_losses + sft_weight * nll
         metrics = {**metrics, "nll_loss": nll}
-    valid = (lc > 0).astype(mx.float32)  # filler pairs have no tokens
-    loss, metrics = masked_pair_means(pair_losses, metrics, valid)
+    loss, metrics = masked_means(pair_losses, metrics, batch.valid)
     return loss, lengths.sum(), metrics
-
-
-def dpo_batches(
-    batches: PairBatches, ref_logps: mx.array | None, layout: str
-) -> Callable:
-    """Pair indices (rows, widths) -> ``(inputs, ref_logps)`` in ``layout`` (``preference.pair_layout``)."""
-
-    def make(indices: list[int], rows: int | None = None, widths: tuple = ()) -> tuple:
-        inputs = pad_pairs(batches, indices, layout, rows, widths)
-        return inputs, reference_rows(ref_logps, batches.index(indices, rows))
-
-    return make
 
 
 def run_dpo(config: DPOConfig) -> Path:
     """Train a DPO-family policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
     model, tokenizer, model_config = load_model(config.model)
-    train_set, valid_set = load_pairs(config, tokenizer)
-    adapters, (ref_train, ref_valid), reference = reference_and_adapters(
+    splits = load_batched_splits(config, tokenizer, encode_pairs, PairBatches)
+    reference = prepare_reference(
         config,
         model,
-        [
-            pair_split(train_set, config, "train"),
-            pair_split(valid_set, config, "valid"),
-        ],
+        [pair_split(s, config, name) for s, name in zip(splits, SPLITS, strict=True)],
     )
     loss_fn = partial(
         dpo_loss,
         objective=dpo_objective(config),
         sft_weight=config.sft_weight,
-        reference=reference,
+        reference=reference.model,
     )
-    layout = pair_layout(config, model, reference)
-    make_train = dpo_batches(train_set, ref_train, layout)
-    make_valid = valid_set and dpo_batches(valid_set, ref_valid, layout)
-    frozen = [reference] if reference is not None else []
-    train_on_pairs(
-        config,
-        model,
-        adapters,
-        loss_fn,
-        train_set,
-        make_train,
-        valid_set,
-        make_valid,
-        frozen,
-    )
+    layout = choose_layout(config.padding_free, model, reference.model)
+    makers = [
+        s and s.maker(layout, cached)
+        for s, cached in zip(splits, reference.cached, strict=True)
+    ]
+    frozen = [reference.model] if reference.model is not None else []
+    train_on_pairs(config, model, reference.adapters, loss_fn, splits, makers, frozen)
     return write_result(
-        model, adapters, Path(config.out), config.model, tokenizer, model_config
+        model,
+        reference.adapters,
+        Path(config.out),
+        config.model,
+        tokenizer,
+        model_config,
+    )
+
+
+SPLITS = ("train", "valid")
+
+
+def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit | None:
+    """A split's pairs, for their reference log-probs."""
+    if batches is None:
+        return None
+    rows = [(p.chosen, p.rejected) for p in batches.pairs]
+    return ScoredSplit(
+        rows,
+        lambda indices, layout: batches.maker(layout)(indices),
+        visited_batches(batches.plan, config, split),
     )

@@ -17,30 +17,30 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
 from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from tqdm import tqdm
 
-from ..advantages import combine_rewards, group_advantages
+from ..advantages import group_advantages
+from ..batches import GRPOBatch
 from ..config import GRPOConfig
-from ..data.batching import BatchPlan, bucket_for, bucket_lengths, pad_examples
+from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record, load_split
 from ..data.tokenize import Encoded, encode_prompt, pad_id_of
-from ..errors import UserError
-from ..fused_sampler import FusedSampler, should_fuse
-from ..logprobs import grouped_completion_logps, sequence_logps, supports_shared_prompts
+from ..events import emit
+from ..fused_sampler import FusedSampler, sampling_model, should_fuse
+from ..layouts import FullRows, SharedPrompt
+from ..logprobs import supports_shared_prompts
 from ..losses import grpo_loss
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
-from ..rewards import resolve_reward
-from ..rollout import sample_groups
+from ..rewards.scoring import GroupScorer
+from ..rollout import Group, sample_groups
 from .adapted import prepare_trainable, weights_file, write_result, write_weights
 from .loop import TrainJob, train
 
@@ -60,55 +60,48 @@ def rollout_index(micro_batch: int, accumulation: int, passes: int) -> int:
 
 
 class Rollouts:
-    """Samples, scores and batches groups of completions for the training loop."""
+    """Micro-batch k of a GRPO run: sampled, scored and batched once, reused μ times."""
 
     def __init__(
         self, config: GRPOConfig, model: nn.Module, tokenizer, records: list[Record]
     ):
-        self.config, self.model, self.tokenizer, self.records = (
-            config,
-            model,
-            tokenizer,
-            records,
-        )
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.records = records
         self.prompts = [encode_prompt(tokenizer, r) for r in records]
         self.plan = BatchPlan.by_length(
             [len(p) for p in self.prompts], config.batch_size, config.seed
         )
-        self.functions = [resolve_reward(spec) for spec in config.reward]
-        self.names = [spec.rsplit(":", 1)[-1] for spec in config.reward]
-        weights = [float(w) for w in config.reward_weights.split(",") if w.strip()]
-        if weights and len(weights) != len(self.functions):
-            raise UserError(
-                "--reward-weights",
-                f"{len(weights)} weights for {len(self.functions)} reward functions",
-            )
-        self.weights = weights or None
+        self.scorer = GroupScorer(config.reward, config.reward_weights)
         self.eos_ids = set(tokenizer.eos_token_ids)
+        self.pad_id = pad_id_of(tokenizer)
         self.buckets = bucket_lengths(config.max_length)
-        self.reference: nn.Module | None = None
+        self.reference: nn.Module | None = None  # run once per rollout when β > 0
         self.sampler: FusedSampler | None = None  # set once adapters are on
         # Score each prompt once per group in the train step (exact; llama-family models).
         self.shared_prompts = supports_shared_prompts(model)
-        self.cache: dict[int, tuple] = {}
+        self.cache: dict[int, GRPOBatch] = {}
         self.samples_path = Path(config.out) / "samples.jsonl"
 
-    def micro_batch(self, k: int) -> tuple:
+    @property
+    def stat_names(self) -> list[str]:
+        """What ``GRPOBatch.stats`` holds, in order."""
+        return [*ROLLOUT_STATS, *self.scorer.metric_names]
+
+    def micro_batch(self, k: int) -> GRPOBatch:
         accumulation = self.config.grad_accumulation
         rollout_id = rollout_index(k, accumulation, self.config.iterations)
         if rollout_id not in self.cache:
-            self.cache = {
-                rollout_id: self.sample(rollout_id),
-                **{
-                    i: v for i, v in self.cache.items() if i > rollout_id - accumulation
-                },
+            kept = {
+                i: v for i, v in self.cache.items() if i > rollout_id - accumulation
             }
+            self.cache = {rollout_id: self.sample(rollout_id), **kept}
         return self.cache[rollout_id]
 
-    def sample(self, rollout_id: int) -> tuple:
-        """Rollouts for one micro-batch: (inputs, old_logps, ref_logps, advantages, stats)."""
+    def sample(self, rollout_id: int) -> GRPOBatch:
+        """Sample the rollout batch's groups, score them, and batch them for the loss."""
         config, indices = self.config, self.plan.batch(rollout_id)
-        with self.sampling_model() as model:
+        tic = time.perf_counter()
+        with sampling_model(self.model, self.sampler) as model:
             groups = sample_groups(
                 model,
                 [self.prompts[i] for i in indices],
@@ -118,151 +111,102 @@ class Rollouts:
                 config.temperature,
                 config.top_p,
             )
-        rewards, reward_metrics = self.score(indices, groups)
+        lengths = [len(c) for g in groups for c in g.completions]
+        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+        texts = [
+            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
+            for g in groups
+            for c in g.completions
+        ]
+        tic = time.perf_counter()
+        records = [self.records[i] for i in indices]
+        rewards, reward_metrics = self.scorer(records, config.group_size, texts)
+        emit("rewards", seconds=time.perf_counter() - tic)
         advantages, adv_metrics = group_advantages(
             rewards, config.group_size, config.scale_rewards
         )
-        inputs = self.score_inputs(groups)
-        lengths = [len(c) for g in groups for c in g.completions]
+        if rollout_id % max(config.log_every, 1) == 0:
+            write_samples(
+                self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
+            )
         stats = {
             **reward_metrics,
             "frac_reward_zero_std": adv_metrics["frac_reward_zero_std"].item(),
             "completion_length_mean": sum(lengths) / len(lengths),
             "completion_length_max": max(lengths),
         }
-        if rollout_id % max(config.log_every, 1) == 0:
-            self.write_samples(rollout_id, groups, rewards)
-        old = (
-            self.per_token_logps(self.model, inputs)
+        inputs = self.inputs(groups)
+        return GRPOBatch(
+            inputs,
+            old_logps=self.fixed_logps(self.model, inputs)
             if config.iterations > 1
-            else mx.zeros((1,))
+            else None,
+            ref_logps=self.fixed_logps(self.reference, inputs),
+            advantages=advantages,
+            stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
         )
-        ref = (
-            self.per_token_logps(self.reference, inputs)
-            if self.reference is not None
-            else mx.zeros((1,))
-        )
-        stat_values = mx.array(
-            [float(stats.get(name, 0.0)) for name in self.stat_names()]
-        )
-        return inputs, old, ref, advantages, stat_values
 
-    @contextmanager
-    def sampling_model(self) -> Iterator[nn.Module]:
-        """The policy in eval mode, or its fused twin (``--fuse-rollout``)."""
-        if self.sampler is not None:
-            with self.sampler.fused() as model:
-                yield model
-            return
-        self.model.eval()
-        try:
-            yield self.model
-        finally:
-            self.model.train()
-
-    def score_inputs(self, groups) -> tuple:
-        """What ``policy_token_logps`` scores: shared prompts, or full prompt+completion rows."""
-        pad = pad_id_of(self.tokenizer)
-        if not self.shared_prompts:
-            examples = [
-                Encoded(g.prompt + c, len(g.prompt))
-                for g in groups
-                for c in g.completions
-            ]
-            return pad_examples(examples, len(examples), self.buckets, pad)
-        width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
-        prompts = np.full((len(groups), width), pad, dtype=np.int32)  # left-padded
-        prompt_mask = np.zeros((len(groups), width), dtype=np.float32)
-        for row, group in enumerate(groups):
-            prompts[row, width - len(group.prompt) :] = group.prompt
-            prompt_mask[row, width - len(group.prompt) :] = 1.0
-        n, limit = (
-            len(groups) * self.config.group_size,
-            self.config.max_completion_tokens,
-        )
-        completions = np.full((n, limit), pad, dtype=np.int32)
-        completion_mask = np.zeros((n, limit), dtype=np.float32)
-        for row, tokens in enumerate(c for g in groups for c in g.completions):
-            completions[row, : len(tokens)] = tokens
-            completion_mask[row, : len(tokens)] = 1.0
-        arrays = (prompts, prompt_mask, completions, completion_mask)
-        return tuple(mx.array(a) for a in arrays)
-
-    def stat_names(self) -> list[str]:
-        per_function = [f"rewards/{n}/{s}" for n in self.names for s in ("mean", "std")]
-        return [*ROLLOUT_STATS, *per_function]
-
-    def score(self, indices: list[int], groups) -> tuple[mx.array, dict]:
-        g = self.config.group_size
-        prompts = [self.records[i].fields["prompt"] for i in indices for _ in range(g)]
-        completions = [
-            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
-            for grp in groups
-            for c in grp.completions
+    def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
+        """The groups as the loss scores them: prompts once per group, or full rows."""
+        if self.shared_prompts:
+            width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
+            widths = (width, self.config.max_completion_tokens)
+            completions = [c for g in groups for c in g.completions]
+            prompts = [g.prompt for g in groups]
+            return SharedPrompt.pad(
+                prompts, completions, len(groups), self.pad_id, widths
+            )
+        rows = [
+            Encoded(g.prompt + c, len(g.prompt)) for g in groups for c in g.completions
         ]
-        columns = {
-            k: [self.records[i].fields.get(k) for i in indices for _ in range(g)]
-            for k in self.records[indices[0]].fields
-            if k != "prompt"
-        }
-        per_function = [fn(prompts, completions, **columns) for fn in self.functions]
-        self.last_completions = completions
-        return combine_rewards(per_function, self.weights, self.names)
+        return FullRows.pad(rows, len(rows), self.buckets, self.pad_id)
 
-    def per_token_logps(self, model: nn.Module, inputs: tuple) -> mx.array:
-        per_token = mx.stop_gradient(policy_token_logps(model, inputs)[0])
+    @staticmethod
+    def fixed_logps(model: nn.Module | None, inputs) -> mx.array | None:
+        """Per-token log-probs of ``model`` at rollout time, held fixed; None without a model."""
+        if model is None:
+            return None
+        per_token = mx.stop_gradient(inputs.token_logps(model)[0])
         mx.eval(per_token)
         return per_token
 
-    def write_samples(
-        self, rollout_id: int, groups, rewards: mx.array, per_group: int = 2
-    ) -> None:
-        self.samples_path.parent.mkdir(parents=True, exist_ok=True)
-        g, texts = self.config.group_size, self.last_completions
-        with open(self.samples_path, "a") as f:
-            for j, group in enumerate(groups):
-                for c in range(min(per_group, g)):
-                    row = {
-                        "rollout": rollout_id,
-                        "prompt": self.tokenizer.decode(group.prompt),
-                        "completion": texts[j * g + c],
-                        "reward": rewards[j * g + c].item(),
-                    }
-                    f.write(json.dumps(row) + "\n")
 
-
-def policy_token_logps(model: nn.Module, inputs: tuple) -> tuple[mx.array, mx.array]:
-    """(per-token log-probs, mask) of the sampled completions, in either batch layout."""
-    if (
-        len(inputs) == 4
-    ):  # prompts once per group: (prompts, prompt_mask, completions, mask)
-        return grouped_completion_logps(model, *inputs), inputs[3]
-    per_token, _, mask = sequence_logps(
-        model, *inputs
-    )  # full rows: (tokens, loss_mask)
-    return per_token, mask
+def write_samples(
+    path: Path,
+    rollout_id: int,
+    tokenizer,
+    groups: list[Group],
+    texts,
+    rewards,
+    per_group: int = 2,
+) -> None:
+    """Append the first ``per_group`` completions of each group, with their rewards, to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = len(texts) // len(groups)
+    with open(path, "a") as f:
+        for j, group in enumerate(groups):
+            prompt = tokenizer.decode(group.prompt)
+            for c in range(min(per_group, size)):
+                row = {
+                    "rollout": rollout_id,
+                    "prompt": prompt,
+                    "completion": texts[j * size + c],
+                    "reward": rewards[j * size + c].item(),
+                }
+                f.write(json.dumps(row) + "\n")
 
 
 def grpo_batch_loss(
-    model,
-    inputs,
-    old_logps,
-    ref_logps,
-    advantages,
-    stats,
-    *,
-    config: GRPOConfig,
-    stat_names,
+    model: nn.Module, batch: GRPOBatch, *, config: GRPOConfig, stat_names
 ):
     """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo_loss``."""
-    per_token, mask = policy_token_logps(model, inputs)  # (N, C)
-    old = old_logps if config.iterations > 1 else mx.stop_gradient(per_token)
-    ref = ref_logps if config.beta > 0 else None
+    per_token, mask = batch.inputs.token_logps(model)  # (N, C)
+    old = mx.stop_gradient(per_token) if batch.old_logps is None else batch.old_logps
     loss, metrics = grpo_loss(
         per_token,
         old,
-        ref,
-        advantages,
+        batch.ref_logps if config.beta > 0 else None,
+        batch.advantages,
         mask,
         epsilon=config.epsilon,
         epsilon_high=config.epsilon_high or None,
@@ -270,7 +214,7 @@ def grpo_batch_loss(
         aggregation=config.loss,
         max_completion_tokens=config.max_completion_tokens,
     )
-    rollout = {name: stats[i] for i, name in enumerate(stat_names)}
+    rollout = {name: batch.stats[i] for i, name in enumerate(stat_names)}
     return loss, mask.sum(), {**metrics, **rollout}
 
 
@@ -296,9 +240,7 @@ def run_grpo(config: GRPOConfig) -> Path:
     )
     job = TrainJob(
         model=model,
-        loss_fn=partial(
-            grpo_batch_loss, config=config, stat_names=rollouts.stat_names()
-        ),
+        loss_fn=partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names),
         train_batch=rollouts.micro_batch,
         out=Path(config.out),
         write_weights=partial(write_weights, model, adapters),

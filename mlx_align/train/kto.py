@@ -24,20 +24,16 @@ import mlx.nn as nn
 from tqdm import tqdm
 
 from .. import losses
+from ..batches import KTOBatch
 from ..config import KTOConfig
+from ..data.batching import visited_batches
 from ..data.kto import KTOBatches, encode_kto
+from ..data.splits import load_batched_splits
 from ..errors import UserError
-from ..logprobs import sequence_logps
 from ..model.load import load_model
+from ..reference import ScoredSplit, prepare_reference
 from .adapted import weights_file, write_result, write_weights
 from .loop import TrainJob, train
-from .preference import (
-    ScoredSplit,
-    load_batches,
-    reference_and_adapters,
-    visited_batches,
-    with_reference,
-)
 
 # kto_loss's per-example sums -> the count that turns each into TRL's mean
 METRIC_COUNTS = {
@@ -68,56 +64,36 @@ def kto_means(sums: dict, valid: mx.array, denominator: mx.array) -> dict:
 
 def kto_batch_loss(
     model: nn.Module,
-    tokens: mx.array,
-    loss_mask: mx.array,
-    labels: mx.array,
-    index: mx.array,
-    ref_logps: mx.array,
+    batch: KTOBatch,
     *,
     beta: float,
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
     reference: nn.Module | None = None,
 ):
-    """Matched rows then KL rows, (2B, T); ``ref_logps`` (2B,) unless ``reference`` runs now.
+    """Matched rows then KL rows; the reference log-probs are ``batch.reference``
+    (cached) unless ``reference`` runs now.
 
     Returns the mean loss over real examples, the matched (trained) token
-    count, and metrics with ``n_examples``.
+    count, and TRL's metrics.
     """
-    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (2B,), (2B, T-1)
+    summed, lengths = batch.inputs.logps(model)  # (2B,) each
     if reference is not None:
-        ref_logps = mx.stop_gradient(sequence_logps(reference, tokens, loss_mask)[1])
+        ref_logps = mx.stop_gradient(batch.inputs.logps(reference)[0])
+    else:
+        ref_logps = batch.reference
     policy, policy_kl = mx.split(summed, 2)  # (B,) each
     ref, ref_kl = mx.split(ref_logps, 2)
-    valid = (index >= 0).astype(mx.float32)  # (B,) filler examples have index -1
-    n_valid = valid.sum()
-    denominator = mx.maximum(n_valid, 1)
+    valid = batch.valid
+    denominator = mx.maximum(valid.sum(), 1)
     kl_ratios = mx.stop_gradient(policy_kl - ref_kl)  # (B,) no gradient, as in TRL
     kl = (kl_ratios * valid).sum() / denominator  # z₀ before the clamp
     example_losses, sums = losses.kto_loss(
-        policy, ref, labels, kl, beta, desirable_weight, undesirable_weight
+        policy, ref, batch.labels, kl, beta, desirable_weight, undesirable_weight
     )  # (B,)
     loss = (example_losses * valid).sum() / denominator
-    matched_mask = mx.split(mask, 2)[0]  # (B, T-1)
-    metrics = {**kto_means(sums, valid, denominator), "n_examples": n_valid}
-    return loss, matched_mask.sum(), metrics
-
-
-def with_kto_reference(batches: KTOBatches, ref_logps: mx.array | None):
-    """Append each batch's reference log-probs (matched rows, then KL rows), (2B,)."""
-    attach = with_reference(ref_logps)
-
-    def attach_kto(batch):
-        tokens, mask, labels, index = batch
-        ref = attach((tokens, mask, index))[2]
-        return tokens, mask, labels, index, ref
-
-    return attach_kto
-
-
-def load_kto(config: KTOConfig, tokenizer) -> list[KTOBatches | None]:
-    """Train (required) and valid KTO batches."""
-    return load_batches(config, tokenizer, encode_kto, KTOBatches)
+    matched_tokens = mx.split(lengths, 2)[0].sum()
+    return loss, matched_tokens, kto_means(sums, valid, denominator)
 
 
 def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | None:
@@ -125,12 +101,11 @@ def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | N
     if batches is None:
         return None
     rows = list(zip(batches.matched, batches.mismatched, strict=True))
-
-    def pad(indices: list[int], layout: str) -> tuple:  # full rows in any layout
-        tokens, mask, _, index = batches.pad(indices)
-        return (tokens, mask), index
-
-    return ScoredSplit(rows, pad, visited_batches(batches.plan, config, split))
+    return ScoredSplit(
+        rows,
+        lambda indices, layout: batches.pad(indices),  # full rows in any layout
+        visited_batches(batches.plan, config, split),
+    )
 
 
 def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
@@ -156,9 +131,11 @@ def run_kto(config: KTOConfig) -> Path:
             "KTO needs at least 2: with one example the KL row is the example itself",
         )
     model, tokenizer, model_config = load_model(config.model)
-    train_set, valid_set = load_kto(config, tokenizer)
+    train_set, valid_set = load_batched_splits(
+        config, tokenizer, encode_kto, KTOBatches
+    )
     report_balance(config, train_set)
-    adapters, (ref_train, ref_valid), reference = reference_and_adapters(
+    reference = prepare_reference(
         config,
         model,
         [kto_split(train_set, config, "train"), kto_split(valid_set, config, "valid")],
@@ -168,23 +145,29 @@ def run_kto(config: KTOConfig) -> Path:
         beta=config.beta,
         desirable_weight=config.desirable_weight,
         undesirable_weight=config.undesirable_weight,
-        reference=reference,
+        reference=reference.model,
     )
-    attach_train = with_kto_reference(train_set, ref_train)
-    attach_valid = with_kto_reference(valid_set, ref_valid)
+    ref_train, ref_valid = reference.cached
+    make_train = train_set.maker(ref_train)
+    make_valid = valid_set and valid_set.maker(ref_valid)
     job = TrainJob(
         model=model,
         loss_fn=loss_fn,
-        train_batch=lambda k: attach_train(train_set.train_batch(k)),
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
         out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
+        write_weights=partial(write_weights, model, reference.adapters),
+        weights_file=weights_file(reference.adapters),
         eval_batches=valid_set
-        and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
         config=dataclasses.asdict(config),
-        frozen=[reference] if reference is not None else [],
+        frozen=[reference.model] if reference.model is not None else [],
     )
     train(job, config)
     return write_result(
-        model, adapters, Path(config.out), config.model, tokenizer, model_config
+        model,
+        reference.adapters,
+        Path(config.out),
+        config.model,
+        tokenizer,
+        model_config,
     )

@@ -1,9 +1,10 @@
 """The one training loop every stage uses; the stage passes in its loss.
 
-A loss function has the signature ``loss_fn(model, *batch) -> (loss, n_tokens,
-metrics)``: ``loss`` a scalar mean, ``n_tokens`` the number of trained tokens
-(it weights evaluation averages and gives tokens/s), ``metrics`` a dict of
-scalars. A micro-batch's gradients and the optimizer update are each
+A loss function has the signature ``loss_fn(model, batch) -> (loss, n_tokens,
+metrics)``: ``batch`` the stage's named batch (``batches.py``), ``loss`` a
+scalar mean, ``n_tokens`` the number of trained tokens (it gives tokens/s,
+and weighs evaluation averages unless the batch counts its ``n_examples``),
+``metrics`` a dict of scalars. A micro-batch's gradients and the optimizer update are each
 ``mx.compile``d with the model, optimizer and random state declared as their
 state, as mlx-lm's trainer does with its one step function.
 """
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -27,7 +29,7 @@ from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .grad_checkpoint import checkpoint_layers
 from .metrics import MetricsLog
 
-Batch = tuple[mx.array, ...]
+Batch = Any  # a stage's named batch: a NamedTuple of arrays (batches.py, layouts.py)
 LossFn = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
 
 
@@ -84,7 +86,7 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
     value_and_grad = nn.value_and_grad(model, job.loss_fn)
 
     def gradients(batch: Batch, weight: mx.array | None):
-        (loss, n_tokens, metrics), grad = value_and_grad(model, *batch)
+        (loss, n_tokens, metrics), grad = value_and_grad(model, batch)
         if weight is not None:
             grad = tree_map(lambda g: g * weight, grad)
         return loss, n_tokens, metrics, grad
@@ -112,13 +114,14 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
 
 
 def evaluate(job: TrainJob) -> dict[str, float]:
-    """Mean loss and metrics over the eval batches, weighted by tokens (or ``n_examples``)."""
+    """Mean loss and metrics over the eval batches, weighted by the batch's
+    ``n_examples`` where it has them (per-example metrics), else its tokens."""
     job.model.eval()
     totals: dict[str, mx.array] = {}
     n_total = mx.array(0.0)
     for batch in tqdm(job.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
-        loss, n_tokens, metrics = job.loss_fn(job.model, *batch)
-        weight = metrics.pop("n_examples", n_tokens)  # per-pair metrics weigh by pairs
+        loss, n_tokens, metrics = job.loss_fn(job.model, batch)
+        weight = getattr(batch, "n_examples", n_tokens)
         for name, value in {"loss": loss, **metrics}.items():
             totals[name] = totals.get(name, 0.0) + value * weight
         n_total = n_total + weight
@@ -220,8 +223,7 @@ def run_optimizer_step(
         loss_sum += weight * loss.item()
         n_tokens += n.item()
         for name, value in metrics.items():
-            if name != "n_examples":
-                metric_sums[name] = metric_sums.get(name, 0.0) + weight * value.item()
+            metric_sums[name] = metric_sums.get(name, 0.0) + weight * value.item()
     update_metrics = update(grad)
     mx.eval(update_metrics, job.model.parameters(), optimizer.state)
     metric_sums.update({k: v.item() for k, v in update_metrics.items()})

@@ -25,11 +25,13 @@ import numpy as np
 from tqdm import tqdm
 
 from .. import losses
+from ..batches import PairBatch
 from ..config import RewardConfig
-from ..data.batching import bucket_lengths, pad_examples
+from ..data.batching import bucket_lengths, pad_examples, visited_batches
 from ..data.errors import DataError
 from ..data.jsonl import Record, read_jsonl, split_path
-from ..data.preference import PairBatches, encode_completion
+from ..data.preference import PairBatches, encode_completion, encode_pairs
+from ..data.splits import load_batched_splits
 from ..data.tokenize import Encoded, pad_id_of
 from ..model.adapters import quantize_base
 from ..model.load import load_model
@@ -43,22 +45,14 @@ from ..model.reward_head import (
 )
 from .adapted import prepare_trainable
 from .loop import TrainJob, train
-from .preference import load_pairs, masked_pair_means
+from .pairs import masked_means
 
 
-def bt_batch_loss(
-    model: RewardModel,
-    tokens: mx.array,
-    loss_mask: mx.array,
-    index: mx.array,
-    margins: mx.array | None = None,
-    *,
-    center_coefficient: float = 0.0,
-):
-    """Chosen rows then rejected rows, (2B, T); ``margins`` (B,) -> (loss, n_tokens, metrics)."""
-    rewards = model(tokens, loss_mask)  # (2B,)
+def bt_batch_loss(model: RewardModel, batch: PairBatch, *, center_coefficient=0.0):
+    """Chosen rows then rejected rows (full rows), optional ``margins`` -> (loss, n_tokens, metrics)."""
+    rewards = model(*batch.inputs)  # (2B,)
     chosen, rejected = mx.split(rewards, 2)  # (B,), (B,)
-    pair_losses, metrics = losses.bt_loss(chosen, rejected, margins)
+    pair_losses, metrics = losses.bt_loss(chosen, rejected, batch.margins)
     if center_coefficient:
         pair_losses = pair_losses + center_coefficient * (chosen + rejected) ** 2
     metrics = {
@@ -66,43 +60,33 @@ def bt_batch_loss(
         "chosen_reward": mx.stop_gradient(chosen),
         "rejected_reward": mx.stop_gradient(rejected),
     }
-    valid = (index >= 0).astype(mx.float32)  # filler pairs have index -1
-    loss, metrics = masked_pair_means(pair_losses, metrics, valid)
-    return loss, loss_mask.sum(), metrics
-
-
-def with_margins(batches: PairBatches):
-    """Append each pair's ``margin`` (0 on filler pairs) to its batch, looked up by pair index."""
-    margins = mx.array([p.margin for p in batches.pairs], dtype=mx.float32)  # (N,)
-
-    def attach(batch):
-        tokens, mask, index = batch
-        return tokens, mask, index, margins[mx.maximum(index, 0)] * (index >= 0)
-
-    return attach
+    loss, metrics = masked_means(pair_losses, metrics, batch.valid)
+    return loss, batch.inputs.loss_mask.sum(), metrics
 
 
 def run_reward(config: RewardConfig) -> Path:
     """Train a Bradley-Terry reward model; adapters (or ``out/model``) + head in ``out``."""
     lm, tokenizer, model_config = load_model(config.model)
-    train_set, valid_set = load_pairs(config, tokenizer)
+    train_set, valid_set = load_batched_splits(
+        config, tokenizer, encode_pairs, PairBatches
+    )
     if config.quantize:
         quantize_base(lm, config.quantize)
     adapters = prepare_trainable(lm, config, config.seed)  # on the inner mlx-lm model
     model = RewardModel(lm, hidden_size_of(lm))  # the head is trainable either way
-    attach_train = with_margins(train_set)
-    attach_valid = valid_set and with_margins(valid_set)
+    make_train = train_set.maker("full", margins=True)
+    make_valid = valid_set and valid_set.maker("full", margins=True)
     job = TrainJob(
         model=model,
         loss_fn=partial(
             bt_batch_loss, center_coefficient=config.center_rewards_coefficient
         ),
-        train_batch=lambda k: attach_train(train_set.train_batch(k)),
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
         out=Path(config.out),
         write_weights=partial(save_checkpoint_weights, model),
         weights_file=CHECKPOINT_WEIGHTS,
         eval_batches=valid_set
-        and (lambda: map(attach_valid, valid_set.in_order(config.eval_batches))),
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
         config=dataclasses.asdict(config),
     )
     train(job, config)

@@ -8,7 +8,6 @@ pad token per row), padding never counts here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -17,26 +16,26 @@ import mlx.nn as nn
 from tqdm import tqdm
 
 from ..config import SFTConfig
-from ..data.batching import BatchPlan, bucket_lengths, pad_examples
+from ..data.batching import BatchPlan, bucket_lengths, visited_batches
 from ..data.jsonl import load_split
 from ..data.sft import Encoder, encode_examples
 from ..data.tokenize import Encoded, encode_sft_record, pad_id_of
-from ..logprobs import sequence_logps
+from ..layouts import FullRows
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .loop import Batch, TrainJob, train
+from .loop import TrainJob, train
 
 
-def completion_nll_loss(model: nn.Module, tokens: mx.array, loss_mask: mx.array):
-    """Mean NLL per completion token: (B, T) ids and mask -> (loss, n_tokens, metrics)."""
-    _, summed, mask = sequence_logps(model, tokens, loss_mask)  # (B,), (B, T-1)
-    n_tokens = mask.sum()
+def completion_nll_loss(model: nn.Module, batch: FullRows):
+    """Mean NLL per completion token of (B, T) rows -> (loss, n_tokens, metrics)."""
+    summed, lengths = batch.logps(model)  # (B,) each
+    n_tokens = lengths.sum()
     return -summed.sum() / mx.maximum(n_tokens, 1), n_tokens, {}
 
 
 class PaddedBatches:
-    """Examples -> fixed-shape (tokens, loss_mask) batches in a seeded, resumable order."""
+    """Examples -> fixed-shape ``FullRows`` batches in a seeded, resumable order."""
 
     def __init__(
         self,
@@ -52,17 +51,9 @@ class PaddedBatches:
             [len(e.tokens) for e in examples], batch_size, seed
         )
 
-    def _pad(self, indices: list[int]) -> Batch:
+    def pad(self, indices: list[int]) -> FullRows:
         chosen = [self.examples[i] for i in indices]
-        return pad_examples(chosen, self.batch_size, self.buckets, self.pad_id)
-
-    def train_batch(self, k: int) -> Batch:
-        return self._pad(self.plan.batch(k))
-
-    def in_order(self, limit: int = -1) -> Iterator[Batch]:
-        batches = self.plan.batches if limit < 0 else self.plan.batches[:limit]
-        for indices in batches:
-            yield self._pad(indices)
+        return FullRows.pad(chosen, self.batch_size, self.buckets, self.pad_id)
 
 
 def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
@@ -92,11 +83,14 @@ def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     job = TrainJob(
         model=model,
         loss_fn=completion_nll_loss,
-        train_batch=train_set.train_batch,
+        train_batch=lambda k: train_set.pad(train_set.plan.batch(k)),
         out=out,
         write_weights=partial(write_weights, model, adapters),
         weights_file=weights_file(adapters),
-        eval_batches=valid_set and (lambda: valid_set.in_order(config.eval_batches)),
+        eval_batches=valid_set
+        and (
+            lambda: map(valid_set.pad, visited_batches(valid_set.plan, config, "valid"))
+        ),
         config=dataclasses.asdict(config),
     )
     train(job, config)

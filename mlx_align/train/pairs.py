@@ -1,0 +1,77 @@
+"""What the pair stages (DPO, ORPO) share: per-pair means, and their wiring to the loop.
+
+A pair stage hands ``train_on_pairs`` its loss and one ``make(indices, rows,
+widths) -> PairBatch`` per split (``PairBatches.maker``); batches over the
+token budget run in weighted pieces (``data/budget.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..batches import PairBatch
+from ..data.batching import visited_batches
+from ..data.budget import fit_to_budget, token_budget
+from ..data.preference import PairBatches
+from ..events import emit
+from ..layouts import width_of
+from .adapted import weights_file, write_weights
+from .loop import TrainJob, train
+
+
+def masked_means(
+    losses: mx.array, metrics: dict, valid: mx.array
+) -> tuple[mx.array, dict]:
+    """Means over real examples (``valid`` 1.0; filler rows 0.0) of per-example losses and metrics."""
+    n_valid = mx.maximum(valid.sum(), 1)
+    means = {name: (value * valid).sum() / n_valid for name, value in metrics.items()}
+    return (losses * valid).sum() / n_valid, means
+
+
+def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
+    """Micro-batch k: ``make(plan.batch(k))``, in pieces over the budget; emits ``batch``."""
+    indices = batches.plan.batch(k)
+    fitted = fit_to_budget(make, indices, batches.batch_size, budget)
+    pieces = [b for b, _ in fitted] if isinstance(fitted, list) else [fitted]
+    pairs = [batches.pairs[i] for i in indices]
+    emit(
+        "batch",
+        pairs=len(pairs),
+        tokens=sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs),
+        widths=[width_of(piece.inputs) for piece in pieces],
+    )
+    return fitted
+
+
+def train_on_pairs(
+    config,
+    model: nn.Module,
+    adapters: dict | None,
+    loss_fn: Callable[[nn.Module, PairBatch], tuple],
+    splits: tuple[PairBatches, PairBatches | None],
+    makers: tuple[Callable, Callable | None],
+    frozen: list[nn.Module] | None = None,
+) -> None:
+    """The training loop over pair batches: train micro-batch k is
+    ``planned_batch(k)``; eval over the valid batches a run visits."""
+    (train_set, valid_set), (make_train, make_valid) = splits, makers
+    budget = token_budget(config, make_train, train_set.plan)
+    job = TrainJob(
+        model=model,
+        loss_fn=loss_fn,
+        train_batch=partial(planned_batch, make_train, train_set, budget),
+        out=Path(config.out),
+        write_weights=partial(write_weights, model, adapters),
+        weights_file=weights_file(adapters),
+        eval_batches=valid_set
+        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
+        config=dataclasses.asdict(config),
+        frozen=frozen or [],
+    )
+    train(job, config)
