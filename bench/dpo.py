@@ -68,7 +68,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -328,62 +327,39 @@ def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: d
 
 
 def mlx_align_worker(report: Path, argv: list[str]) -> None:
-    """`mlx-align` as its console script runs it, observed through ``report``."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
+    """`mlx-align` as its console script runs it, observed through ``report``.
 
-    import mlx_align.train.dpo as dpo
-    import mlx_align.train.preference as preference
+    What the run does is heard through ``mlx_align.events`` (the reference
+    pass, the trainable parameters, every train batch drawn with the pieces
+    it was split into), not by patching its modules.
+    """
+    import mlx.core as mx
+
+    from mlx_align import events
     from mlx_align.cli import main
 
     write = reporter(report)
-    reference_logps, dpo_batches = preference.reference_logps, dpo.dpo_batches
-    prepare_trainable = preference.prepare_trainable
+    heard = set()
+    drawn = iter(range(1 << 30))
 
-    def timed_reference(*args, **kwargs):
-        tic = time.perf_counter()
-        logps = reference_logps(*args, **kwargs)
-        mx.eval(logps)
-        write({"reference_s": time.perf_counter() - tic})
-        return logps
+    def listen(event: str, fields: dict) -> None:
+        heard.add(event)
+        if event == "reference":
+            write({"reference_s": fields["seconds"]})
+        elif event == "trainable":
+            write({"trainable": fields["parameters"]})
+        elif event == "batch":  # widths: full rows T; shared prompt Lp + C; packed W
+            widths = fields["widths"]
+            row = {"batch": next(drawn), "width": max(widths), "widths": widths}
+            write({**row, "pairs": fields["pairs"], "tokens": fields["tokens"]})
 
-    fit_to_budget = preference.fit_to_budget
-
-    def recorded_fit(make, indices, rows, budget):
-        """Record every train batch the run draws (the loop asks each through
-        ``fit_to_budget``), with the pieces it was split into."""
-        fitted = fit_to_budget(make, indices, rows, budget)
-        pieces = [b for b, _ in fitted] if isinstance(fitted, list) else [fitted]
-        pairs = [make.batches.pairs[i] for i in indices]
-        tokens = sum(p.chosen.n_completion + p.rejected.n_completion for p in pairs)
-        # full rows: T; shared prompt: Lp + C; packed rows: their width
-        widths = [
-            sum(preference.padded_widths(inputs)) or inputs[0].shape[1]
-            for inputs, _ in pieces
-        ]
-        row = {"batch": recorded_fit.drawn, "width": max(widths), "widths": widths}
-        write({**row, "pairs": len(pairs), "tokens": tokens})
-        recorded_fit.drawn += 1
-        return fitted
-
-    recorded_fit.drawn = 0
-
-    def batches_with_source(batches, *args, **kwargs):
-        make = dpo_batches(batches, *args, **kwargs)
-        make.batches = batches  # for the recorder's token count
-        return make
-
-    def counted_trainable(model, *args, **kwargs):
-        adapters = prepare_trainable(model, *args, **kwargs)
-        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-        write({"trainable": trainable})
-        return adapters
-
-    preference.reference_logps = timed_reference  # called once per split
-    preference.prepare_trainable = counted_trainable
-    dpo.dpo_batches = batches_with_source
-    preference.fit_to_budget = recorded_fit
-    main(argv)
+    with events.listening(listen):
+        main(argv)
+    missing = {"trainable", "batch"} - heard
+    if missing:
+        raise SystemExit(
+            f"the run emitted no {sorted(missing)} events: update the bench"
+        )
     out = Path(argv[argv.index("--out") + 1])
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     for line in (x for x in log if "tokens" in x):  # --log-every 1: one line per step

@@ -384,55 +384,37 @@ def rollout_record(lengths: list[int], seconds: float, limit: int) -> dict:
 
 
 def mlx_align_worker(report: Path, argv: list[str]) -> None:
-    """`mlx-align` as its console script runs it, observed through ``report``."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
+    """`mlx-align` as its console script runs it, observed through ``report``.
 
-    import mlx_align.train.grpo as grpo
+    What the run does is heard through ``mlx_align.events`` (each rollout
+    batch's sampling and scoring, the trainable parameters), not by patching
+    its modules.
+    """
+    import mlx.core as mx
+
+    from mlx_align import events
     from mlx_align.cli import main
 
     write = reporter(report)
     limit = int(argv[argv.index("--max-completion-tokens") + 1])
-    sample_groups, sample, score = (
-        grpo.sample_groups,
-        grpo.Rollouts.sample,
-        grpo.Rollouts.score,
-    )
-    prepare_trainable = grpo.prepare_trainable
-    groups: list[tuple[list[int], float]] = []
+    heard = set()
 
-    def timed_groups(*args, **kwargs):  # the step's prompts x G completions
-        tic = time.perf_counter()
-        out = sample_groups(*args, **kwargs)  # returns Python lists: synced
-        lengths = [len(c) for group in out for c in group.completions]
-        groups.append((lengths, time.perf_counter() - tic))
-        return out
+    def listen(event: str, fields: dict) -> None:
+        heard.add(event)
+        if event == "rollout":  # one step's prompts x G completions
+            write(rollout_record(fields["lengths"], fields["seconds"], limit))
+        elif event == "rewards":
+            write({"score_s": fields["seconds"]})
+        elif event == "trainable":
+            write({"trainable": fields["parameters"]})
 
-    def timed_sample(self, rollout_id):  # one step's rollout batch
-        groups.clear()
-        out = sample(self, rollout_id)
-        lengths = [n for g, _ in groups for n in g]
-        write(rollout_record(lengths, sum(s for _, s in groups), limit))
-        return out
-
-    def timed_score(self, *args, **kwargs):
-        tic = time.perf_counter()
-        rewards, metrics = score(self, *args, **kwargs)
-        mx.eval(rewards)
-        write({"score_s": time.perf_counter() - tic})
-        return rewards, metrics
-
-    def counted_trainable(model, *args, **kwargs):
-        adapters = prepare_trainable(model, *args, **kwargs)
-        trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-        write({"trainable": trainable})
-        return adapters
-
-    grpo.sample_groups = timed_groups
-    grpo.Rollouts.sample = timed_sample
-    grpo.Rollouts.score = timed_score
-    grpo.prepare_trainable = counted_trainable
-    main(argv)
+    with events.listening(listen):
+        main(argv)
+    missing = {"trainable", "rollout", "rewards"} - heard
+    if missing:
+        raise SystemExit(
+            f"the run emitted no {sorted(missing)} events: update the bench"
+        )
     out = Path(argv[argv.index("--out") + 1])
     log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
     for line in (x for x in log if "tokens" in x):  # --log-every 1: one line per step

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,6 +24,27 @@ def setting(default: Any, help: str, **kwargs: Any) -> Any:
     registry the code calls, read when a value is checked (so the CLI starts
     without importing MLX, and a registry entry is a CLI choice)."""
     return field(default=default, metadata={"help": help, **kwargs})
+
+
+def stage_defaults(**defaults: Any) -> Callable[[type], type]:
+    """``@dataclass``, with the defaults of some inherited settings changed: a
+    stage declares only the value (e.g. its learning rate); the help stays
+    where the setting is declared."""
+
+    def make(cls: type) -> type:
+        annotations = cls.__dict__.get("__annotations__", {})
+        for name, value in defaults.items():
+            inherited = next(
+                base.__dataclass_fields__[name]
+                for base in cls.__mro__[1:]
+                if name in getattr(base, "__dataclass_fields__", {})
+            )
+            annotations[name] = inherited.type
+            setattr(cls, name, field(default=value, metadata=inherited.metadata))
+        cls.__annotations__ = annotations
+        return dataclass(cls)
+
+    return make
 
 
 @dataclass
@@ -99,11 +121,8 @@ class AdapterSettings:
     )
 
 
-@dataclass
+@stage_defaults(learning_rate=1e-3)
 class PretrainConfig(RunSettings, TrainSettings):
-    learning_rate: float = setting(
-        1e-3, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
-    )
     max_length: int = setting(
         256, "Longest sequence in tokens; longer documents are truncated."
     )
@@ -237,7 +256,7 @@ class PairSettings:
     )
 
 
-@dataclass
+@stage_defaults(learning_rate=5e-5)
 class DPOConfig(
     RunSettings, TrainSettings, AdapterSettings, PreferenceSettings, PairSettings
 ):
@@ -251,28 +270,19 @@ class DPOConfig(
         0.0, "ε for the robust loss: assumed fraction of flipped labels."
     )
     sft_weight: float = setting(0.0, "α: add α · NLL of the chosen completion (RPO).")
-    learning_rate: float = setting(
-        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
-    )
 
 
-@dataclass
+@stage_defaults(learning_rate=5e-5)
 class ORPOConfig(RunSettings, TrainSettings, AdapterSettings, PairSettings):
     beta: float = setting(
         0.1, "λ: weight of the odds-ratio term against the chosen NLL."
     )
-    learning_rate: float = setting(
-        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
-    )
 
 
-@dataclass
+@stage_defaults(learning_rate=5e-5)
 class KTOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings):
     desirable_weight: float = setting(1.0, "λ_D: weight of desirable examples.")
     undesirable_weight: float = setting(1.0, "λ_U: weight of undesirable examples.")
-    learning_rate: float = setting(
-        5e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
-    )
 
 
 @dataclass
@@ -282,7 +292,7 @@ class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
     )
 
 
-@dataclass
+@stage_defaults(learning_rate=1e-5)
 class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
     batch_size: int = setting(
         2, "Prompts per micro-batch; each is sampled --group-size times."
@@ -324,9 +334,6 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
         "Sample from LoRA-fused weights, a copy held during each rollout "
         "(auto: when the copy is under 10% of memory; never for a quantized base).",
         choices="mlx_align.fused_sampler:FUSE_CHOICES",
-    )
-    learning_rate: float = setting(
-        1e-5, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
     )
     max_length: int = setting(1024, "Longest prompt + completion in tokens.")
 

@@ -11,7 +11,8 @@ from mlx_lm.generate import generate_step
 from mlx_align.config import EvalMathConfig, GRPOConfig
 from mlx_align.eval_math import run_eval_math
 from mlx_align.rollout import sample_group, trim_at_eos
-from mlx_align.train.grpo import rollout_index, run_grpo
+from mlx_align.train.grpo import run_grpo
+from mlx_align.train.rollouts import rollout_index
 
 
 def starts_with_space(prompts, completions, **columns):
@@ -167,7 +168,7 @@ def test_models_without_shared_prompt_support_score_full_rows(
     tiny_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        "mlx_align.train.grpo.supports_shared_prompts", lambda model: False
+        "mlx_align.train.rollouts.supports_shared_prompts", lambda model: False
     )
     run_grpo(
         grpo_config(

@@ -1,0 +1,181 @@
+"""GRPO's batches: groups sampled from the policy, scored, batched for the loss, reused μ times.
+
+Sampling is ``rollout.py``'s, scoring ``rewards/scoring.py``'s, advantages
+``advantages.py``'s and padding ``layouts.py``'s; this module puts them in
+order for one micro-batch and keeps it while μ optimizer steps use it.
+Micro-batch k of the run uses rollout batch ``(step // μ) · A + micro``
+(A = gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ..advantages import group_advantages
+from ..batches import GRPOBatch
+from ..config import GRPOConfig
+from ..data.batching import BatchPlan, bucket_for, bucket_lengths
+from ..data.jsonl import Record
+from ..data.tokenize import Encoded, encode_prompt, pad_id_of
+from ..events import emit
+from ..fused_sampler import FusedSampler, sampling_model
+from ..layouts import FullRows, SharedPrompt
+from ..logprobs import supports_shared_prompts
+from ..rewards.scoring import GroupScorer
+from ..rollout import Group, sample_groups
+
+ROLLOUT_STATS = (
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "completion_length_mean",
+    "completion_length_max",
+)
+
+
+def rollout_index(micro_batch: int, accumulation: int, passes: int) -> int:
+    """The rollout batch that micro-batch k trains on: each is reused for ``passes`` steps."""
+    step, micro = divmod(micro_batch, accumulation)
+    return (step // passes) * accumulation + micro
+
+
+class Rollouts:
+    """Micro-batch k of a GRPO run: sampled, scored and batched once, reused μ times."""
+
+    def __init__(
+        self, config: GRPOConfig, model: nn.Module, tokenizer, records: list[Record]
+    ):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.records = records
+        self.prompts = [encode_prompt(tokenizer, r) for r in records]
+        self.plan = BatchPlan.by_length(
+            [len(p) for p in self.prompts], config.batch_size, config.seed
+        )
+        self.scorer = GroupScorer(config.reward, config.reward_weights)
+        self.eos_ids = set(tokenizer.eos_token_ids)
+        self.pad_id = pad_id_of(tokenizer)
+        self.buckets = bucket_lengths(config.max_length)
+        self.reference: nn.Module | None = None  # run once per rollout when β > 0
+        self.sampler: FusedSampler | None = None  # set once adapters are on
+        # Score each prompt once per group in the train step (exact; llama-family models).
+        self.shared_prompts = supports_shared_prompts(model)
+        self.cache: dict[int, GRPOBatch] = {}
+        self.samples_path = Path(config.out) / "samples.jsonl"
+
+    @property
+    def stat_names(self) -> list[str]:
+        """What ``GRPOBatch.stats`` holds, in order."""
+        return [*ROLLOUT_STATS, *self.scorer.metric_names]
+
+    def micro_batch(self, k: int) -> GRPOBatch:
+        accumulation = self.config.grad_accumulation
+        rollout_id = rollout_index(k, accumulation, self.config.iterations)
+        if rollout_id not in self.cache:
+            kept = {
+                i: v for i, v in self.cache.items() if i > rollout_id - accumulation
+            }
+            self.cache = {rollout_id: self.sample(rollout_id), **kept}
+        return self.cache[rollout_id]
+
+    def sample(self, rollout_id: int) -> GRPOBatch:
+        """Sample the rollout batch's groups, score them, and batch them for the loss."""
+        config, indices = self.config, self.plan.batch(rollout_id)
+        tic = time.perf_counter()
+        with sampling_model(self.model, self.sampler) as model:
+            groups = sample_groups(
+                model,
+                [self.prompts[i] for i in indices],
+                config.group_size,
+                config.max_completion_tokens,
+                self.eos_ids,
+                config.temperature,
+                config.top_p,
+            )
+        lengths = [len(c) for g in groups for c in g.completions]
+        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+        texts = [
+            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
+            for g in groups
+            for c in g.completions
+        ]
+        tic = time.perf_counter()
+        records = [self.records[i] for i in indices]
+        rewards, reward_metrics = self.scorer(records, config.group_size, texts)
+        emit("rewards", seconds=time.perf_counter() - tic)
+        advantages, adv_metrics = group_advantages(
+            rewards, config.group_size, config.scale_rewards
+        )
+        if rollout_id % max(config.log_every, 1) == 0:
+            write_samples(
+                self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
+            )
+        stats = {
+            **reward_metrics,
+            "frac_reward_zero_std": adv_metrics["frac_reward_zero_std"].item(),
+            "completion_length_mean": sum(lengths) / len(lengths),
+            "completion_length_max": max(lengths),
+        }
+        inputs = self.inputs(groups)
+        return GRPOBatch(
+            inputs,
+            old_logps=self.fixed_logps(self.model, inputs)
+            if config.iterations > 1
+            else None,
+            ref_logps=self.fixed_logps(self.reference, inputs),
+            advantages=advantages,
+            stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
+        )
+
+    def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
+        """The groups as the loss scores them: prompts once per group, or full rows."""
+        if self.shared_prompts:
+            width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
+            widths = (width, self.config.max_completion_tokens)
+            completions = [c for g in groups for c in g.completions]
+            prompts = [g.prompt for g in groups]
+            return SharedPrompt.pad(
+                prompts, completions, len(groups), self.pad_id, widths
+            )
+        rows = [
+            Encoded(g.prompt + c, len(g.prompt)) for g in groups for c in g.completions
+        ]
+        return FullRows.pad(rows, len(rows), self.buckets, self.pad_id)
+
+    @staticmethod
+    def fixed_logps(model: nn.Module | None, inputs) -> mx.array | None:
+        """Per-token log-probs of ``model`` at rollout time, held fixed; None without a model."""
+        if model is None:
+            return None
+        per_token = mx.stop_gradient(inputs.token_logps(model)[0])
+        mx.eval(per_token)
+        return per_token
+
+
+def write_samples(
+    path: Path,
+    rollout_id: int,
+    tokenizer,
+    groups: list[Group],
+    texts,
+    rewards,
+    per_group: int = 2,
+) -> None:
+    """Append the first ``per_group`` completions of each group, with their rewards, to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = len(texts) // len(groups)
+    with open(path, "a") as f:
+        for j, group in enumerate(groups):
+            prompt = tokenizer.decode(group.prompt)
+            for c in range(min(per_group, size)):
+                row = {
+                    "rollout": rollout_id,
+                    "prompt": prompt,
+                    "completion": texts[j * size + c],
+                    "reward": rewards[j * size + c].item(),
+                }
+                f.write(json.dumps(row) + "\n")
