@@ -25,6 +25,14 @@ def filler_mask(index: mx.array) -> mx.array:
     return (index >= 0).astype(mx.float32)
 
 
+def _valid(batch) -> mx.array:
+    return filler_mask(batch.index)
+
+
+def _n_examples(batch) -> mx.array:
+    return filler_mask(batch.index).sum()
+
+
 def columns_by_index(table: mx.array, index: mx.array) -> mx.array:
     """Rows ``index`` of a per-example (N, K) table, 0 on filler, as (K*B,): column 0 of every example, then column 1."""
     rows = table[mx.maximum(index, 0)] * (index >= 0)[:, None]  # (B, K)
@@ -39,13 +47,8 @@ class PairBatch(NamedTuple):
     reference: mx.array | None = None  # (2B,) cached reference log-probs (DPO)
     margins: mx.array | None = None  # (B,) the pairs' ``margin`` column (reward)
 
-    @property
-    def valid(self) -> mx.array:
-        return filler_mask(self.index)
-
-    @property
-    def n_examples(self) -> mx.array:
-        return self.valid.sum()
+    valid = property(_valid)  # (B,) 1.0 on real examples
+    n_examples = property(_n_examples)
 
 
 class KTOBatch(NamedTuple):
@@ -56,13 +59,8 @@ class KTOBatch(NamedTuple):
     index: mx.array  # (B,) example ids, -1 on filler examples
     reference: mx.array | None = None  # (2B,) cached reference log-probs
 
-    @property
-    def valid(self) -> mx.array:
-        return filler_mask(self.index)
-
-    @property
-    def n_examples(self) -> mx.array:
-        return self.valid.sum()
+    valid = property(_valid)  # (B,) 1.0 on real examples
+    n_examples = property(_n_examples)
 
 
 class GRPOBatch(NamedTuple):

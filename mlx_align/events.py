@@ -8,7 +8,9 @@ cannot silently leave them measuring nothing.
 
 Events: ``trainable`` (parameters), ``reference`` (seconds, items),
 ``batch`` (pairs, tokens, widths), ``rollout`` (lengths, seconds),
-``rewards`` (seconds).
+``rewards`` (seconds), ``step`` (step: after each optimizer step, its
+checkpoint written; a listener raising ``KeyboardInterrupt`` there is a
+Ctrl-C).
 """
 
 from __future__ import annotations

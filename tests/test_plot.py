@@ -23,7 +23,7 @@ ROWS = [
         "learning_rate": 1e-5,
     },
     {"step": 2, "loss": 0.6, "rewards/accuracies": 0.75, "rewards/margins": 0.2},
-    {"step": 2, "val_loss": 0.65, "val_rewards/accuracies": 0.6, "val_n_examples": 8},
+    {"step": 2, "val_loss": 0.65, "val_rewards/accuracies": 0.6, "val_tokens": 8},
     {"step": 3, "loss": math.nan, "rewards/accuracies": 1.0, "rewards/margins": 0.5},
     {"step": 3, "val_loss": 0.55, "val_rewards/accuracies": 0.8},
 ]

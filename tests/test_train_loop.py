@@ -10,6 +10,7 @@ import pytest
 from mlx.utils import tree_flatten
 from test_sft import sft_config
 
+from mlx_align import events
 from mlx_align.config import SFTConfig, TrainSettings, build_config
 from mlx_align.layouts import FullRows
 from mlx_align.train import loop
@@ -21,9 +22,7 @@ def adapter_weights(run_dir):
     return mx.load(str(run_dir / "adapters.safetensors"))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(
-    tiny_model, sft_dir, tmp_path, monkeypatch
-):
+def test_interrupted_run_resumes_to_the_same_weights(tiny_model, sft_dir, tmp_path):
     # Dropout and two-step accumulation make the RNG state and the data order matter.
     settings = dict(
         steps=8, save_every=3, lora_dropout=0.1, grad_accumulation=2, batch_size=2
@@ -31,22 +30,15 @@ def test_interrupted_run_resumes_to_the_same_weights(
     run_sft(sft_config(tiny_model, sft_dir, tmp_path / "straight", **settings))
 
     interrupted = tmp_path / "interrupted"
-    real_train = loop.train
 
-    def stop_at_step_5(job, cfg):
-        def on_step(step):
-            if step == 5:
-                raise KeyboardInterrupt
+    def ctrl_c_after_step_5(event, fields):
+        if event == "step" and fields["step"] == 5:
+            raise KeyboardInterrupt
 
-        job.on_step = on_step
-        return real_train(job, cfg)
-
-    monkeypatch.setattr("mlx_align.train.sft.train", stop_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
+    with events.listening(ctrl_c_after_step_5), pytest.raises(KeyboardInterrupt):
         run_sft(sft_config(tiny_model, sft_dir, interrupted, **settings))
     checkpoints = sorted(p.name for p in (interrupted / "checkpoints").iterdir())
     assert checkpoints == ["step_0000003", "step_0000005"]  # step 5 written on Ctrl-C
-    monkeypatch.setattr("mlx_align.train.sft.train", real_train)
 
     run_sft(sft_config(tiny_model, sft_dir, interrupted, resume=True, **settings))
     straight, resumed = (

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -10,6 +14,7 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from ..config import AdapterSettings
+from ..data.batching import BatchPlan, visited_batches
 from ..events import emit
 from ..model.adapters import (
     ADAPTER_WEIGHTS,
@@ -19,6 +24,7 @@ from ..model.adapters import (
     save_adapters,
 )
 from ..model.load import save_full_model
+from .loop import TrainJob, train
 
 FULL_WEIGHTS = "model.safetensors"
 
@@ -66,3 +72,45 @@ def write_result(
         save_adapters(model, adapters, out)
         return out
     return save_full_model(out / "model", source, model, tokenizer, config)
+
+
+def stage_job(
+    config,
+    model: nn.Module,
+    adapters: dict | None,
+    loss_fn: Callable,
+    train_batch: Callable[[int], Any],
+    valid: tuple[BatchPlan, Callable[[list[int]], Any]] | None = None,
+    frozen: Sequence[nn.Module | None] = (),
+) -> TrainJob:
+    """The loop's job for a stage that trains ``model`` (adapters or every weight).
+
+    ``valid`` = (plan, make): evaluation runs ``make`` on the valid batches
+    the run visits (``--eval-batches``); ``frozen``: models the loss runs but
+    never trains (None entries are skipped).
+    """
+    eval_batches = None
+    if valid:
+        plan, make = valid
+        eval_batches = lambda: map(make, visited_batches(plan, config, "valid"))  # noqa: E731
+    return TrainJob(
+        model=model,
+        loss_fn=loss_fn,
+        train_batch=train_batch,
+        out=Path(config.out),
+        write_weights=partial(write_weights, model, adapters),
+        weights_file=weights_file(adapters),
+        eval_batches=eval_batches,
+        config=dataclasses.asdict(config),
+        frozen=[m for m in frozen if m is not None],
+    )
+
+
+def train_and_write(
+    job: TrainJob, config, adapters: dict | None, tokenizer, model_config: dict
+) -> Path:
+    """Run the loop, then write the stage's result (``write_result``)."""
+    train(job, config)
+    return write_result(
+        job.model, adapters, Path(config.out), config.model, tokenizer, model_config
+    )

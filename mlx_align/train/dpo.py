@@ -27,7 +27,6 @@ from ..data.splits import load_batched_splits
 from ..layouts import choose_layout
 from ..model.load import load_model
 from ..reference import ScoredSplit, prepare_reference
-from .adapted import write_result
 from .pairs import masked_means, train_on_pairs
 
 
@@ -100,15 +99,16 @@ def run_dpo(config: DPOConfig) -> Path:
         s and s.maker(layout, cached)
         for s, cached in zip(splits, reference.cached, strict=True)
     ]
-    frozen = [reference.model] if reference.model is not None else []
-    train_on_pairs(config, model, reference.adapters, loss_fn, splits, makers, frozen)
-    return write_result(
+    return train_on_pairs(
+        config,
         model,
         reference.adapters,
-        Path(config.out),
-        config.model,
+        loss_fn,
+        splits,
+        makers,
         tokenizer,
         model_config,
+        frozen=(reference.model,),
     )
 
 

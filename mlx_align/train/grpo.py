@@ -13,7 +13,6 @@ from ``rollouts.py``.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -29,8 +28,7 @@ from ..losses import grpo_loss
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
-from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .loop import TrainJob, train
+from .adapted import prepare_trainable, stage_job, train_and_write
 from .rollouts import Rollouts
 
 
@@ -76,16 +74,6 @@ def run_grpo(config: GRPOConfig) -> Path:
     tqdm.write(
         f"GRPO: {len(records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )
-    job = TrainJob(
-        model=model,
-        loss_fn=partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names),
-        train_batch=rollouts.micro_batch,
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        config=dataclasses.asdict(config),
-    )
-    train(job, config)
-    return write_result(
-        model, adapters, Path(config.out), config.model, tokenizer, model_config
-    )
+    loss_fn = partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names)
+    job = stage_job(config, model, adapters, loss_fn, rollouts.micro_batch)
+    return train_and_write(job, config, adapters, tokenizer, model_config)

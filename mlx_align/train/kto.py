@@ -15,7 +15,6 @@ separate one.
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -32,8 +31,7 @@ from ..data.splits import load_batched_splits
 from ..errors import UserError
 from ..model.load import load_model
 from ..reference import ScoredSplit, prepare_reference
-from .adapted import weights_file, write_result, write_weights
-from .loop import TrainJob, train
+from .adapted import stage_job, train_and_write
 
 # kto_loss's per-example sums -> the count that turns each into TRL's mean
 METRIC_COUNTS = {
@@ -150,24 +148,13 @@ def run_kto(config: KTOConfig) -> Path:
     ref_train, ref_valid = reference.cached
     make_train = train_set.maker(ref_train)
     make_valid = valid_set and valid_set.maker(ref_valid)
-    job = TrainJob(
-        model=model,
-        loss_fn=loss_fn,
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, reference.adapters),
-        weights_file=weights_file(reference.adapters),
-        eval_batches=valid_set
-        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
-        config=dataclasses.asdict(config),
-        frozen=[reference.model] if reference.model is not None else [],
-    )
-    train(job, config)
-    return write_result(
+    job = stage_job(
+        config,
         model,
         reference.adapters,
-        Path(config.out),
-        config.model,
-        tokenizer,
-        model_config,
+        loss_fn,
+        train_batch=lambda k: make_train(train_set.plan.batch(k)),
+        valid=valid_set and (valid_set.plan, make_valid),
+        frozen=[reference.model],
     )
+    return train_and_write(job, config, reference.adapters, tokenizer, model_config)

@@ -25,6 +25,7 @@ from mlx.utils import tree_map
 from tqdm import tqdm
 
 from ..config import TrainSettings
+from ..events import emit
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .grad_checkpoint import checkpoint_layers
 from .metrics import MetricsLog
@@ -49,7 +50,6 @@ class TrainJob:
     weights_file: str  # the file write_weights writes the trainable arrays to
     eval_batches: Callable[[], Iterable[Batch]] | None = None
     config: dict = field(default_factory=dict)
-    on_step: Callable[[int], None] | None = None  # called after each optimizer step
     # Models the loss reads but never trains (a reference run each step): their
     # arrays must be declared as inputs of the compiled step.
     frozen: list[nn.Module] = field(default_factory=list)
@@ -174,8 +174,7 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
                 log.write(it, evaluate(job))
             if settings.save_every and it % settings.save_every == 0:
                 save(step=it)
-            if job.on_step:
-                job.on_step(it)
+            emit("step", step=it)
     except KeyboardInterrupt:
         if finished > start:
             path = save(step=finished)

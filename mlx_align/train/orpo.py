@@ -22,7 +22,7 @@ from ..data.splits import load_batched_splits
 from ..layouts import choose_layout
 from ..model.adapters import quantize_base
 from ..model.load import load_model
-from .adapted import prepare_trainable, write_result
+from .adapted import prepare_trainable
 from .pairs import masked_means, train_on_pairs
 
 
@@ -48,7 +48,6 @@ def run_orpo(config: ORPOConfig) -> Path:
     layout = choose_layout(config.padding_free, model)
     makers = [s and s.maker(layout) for s in splits]
     loss_fn = partial(orpo_batch_loss, beta=config.beta)
-    train_on_pairs(config, model, adapters, loss_fn, splits, makers)
-    return write_result(
-        model, adapters, Path(config.out), config.model, tokenizer, model_config
+    return train_on_pairs(
+        config, model, adapters, loss_fn, splits, makers, tokenizer, model_config
     )

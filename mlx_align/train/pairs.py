@@ -7,7 +7,6 @@ token budget run in weighted pieces (``data/budget.py``).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -16,13 +15,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..batches import PairBatch
-from ..data.batching import visited_batches
 from ..data.budget import fit_to_budget, token_budget
 from ..data.preference import PairBatches
 from ..events import emit
 from ..layouts import width_of
-from .adapted import weights_file, write_weights
-from .loop import TrainJob, train
+from .adapted import stage_job, train_and_write
 
 
 def masked_means(
@@ -56,22 +53,21 @@ def train_on_pairs(
     loss_fn: Callable[[nn.Module, PairBatch], tuple],
     splits: tuple[PairBatches, PairBatches | None],
     makers: tuple[Callable, Callable | None],
-    frozen: list[nn.Module] | None = None,
-) -> None:
-    """The training loop over pair batches: train micro-batch k is
+    tokenizer,
+    model_config: dict,
+    frozen: tuple[nn.Module | None, ...] = (),
+) -> Path:
+    """Train on pair batches and write the result: train micro-batch k is
     ``planned_batch(k)``; eval over the valid batches a run visits."""
     (train_set, valid_set), (make_train, make_valid) = splits, makers
     budget = token_budget(config, make_train, train_set.plan)
-    job = TrainJob(
-        model=model,
-        loss_fn=loss_fn,
+    job = stage_job(
+        config,
+        model,
+        adapters,
+        loss_fn,
         train_batch=partial(planned_batch, make_train, train_set, budget),
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        eval_batches=valid_set
-        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
-        config=dataclasses.asdict(config),
-        frozen=frozen or [],
+        valid=valid_set and (valid_set.plan, make_valid),
+        frozen=frozen,
     )
-    train(job, config)
+    return train_and_write(job, config, adapters, tokenizer, model_config)

@@ -7,8 +7,6 @@ pad token per row), padding never counts here.
 
 from __future__ import annotations
 
-import dataclasses
-from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
@@ -16,15 +14,14 @@ import mlx.nn as nn
 from tqdm import tqdm
 
 from ..config import SFTConfig
-from ..data.batching import BatchPlan, bucket_lengths, visited_batches
+from ..data.batching import BatchPlan, bucket_lengths
 from ..data.jsonl import load_split
 from ..data.sft import Encoder, encode_examples
 from ..data.tokenize import Encoded, encode_sft_record, pad_id_of
 from ..layouts import FullRows
 from ..model.adapters import quantize_base
 from ..model.load import load_model
-from .adapted import prepare_trainable, weights_file, write_result, write_weights
-from .loop import TrainJob, train
+from .adapted import prepare_trainable, stage_job, train_and_write
 
 
 def completion_nll_loss(model: nn.Module, batch: FullRows):
@@ -58,7 +55,6 @@ class PaddedBatches:
 
 def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     """Train and write the result: adapters in ``out`` (LoRA/DoRA) or ``out/model`` (full)."""
-    out = Path(config.out)
     # Bad data fails before a large model is loaded.
     train_records = load_split(config.data, "train", required=True)
     valid_records = load_split(config.data, "valid")
@@ -80,18 +76,12 @@ def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
         quantize_base(model, config.quantize)
     adapters = prepare_trainable(model, config, config.seed)
 
-    job = TrainJob(
-        model=model,
-        loss_fn=completion_nll_loss,
+    job = stage_job(
+        config,
+        model,
+        adapters,
+        completion_nll_loss,
         train_batch=lambda k: train_set.pad(train_set.plan.batch(k)),
-        out=out,
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        eval_batches=valid_set
-        and (
-            lambda: map(valid_set.pad, visited_batches(valid_set.plan, config, "valid"))
-        ),
-        config=dataclasses.asdict(config),
+        valid=valid_set and (valid_set.plan, valid_set.pad),
     )
-    train(job, config)
-    return write_result(model, adapters, out, config.model, tokenizer, model_config)
+    return train_and_write(job, config, adapters, tokenizer, model_config)
