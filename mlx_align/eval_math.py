@@ -15,6 +15,22 @@ from .fused_sampler import fuse_in_place
 from .rewards.math import math_reward
 
 
+def write_judged(path: Path, records, texts, answers, scores) -> None:
+    """One JSON line per problem: its line, the completion, the answer, correct (1/0/None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for record, text, answer, score in zip(
+            records, texts, answers, scores, strict=True
+        ):
+            row = {
+                "line": record.line,
+                "completion": text,
+                "answer": answer,
+                "correct": score,
+            }
+            f.write(json.dumps(row) + "\n")
+
+
 def run_eval_math(config: EvalMathConfig) -> float:
     """Greedy completions of every problem, judged by ``math_reward``; returns the accuracy."""
     records = load_split(config.data, config.split, required=True)
@@ -41,22 +57,7 @@ def run_eval_math(config: EvalMathConfig) -> float:
     judged = [s for s in scores if s is not None]
     accuracy = sum(judged) / max(len(judged), 1)
     if config.out:
-        Path(config.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(config.out, "w") as f:
-            for record, text, answer, score in zip(
-                records, texts, answers, scores, strict=True
-            ):
-                f.write(
-                    json.dumps(
-                        {
-                            "line": record.line,
-                            "completion": text,
-                            "answer": answer,
-                            "correct": score,
-                        }
-                    )
-                    + "\n"
-                )
+        write_judged(Path(config.out), records, texts, answers, scores)
     unjudged = len(scores) - len(judged)
     note = f" ({unjudged} with an unparseable reference left out)" if unjudged else ""
     print(f"math accuracy: {accuracy:.4f} ({int(sum(judged))}/{len(judged)}){note}")

@@ -130,12 +130,9 @@ def evaluate(job: TrainJob) -> dict[str, float]:
     return {f"val_{k}": (v / mx.maximum(n_total, 1)).item() for k, v in totals.items()}
 
 
-def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
-    """Run ``settings.steps`` optimizer steps; returns the last logged metrics.
-
-    Ctrl-C writes a checkpoint of the last finished step before exiting, so
-    ``--resume`` loses nothing.
-    """
+def start_run(job: TrainJob, settings: TrainSettings) -> tuple[optim.Optimizer, int]:
+    """The optimizer, and the step to start after: the latest checkpoint's with
+    ``--resume`` (its weights and optimizer state loaded), else 0."""
     model, out = job.model, job.out
     out.mkdir(parents=True, exist_ok=True)
     mx.random.seed(settings.seed)
@@ -148,6 +145,17 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     if settings.grad_checkpoint:
         checkpoint_layers(model.layers)
     model.train()
+    return optimizer, start
+
+
+def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
+    """Run ``settings.steps`` optimizer steps; returns the last logged metrics.
+
+    Ctrl-C writes a checkpoint of the last finished step before exiting, so
+    ``--resume`` loses nothing.
+    """
+    model, out = job.model, job.out
+    optimizer, start = start_run(job, settings)
     step = make_step(job, optimizer, settings)
     log = MetricsLog(out / "metrics.jsonl", resume_from=start)
     save = partial(

@@ -193,6 +193,12 @@ def run_score(
     else:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text)
+    report_pair_accuracy(rows)
+    return rows
+
+
+def report_pair_accuracy(rows: list[dict]) -> None:
+    """On stderr: the share of pairs whose chosen response scored above the rejected one."""
     by_line = {}
     for row in rows:
         by_line.setdefault(row["line"], {})[row["field"]] = row["reward"]
@@ -204,4 +210,3 @@ def run_score(
             f"(accuracy {right / len(pairs):.3f})",
             file=sys.stderr,
         )
-    return rows

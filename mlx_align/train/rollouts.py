@@ -85,19 +85,7 @@ class Rollouts:
     def sample(self, rollout_id: int) -> GRPOBatch:
         """Sample the rollout batch's groups, score them, and batch them for the loss."""
         config, indices = self.config, self.plan.batch(rollout_id)
-        tic = time.perf_counter()
-        with sampling_model(self.model, self.sampler) as model:
-            groups = sample_groups(
-                model,
-                [self.prompts[i] for i in indices],
-                config.group_size,
-                config.max_completion_tokens,
-                self.eos_ids,
-                config.temperature,
-                config.top_p,
-            )
-        lengths = [len(c) for g in groups for c in g.completions]
-        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+        groups = self.sample_groups(indices)
         texts = [
             self.tokenizer.decode([t for t in c if t not in self.eos_ids])
             for g in groups
@@ -114,6 +102,7 @@ class Rollouts:
             write_samples(
                 self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
             )
+        lengths = [len(c) for g in groups for c in g.completions]
         stats = {
             **reward_metrics,
             "frac_reward_zero_std": adv_metrics["frac_reward_zero_std"].item(),
@@ -121,15 +110,31 @@ class Rollouts:
             "completion_length_max": max(lengths),
         }
         inputs = self.inputs(groups)
+        several_passes = config.iterations > 1
         return GRPOBatch(
             inputs,
-            old_logps=self.fixed_logps(self.model, inputs)
-            if config.iterations > 1
-            else None,
+            old_logps=self.fixed_logps(self.model, inputs) if several_passes else None,
             ref_logps=self.fixed_logps(self.reference, inputs),
             advantages=advantages,
             stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
         )
+
+    def sample_groups(self, indices: list[int]) -> list[Group]:
+        """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
+        config, tic = self.config, time.perf_counter()
+        with sampling_model(self.model, self.sampler) as model:
+            groups = sample_groups(
+                model,
+                [self.prompts[i] for i in indices],
+                config.group_size,
+                config.max_completion_tokens,
+                self.eos_ids,
+                config.temperature,
+                config.top_p,
+            )
+        lengths = [len(c) for g in groups for c in g.completions]
+        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+        return groups
 
     def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
         """The groups as the loss scores them: prompts once per group, or full rows."""
