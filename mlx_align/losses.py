@@ -164,21 +164,31 @@ def dpo_ipo_loss(
     Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning
     from Human Preferences", eq. 17 (β plays the role of τ). As TRL
     ``loss_type="ipo"``, every log-prob (policy and reference) is divided by
-    its completion length before h̄ is formed, so the metrics are per-token
-    too. The loss is 0 exactly at the target h̄ = 1/(2β).
+    its completion length before h̄ is formed. The metrics keep their
+    meaning from the other losses (summed log-probs; rewards β·(log π −
+    log π_ref)), as TRL 1.x logs them. The loss is 0 exactly at the target
+    h̄ = 1/(2β).
 
     Args:
         *_logps: summed completion log-probs, (B,).
         beta: β (τ in the paper).
         chosen_lengths, rejected_lengths: completion token counts, (B,).
     """
-    policy_chosen = policy_chosen_logps / chosen_lengths  # (B,)
-    policy_rejected = policy_rejected_logps / rejected_lengths  # (B,)
-    ref_chosen = ref_chosen_logps / chosen_lengths  # (B,)
-    ref_rejected = ref_rejected_logps / rejected_lengths  # (B,)
-    logps = (policy_chosen, policy_rejected, ref_chosen, ref_rejected)
-    logits = _dpo_logits(*logps)  # (B,)
+    chosen_lengths = mx.maximum(chosen_lengths, 1)  # a filler pair has none
+    rejected_lengths = mx.maximum(rejected_lengths, 1)
+    logits = _dpo_logits(
+        policy_chosen_logps / chosen_lengths,
+        policy_rejected_logps / rejected_lengths,
+        ref_chosen_logps / chosen_lengths,
+        ref_rejected_logps / rejected_lengths,
+    )  # (B,) per-token h̄
     losses = (logits - 1.0 / (2.0 * beta)) ** 2  # (B,)
+    logps = (
+        policy_chosen_logps,
+        policy_rejected_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+    )
     return losses, _dpo_metrics(*logps, beta)
 
 

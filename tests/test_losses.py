@@ -126,7 +126,9 @@ def test_dpo_ipo_target_and_length_normalisation():
     r_r = 0; h̄ = 1 -> loss (1 − 1)² = 0.
     Pair 2: pc = −4 -> r_c = 0, h̄ = 0 -> loss (0 − 1)² = 1.
     Without the division pair 1 would give h = 2 and loss 1, so this also
-    checks the per-token averaging. rewards/chosen = β·r_c = [0.5, 0]."""
+    checks the per-token averaging. The metrics are TRL's, from the summed
+    log-probs as for every loss: rewards/chosen = β·(pc − rc) = [1, 0],
+    logps/chosen = pc. A filler pair (lengths 0) stays finite."""
     losses, metrics = dpo_ipo_loss(
         mx.array([-2.0, -4.0]),
         mx.array([-8.0, -8.0]),
@@ -137,8 +139,15 @@ def test_dpo_ipo_target_and_length_normalisation():
         rejected_lengths=mx.array([4.0, 4.0]),
     )
     assert_close(losses, [0.0, 1.0])
-    assert_close(metrics["rewards/chosen"], [0.5, 0.0])
-    assert_close(metrics["logps/chosen"], [-1.0, -2.0])
+    assert_close(metrics["rewards/chosen"], [1.0, 0.0])
+    assert_close(metrics["rewards/rejected"], [0.0, 0.0])
+    assert_close(metrics["logps/chosen"], [-2.0, -4.0])
+    assert_close(metrics["rewards/accuracies"], [1.0, 0.0])
+    zeros = mx.zeros((1,))
+    filler, _ = dpo_ipo_loss(
+        *[zeros] * 4, beta=0.5, chosen_lengths=zeros, rejected_lengths=zeros
+    )
+    assert_close(filler, [1.0])  # h̄ = 0: finite, and masked out by the stage
 
 
 def test_dpo_robust_with_no_noise_equals_sigmoid():
