@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import mlx.core as mx
 import numpy as np
 
+from . import distributed
+
 # Added to the std before dividing, as TRL, so a near-constant group cannot blow up.
 STD_EPS = 1e-4
 
@@ -22,7 +24,7 @@ def group_advantages(
     DeepSeekMath (Shao et al. 2024), outcome supervision: Â = (r − mean) / std
     over the G completions of one prompt. ``scale`` picks the divisor, as TRL
     ``scale_rewards``: ``group`` the group's std, ``batch`` the std of all N
-    rewards, ``none`` no division (Liu et al. 2025, Dr. GRPO). ``STD_EPS`` is
+    rewards (of every rank, as TRL gathers them), ``none`` no division (Liu et al. 2025, Dr. GRPO). ``STD_EPS`` is
     added to the std.
 
     Deviation from TRL: the std is the population std (ddof=0), so a group
@@ -52,11 +54,24 @@ def group_advantages(
     if scale == "group":
         centred = centred / (mx.std(grouped, axis=1, keepdims=True) + STD_EPS)
     elif scale == "batch":
-        centred = centred / (mx.std(rewards) + STD_EPS)
+        centred = centred / (batch_std(rewards) + STD_EPS)
     # An equal group's mean can differ from its members by rounding; force 0.
     advantages = mx.where(all_equal, 0.0, centred).reshape(-1)  # (N,)
     metrics = {"frac_reward_zero_std": all_equal.astype(mx.float32).mean()}
     return advantages, metrics
+
+
+def batch_std(rewards: mx.array) -> mx.array:
+    """The population std of the rewards of the whole global batch (every rank's)."""
+    if distributed.size() == 1:
+        return mx.std(rewards)
+    n, total, squares = distributed.all_sum(
+        mx.stack(
+            [mx.array(rewards.size, mx.float32), rewards.sum(), (rewards**2).sum()]
+        )
+    )
+    mean = total / n
+    return mx.sqrt(mx.maximum(squares / n - mean**2, 0.0))
 
 
 def combine_rewards(

@@ -71,3 +71,8 @@ class GRPOBatch(NamedTuple):
     ref_logps: mx.array | None  # (N, C) of the reference (β > 0), else None
     advantages: mx.array  # (N,)
     stats: mx.array  # rollout statistics, in the order of ``Rollouts.stat_names``
+
+    @property
+    def n_examples(self) -> mx.array:
+        """The completions: every rank holds as many, so ranks weigh alike."""
+        return mx.array(float(self.advantages.shape[0]))

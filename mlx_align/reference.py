@@ -31,6 +31,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from . import distributed
+from .data.batching import BatchPlan
 from .data.tokenize import Encoded
 from .events import emit
 from .layouts import choose_layout
@@ -139,8 +141,11 @@ class ScoredSplit:
     (chosen/rejected, or matched/KL) and how to batch them."""
 
     rows: list[tuple[Encoded, Encoded]]
-    batch: Callable[[list[int], str], Any]  # (item indices, layout) -> batch
-    needed: list[list[int]]  # the batches this run visits
+    batch: Callable[
+        [list[int], str], Any
+    ]  # (this rank's item indices, layout) -> batch
+    plan: BatchPlan  # whose ``local`` gives this rank's items of a global batch
+    needed: list[list[int]]  # the global batches this run visits
 
 
 def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.array:
@@ -148,6 +153,8 @@ def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.arra
 
     The cache key covers the model files and every item's tokens; items no
     run has visited yet are NaN in the cache and scored when first needed.
+    With several ranks, rank 0's cache is everyone's; each rank scores its
+    share of every batch still missing, and the shares are summed.
     """
     rows = (
         [*a.tokens, -1, a.completion_start, -1, *b.tokens, -1, b.completion_start]
@@ -159,15 +166,21 @@ def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.arra
         {"quantize": settings.quantize, "batch": settings.batch_size},
     )
     tic = time.perf_counter()
-    logps = load_cached(key)
+    logps = load_cached(key) if distributed.is_main() else None
     if logps is None:
         logps = np.full((len(split.rows), 2), np.nan, dtype=np.float32)
+    logps = np.array(distributed.broadcast(mx.array(logps)))
     todo = [b for b in split.needed if np.isnan(logps[b]).any()]
     if todo:
         layout = choose_layout(getattr(settings, "padding_free", False), model)
-        batches = (split.batch(indices, layout) for indices in todo)
-        score_items(model, batches, logps, total=len(todo))
-        path = save_cached(key, logps)
+        batches = (split.batch(split.plan.local(b), layout) for b in todo)
+        scored = np.full_like(logps, np.nan)
+        score_items(model, batches, scored, total=len(todo))
+        rows = [i for b in todo for i in b]  # each scored by exactly one rank
+        logps[rows] = np.array(distributed.all_sum(mx.array(np.nan_to_num(scored))))[
+            rows
+        ]
+        path = save_cached(key, logps) if distributed.is_main() else cache_path(key)
         tqdm.write(
             f"reference log-probs: {sum(map(len, todo))} items scored, cached in {path}"
         )

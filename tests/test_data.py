@@ -99,10 +99,10 @@ def test_bucket_ladder_is_short_and_ends_at_max_length():
 
 
 def test_batch_plan_is_deterministic_and_random_access():
-    plan = BatchPlan.by_length([5, 1, 4, 2, 3, 9, 7], batch_size=2, seed=3)
+    plan = BatchPlan.by_length([5, 1, 4, 2, 3, 9, 7], per_rank=2, seed=3)
     assert plan.batches[0] == [1, 3]  # shortest first, before shuffling
     run = [plan.batch(k) for k in range(10)]
-    again = BatchPlan.by_length([5, 1, 4, 2, 3, 9, 7], batch_size=2, seed=3)
+    again = BatchPlan.by_length([5, 1, 4, 2, 3, 9, 7], per_rank=2, seed=3)
     it = again.iterate(start=4)
     assert [next(it) for _ in range(6)] == run[4:]
     epoch = sorted(map(tuple, run[:4]))

@@ -9,12 +9,13 @@ rows (mask 0) so the batch dimension never changes either.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import mlx.core as mx
 import numpy as np
 
+from .. import distributed
 from .tokenize import Encoded
 
 
@@ -73,21 +74,36 @@ def pad_examples(
 
 @dataclass
 class BatchPlan:
-    """Batches of example indices, sorted by length, visited in a seeded order.
+    """Global batches of example indices, sorted by length, visited in a seeded order.
 
     The order of epoch e is a permutation drawn from ``(seed, e)`` alone, so
     batch k of a run can be found without replaying batches 0..k-1: this is
     what makes a resumed run see the same data as an uninterrupted one.
+
+    A global batch holds ``per_rank`` examples for every rank
+    (``distributed.py``); ``local`` is this rank's slice of one.
     """
 
     batches: list[list[int]]
     seed: int
+    per_rank: int = 0  # 0: the whole batch is this rank's
 
     @classmethod
-    def by_length(cls, lengths: Sequence[int], batch_size: int, seed: int) -> BatchPlan:
+    def by_length(cls, lengths: Sequence[int], per_rank: int, seed: int) -> BatchPlan:
+        batch_size = per_rank * distributed.size()
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        return cls(batches, seed)
+        return cls(batches, seed, per_rank)
+
+    def local_batch(self, k: int) -> list[int]:
+        """This rank's examples of global batch k."""
+        return self.local(self.batch(k))
+
+    def local(self, indices: Sequence[int]) -> list[int]:
+        """This rank's examples of the global batch ``indices``."""
+        if not self.per_rank or distributed.size() == 1:
+            return list(indices)
+        return distributed.share(indices, self.per_rank)
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -126,3 +142,8 @@ def visited_batches(plan: BatchPlan, settings, split: str) -> list[list[int]]:
         if len(seen) == len(plan):  # every batch: no need to replay later epochs
             break
     return [list(b) for b in sorted(seen)]
+
+
+def local_batches(make: Callable, plan: BatchPlan, settings, split: str) -> Iterator:
+    """``make`` of this rank's share of each batch a run visits (``visited_batches``)."""
+    return (make(plan.local(b)) for b in visited_batches(plan, settings, split))

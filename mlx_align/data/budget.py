@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .batching import BatchPlan, visited_batches
+from .batching import BatchPlan, local_batches
 
 # The auto token budget: batches past this multiple of the median are split.
 AUTO_BUDGET_OVER_MEDIAN = 1.25
@@ -23,8 +23,8 @@ def token_budget(settings, make: Callable, plan: BatchPlan) -> int:
     if settings.max_batch_tokens >= 0:
         return settings.max_batch_tokens
     sizes = [
-        make(indices).inputs.padded_tokens
-        for indices in visited_batches(plan, settings, "train")
+        batch.inputs.padded_tokens
+        for batch in local_batches(make, plan, settings, "train")
     ]
     return int(AUTO_BUDGET_OVER_MEDIAN * float(np.median(sizes)))
 

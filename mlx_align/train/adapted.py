@@ -13,8 +13,9 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import AdapterSettings
-from ..data.batching import BatchPlan, visited_batches
+from ..data.batching import BatchPlan, local_batches
 from ..events import emit
 from ..model.adapters import (
     ADAPTER_WEIGHTS,
@@ -92,7 +93,7 @@ def stage_job(
     eval_batches = None
     if valid:
         plan, make = valid
-        eval_batches = lambda: map(make, visited_batches(plan, config, "valid"))  # noqa: E731
+        eval_batches = lambda: local_batches(make, plan, config, "valid")  # noqa: E731
     return TrainJob(
         model=model,
         loss_fn=loss_fn,
@@ -109,8 +110,10 @@ def stage_job(
 def train_and_write(
     job: TrainJob, config, adapters: dict | None, tokenizer, model_config: dict
 ) -> Path:
-    """Run the loop, then write the stage's result (``write_result``)."""
+    """Run the loop, then write the stage's result (``write_result``; rank 0 only)."""
     train(job, config)
+    if not distributed.is_main():
+        return Path(config.out)
     return write_result(
         job.model, adapters, Path(config.out), config.model, tokenizer, model_config
     )

@@ -21,6 +21,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
+from .. import distributed
+from ..errors import UserError
+
 STEP_PREFIX = "step_"
 
 
@@ -44,9 +47,14 @@ def save_checkpoint(
     write_weights: Callable[[Path], None],
     config: dict,
     keep: int = 2,
+    writes: bool = True,
 ) -> Path:
-    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` of them."""
+    """Write checkpoint ``step`` atomically; keep only the newest ``keep`` of them.
+
+    ``writes`` False (ranks other than 0): write nothing, return its path."""
     final = checkpoint_dir(out, step)
+    if not writes:
+        return final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -55,7 +63,9 @@ def save_checkpoint(
         str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
     )
     (tmp / "state.json").write_text(
-        json.dumps({"step": step, "config": config}, indent=2)
+        json.dumps(
+            {"step": step, "ranks": distributed.size(), "config": config}, indent=2
+        )
     )
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
@@ -68,7 +78,20 @@ def save_checkpoint(
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: optim.Optimizer, weights_file: str
 ) -> int:
-    """Restore weights and optimizer state from ``path``; returns its step."""
+    """Restore weights and optimizer state from ``path``; returns its step.
+
+    Raises:
+        UserError: when the checkpoint was written by another number of ranks
+            (its data order would not match).
+    """
+    state_json = json.loads((path / "state.json").read_text())
+    ranks = state_json.get("ranks", 1)
+    if ranks != distributed.size():
+        raise UserError(
+            "--resume",
+            f"{path} was written by a run of {ranks} rank(s); resume it with "
+            f"{ranks}, not {distributed.size()}",
+        )
     model.load_weights(str(path / weights_file), strict=False)
     state = mx.load(str(path / "optimizer.safetensors"))
     # The optimizer keeps its dict (a compiled step may already hold it); fill it in place.
@@ -76,4 +99,4 @@ def load_checkpoint(
     optimizer.init(
         model.trainable_parameters()
     )  # restores empty branches flattening dropped
-    return json.loads((path / "state.json").read_text())["step"]
+    return state_json["step"]

@@ -123,5 +123,6 @@ def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit |
     return ScoredSplit(
         rows,
         lambda indices, layout: batches.maker(layout)(indices),
+        batches.plan,
         visited_batches(batches.plan, config, split),
     )

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from tqdm import tqdm
 
-from .. import losses
+from .. import distributed, losses
 from ..batches import KTOBatch
 from ..config import KTOConfig
 from ..data.batching import visited_batches
@@ -83,9 +83,15 @@ def kto_batch_loss(
     policy, policy_kl = mx.split(summed, 2)  # (B,) each
     ref, ref_kl = mx.split(ref_logps, 2)
     valid = batch.valid
-    denominator = mx.maximum(valid.sum(), 1)
+    n_valid = valid.sum()
+    denominator = mx.maximum(n_valid, 1)
     kl_ratios = mx.stop_gradient(policy_kl - ref_kl)  # (B,) no gradient, as in TRL
-    kl = (kl_ratios * valid).sum() / denominator  # z₀ before the clamp
+    # z₀ before the clamp: over the whole global batch, every rank's KL rows
+    every_rank = distributed.size() > 1
+    n_global = (
+        mx.maximum(distributed.all_sum(n_valid), 1) if every_rank else denominator
+    )
+    kl = distributed.all_sum((kl_ratios * valid).sum()) / n_global
     example_losses, sums = losses.kto_loss(
         policy, ref, batch.labels, kl, beta, desirable_weight, undesirable_weight
     )  # (B,)
@@ -102,6 +108,7 @@ def kto_split(batches: KTOBatches | None, config, split: str) -> ScoredSplit | N
     return ScoredSplit(
         rows,
         lambda indices, layout: batches.pad(indices),  # full rows in any layout
+        batches.plan,
         visited_batches(batches.plan, config, split),
     )
 
@@ -153,7 +160,7 @@ def run_kto(config: KTOConfig) -> Path:
         model,
         reference.adapters,
         loss_fn,
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
+        train_batch=lambda k: make_train(train_set.plan.local_batch(k)),
         valid=valid_set and (valid_set.plan, make_valid),
         frozen=[reference.model],
     )

@@ -24,6 +24,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import TrainSettings
 from ..events import emit
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -93,6 +94,8 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
 
     def update(grad) -> dict[str, mx.array]:
         metrics = {}
+        if distributed.size() > 1:  # each rank's part, weighted by its share
+            grad = tree_map(distributed.all_sum, grad)
         if settings.max_grad_norm > 0:
             grad, metrics["grad_norm"] = optim.clip_grad_norm(
                 grad, settings.max_grad_norm
@@ -114,34 +117,53 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
 
 
 def evaluate(job: TrainJob) -> dict[str, float]:
-    """Mean loss and metrics over the eval batches, weighted by the batch's
-    ``n_examples`` where it has them (per-example metrics), else its tokens."""
+    """Mean loss and metrics over the eval batches (every rank's share), each
+    batch weighted by what its loss averages over (``count_of``)."""
     job.model.eval()
     totals: dict[str, mx.array] = {}
     n_total = mx.array(0.0)
-    for batch in tqdm(job.eval_batches(), desc="eval", leave=False, dynamic_ncols=True):
+    batches = tqdm(
+        job.eval_batches(),
+        desc="eval",
+        leave=False,
+        dynamic_ncols=True,
+        disable=not distributed.is_main(),
+    )
+    for batch in batches:
         loss, n_tokens, metrics = job.loss_fn(job.model, batch)
-        weight = getattr(batch, "n_examples", n_tokens)
+        weight = count_of(batch, n_tokens)
         for name, value in {"loss": loss, **metrics}.items():
             totals[name] = totals.get(name, 0.0) + value * weight
         n_total = n_total + weight
         mx.eval(totals, n_total)
     job.model.train()
-    return {f"val_{k}": (v / mx.maximum(n_total, 1)).item() for k, v in totals.items()}
+    names = list(totals)
+    sums = distributed.sum_floats([totals[k].item() for k in names] + [n_total.item()])
+    *values, n_total = sums
+    return {f"val_{k}": v / max(n_total, 1) for k, v in zip(names, values, strict=True)}
 
 
 def start_run(job: TrainJob, settings: TrainSettings) -> tuple[optim.Optimizer, int]:
     """The optimizer, and the step to start after: the latest checkpoint's with
     ``--resume`` (its weights and optimizer state loaded), else 0."""
     model, out = job.model, job.out
-    out.mkdir(parents=True, exist_ok=True)
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
     mx.random.seed(settings.seed)
     optimizer = build_optimizer(settings)
     optimizer.init(model.trainable_parameters())
     start = 0
-    if settings.resume and (latest := latest_checkpoint(out)) is not None:
+    latest = (
+        latest_checkpoint(out) if settings.resume and distributed.is_main() else None
+    )
+    if latest is not None:
         start = load_checkpoint(latest, model, optimizer, job.weights_file)
         tqdm.write(f"resuming from {latest} (step {start})")
+    if settings.resume and distributed.size() > 1:  # rank 0's checkpoint for all
+        start = int(distributed.sum_floats([start])[0])
+        if start:
+            model.update(distributed.broadcast(model.trainable_parameters()))
+            optimizer.state.update(distributed.broadcast(optimizer.state))
     if settings.grad_checkpoint:
         checkpoint_layers(model.layers)
     model.train()
@@ -157,7 +179,8 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     model, out = job.model, job.out
     optimizer, start = start_run(job, settings)
     step = make_step(job, optimizer, settings)
-    log = MetricsLog(out / "metrics.jsonl", resume_from=start)
+    main = distributed.is_main()
+    log = MetricsLog(out / "metrics.jsonl", resume_from=start, writes=main)
     save = partial(
         save_checkpoint,
         out,
@@ -165,9 +188,16 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
         optimizer=optimizer,
         write_weights=job.write_weights,
         config=job.config,
+        writes=main,
     )
     finished, last = start, {}
-    bar = tqdm(total=settings.steps, initial=start, desc="train", dynamic_ncols=True)
+    bar = tqdm(
+        total=settings.steps,
+        initial=start,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not main,
+    )
     try:
         for it in range(start + 1, settings.steps + 1):
             last = run_optimizer_step(job, step, optimizer, settings, it, log) or last
@@ -204,42 +234,75 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % 2**32
 
 
+def count_of(batch: Batch, n_tokens: mx.array) -> mx.array:
+    """What the loss of ``batch`` is a mean over: its examples where it counts
+    them (per-example losses), else its tokens. Evaluation averages and the
+    ranks' shares of a step weigh by it."""
+    return getattr(batch, "n_examples", n_tokens)
+
+
 def run_optimizer_step(
     job, step, optimizer, settings: TrainSettings, it: int, log: MetricsLog
 ):
     """The micro-batches of optimizer step ``it``; logs every ``log_every`` steps.
 
     Loss and metrics are the micro-batches' means weighted by their share of
-    the step.
+    the step. With several ranks, each rank's part of a micro-batch is
+    weighted by its share of the micro-batch's examples (or tokens), and the
+    gradients, loss and metrics are summed over ranks: the step is the one
+    a single process would take on the whole global batch.
     """
     tic = time.perf_counter()
     mx.random.seed(step_seed(settings.seed, it))
     accumulation = settings.grad_accumulation
-    pieces = []
-    for micro in range(accumulation):
-        drawn = job.train_batch((it - 1) * accumulation + micro)
-        drawn = drawn if isinstance(drawn, list) else [(drawn, 1.0)]
-        pieces += [(batch, weight / accumulation) for batch, weight in drawn]
+    drawn = [job.train_batch((it - 1) * accumulation + m) for m in range(accumulation)]
+    micro_batches = [d if isinstance(d, list) else [(d, 1.0)] for d in drawn]
+    single = len(micro_batches) == 1 and len(micro_batches[0]) == 1
     gradients, update = step
-    grad, loss_sum, n_tokens, metric_sums = None, 0.0, 0.0, {}
-    for batch, weight in pieces:
-        scale = None if len(pieces) == 1 else mx.array(weight)
-        loss, n, metrics, piece_grad = gradients(batch, scale)
-        grad = piece_grad if grad is None else tree_map(mx.add, grad, piece_grad)
-        mx.eval(loss, n, metrics, grad)  # frees this piece's activations
-        loss_sum += weight * loss.item()
-        n_tokens += n.item()
-        for name, value in metrics.items():
-            metric_sums[name] = metric_sums.get(name, 0.0) + weight * value.item()
+    grad, totals = None, {"loss": 0.0, "tokens": 0.0}
+    for pieces in micro_batches:
+        micro_grad, micro_totals, count = None, {}, 0.0
+        for batch, weight in pieces:
+            weight = weight / accumulation
+            loss, n, metrics, piece_grad = gradients(
+                batch, None if single else mx.array(weight)
+            )
+            micro_grad = add_trees(micro_grad, piece_grad)
+            mx.eval(loss, n, metrics, micro_grad)  # frees this piece's activations
+            count += count_of(batch, n).item()
+            for name, value in {"loss": loss, **metrics}.items():
+                micro_totals[name] = micro_totals.get(name, 0.0) + weight * value.item()
+            totals["tokens"] += n.item()
+        share = rank_share(count)
+        if share != 1.0:
+            micro_grad = tree_map(lambda g, s=share: g * s, micro_grad)
+        grad = add_trees(grad, micro_grad)
+        for name, value in micro_totals.items():
+            totals[name] = totals.get(name, 0.0) + share * value
     update_metrics = update(grad)
     mx.eval(update_metrics, job.model.parameters(), optimizer.state)
-    metric_sums.update({k: v.item() for k, v in update_metrics.items()})
+    names = list(totals)
+    totals = dict(
+        zip(names, distributed.sum_floats(list(totals.values())), strict=True)
+    )
+    totals.update({k: v.item() for k, v in update_metrics.items()})
+    n_tokens, loss = totals.pop("tokens"), totals.pop("loss")
     log.add(
-        seconds=time.perf_counter() - tic,
-        n_tokens=n_tokens,
-        loss=loss_sum,
-        metrics=metric_sums,
+        seconds=time.perf_counter() - tic, n_tokens=n_tokens, loss=loss, metrics=totals
     )
     if it % settings.log_every == 0 or it == settings.steps:
         return log.write(it, log.flush(learning_rate=optimizer.learning_rate.item()))
     return None
+
+
+def add_trees(total, tree):
+    return tree if total is None else tree_map(mx.add, total, tree)
+
+
+def rank_share(count: float) -> float:
+    """This rank's share of a micro-batch whose part here counts ``count``
+    (examples or tokens); 1.0 in a world of one."""
+    if distributed.size() == 1:
+        return 1.0
+    (total,) = distributed.sum_floats([count])
+    return count / total if total else 0.0

@@ -11,9 +11,12 @@ import mlx.core as mx
 class MetricsLog:
     """Collects per-step numbers and writes ``{"step": ..., ...}`` lines to ``path``."""
 
-    def __init__(self, path: Path, resume_from: int = 0) -> None:
-        self.path = path
-        if resume_from == 0:
+    def __init__(self, path: Path, resume_from: int = 0, writes: bool = True) -> None:
+        """``writes`` False (ranks other than 0): the same records, no file."""
+        self.path, self.writes = path, writes
+        if not writes:
+            pass
+        elif resume_from == 0:
             path.unlink(missing_ok=True)
         else:  # drop lines from steps the resumed run will redo
             self._truncate_after(resume_from)
@@ -57,8 +60,9 @@ class MetricsLog:
         return record
 
     def write(self, step: int, record: dict[str, float]) -> dict[str, float]:
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
+        if self.writes:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": step, **record}) + "\n")
         return record
 
     def postfix(self) -> str:

@@ -32,8 +32,9 @@ def masked_means(
 
 
 def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
-    """Micro-batch k: ``make(plan.batch(k))``, in pieces over the budget; emits ``batch``."""
-    indices = batches.plan.batch(k)
+    """Micro-batch k: this rank's share of global batch k, in pieces over the
+    budget; emits ``batch``."""
+    indices = batches.plan.local_batch(k)
     fitted = fit_to_budget(make, indices, batches.batch_size, budget)
     pieces = [b for b, _ in fitted] if isinstance(fitted, list) else [fitted]
     pairs = [batches.pairs[i] for i in indices]

@@ -24,10 +24,10 @@ import mlx.core as mx
 import numpy as np
 from tqdm import tqdm
 
-from .. import losses
+from .. import distributed, losses
 from ..batches import PairBatch
 from ..config import RewardConfig
-from ..data.batching import bucket_lengths, pad_examples, visited_batches
+from ..data.batching import bucket_lengths, local_batches, pad_examples
 from ..data.errors import DataError
 from ..data.jsonl import Record, read_jsonl, split_path
 from ..data.preference import PairBatches, encode_completion, encode_pairs
@@ -81,15 +81,17 @@ def run_reward(config: RewardConfig) -> Path:
         loss_fn=partial(
             bt_batch_loss, center_coefficient=config.center_rewards_coefficient
         ),
-        train_batch=lambda k: make_train(train_set.plan.batch(k)),
+        train_batch=lambda k: make_train(train_set.plan.local_batch(k)),
         out=Path(config.out),
         write_weights=partial(save_checkpoint_weights, model),
         weights_file=CHECKPOINT_WEIGHTS,
         eval_batches=valid_set
-        and (lambda: map(make_valid, visited_batches(valid_set.plan, config, "valid"))),
+        and (lambda: local_batches(make_valid, valid_set.plan, config, "valid")),
         config=dataclasses.asdict(config),
     )
     train(job, config)
+    if not distributed.is_main():
+        return Path(config.out)
     return save_reward_model(
         model,
         adapters,

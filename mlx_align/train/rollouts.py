@@ -16,6 +16,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
+from .. import distributed
 from ..advantages import group_advantages
 from ..batches import GRPOBatch
 from ..config import GRPOConfig
@@ -84,7 +85,7 @@ class Rollouts:
 
     def sample(self, rollout_id: int) -> GRPOBatch:
         """Sample the rollout batch's groups, score them, and batch them for the loss."""
-        config, indices = self.config, self.plan.batch(rollout_id)
+        config, indices = self.config, self.plan.local_batch(rollout_id)
         groups = self.sample_groups(indices)
         texts = [
             self.tokenizer.decode([t for t in c if t not in self.eos_ids])
@@ -98,7 +99,7 @@ class Rollouts:
         advantages, adv_metrics = group_advantages(
             rewards, config.group_size, config.scale_rewards
         )
-        if rollout_id % max(config.log_every, 1) == 0:
+        if rollout_id % max(config.log_every, 1) == 0 and distributed.is_main():
             write_samples(
                 self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
             )

@@ -81,7 +81,7 @@ def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
         model,
         adapters,
         completion_nll_loss,
-        train_batch=lambda k: train_set.pad(train_set.plan.batch(k)),
+        train_batch=lambda k: train_set.pad(train_set.plan.local_batch(k)),
         valid=valid_set and (valid_set.plan, valid_set.pad),
     )
     return train_and_write(job, config, adapters, tokenizer, model_config)
