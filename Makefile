@@ -53,6 +53,9 @@ GROUP_SIZE   ?= 8
 GRPO_LR      ?= 5e-4
 GRPO_TEMP    ?= 0.8
 GRPO_FLAGS   ?=
+# Best-of-K by DPO's implicit reward on the held-out questions (step 6b).
+RERANK_K     ?= 8
+RERANK_TEMP  ?= 1.0
 SEED         ?= 0
 # Extra flags for every training stage, e.g. --no-compile for a smoke run.
 TRAIN_FLAGS  ?=
@@ -142,6 +145,16 @@ $(OUT)/dpo-fused/config.json: $(OUT)/rm/reward_head.safetensors
 	$(ALIGN) fuse --model $(OUT)/sft-fused --adapter-path $(OUT)/dpo --save-path $(OUT)/dpo-fused
 	$(EVAL) --model $(OUT)/dpo-fused --out $(OUT)/eval/dpo.jsonl
 
+# 6b. Best-of-K by DPO's implicit reward, beta * (log pi - log pi_ref) with
+#    sft-fused (the adapters off) as the reference, against one sample of the
+#    same DPO policy at the same temperature: hedged answers and math accuracy
+#    on the held-out questions, into rerank/figures.json (~25 s at the defaults).
+#    beta is DPO's; it scales the scores and leaves the ranking as it is.
+#    `mlx-align rerank` does the same for any prompts.
+$(OUT)/rerank/figures.json: $(OUT)/dpo-fused/config.json
+	$(BIN)/python recipes/rerank_eval.py $(OUT) --k $(RERANK_K) --beta 0.1 \
+		--temperature $(RERANK_TEMP) --max-tokens 64 --seed $(SEED)
+
 # 7. GRPO with the math + format rewards on held-in problems. Two passes per
 #    rollout batch (--iterations 2), so the clip acts. Measured on the same
 #    start: lr 1e-3 removed the bare answers but broke additions (+0 points);
@@ -161,7 +174,7 @@ $(OUT)/serve.txt: $(OUT)/grpo-fused/config.json
 	mv $@.tmp $@
 
 # 9. Curves of every stage, and REPORT.md with the held-out figures.
-capstone: $(OUT)/serve.txt
+capstone: $(OUT)/rerank/figures.json $(OUT)/serve.txt
 	$(ALIGN) plot $(addprefix $(OUT)/,pt-copy pt sft rm dpo grpo)
 	$(BIN)/python recipes/report.py $(OUT)
 

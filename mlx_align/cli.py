@@ -236,6 +236,102 @@ def score_command(
         click.echo(f"{len(rows)} rewards written to {out}", err=True)
 
 
+@cli.command(
+    "rerank",
+    epilog="Examples:\n\n  mlx-align rerank --model runs/sft-fused --adapter-path runs/dpo "
+    "--data prompts.jsonl --k 8 --beta 0.1 --out ranked.jsonl\n\n"
+    "  mlx-align rerank --model runs/dpo-fused --ref-model runs/sft-fused --data prompts.jsonl\n\n"
+    "  mlx-align rerank --model runs/dpo-fused --reward-model runs/rm --data prompts.jsonl --k 16\n\n"
+    "Each line of --out is the prompt's record plus `ranked`: its K completions, best first, "
+    "with `score`, `sample` (draw order), `tokens`, `finished`, `logp` and `ref_logp`.",
+)
+@click.option("--model", required=True, help="Policy model (path or hub id).")
+@click.option(
+    "--adapter-path",
+    type=click.Path(exists=True),
+    default=None,
+    help="LoRA / DoRA adapters on --model; without --ref-model, --model with them off is the reference.",
+)
+@click.option(
+    "--ref-model",
+    default=None,
+    help="Reference model for the implicit reward (e.g. the SFT model under a fused DPO policy).",
+)
+@click.option(
+    "--reward-model",
+    type=click.Path(exists=True),
+    default=None,
+    help="Rank by this `mlx-align reward` model instead of the implicit reward.",
+)
+@click.option(
+    "--data",
+    required=True,
+    type=click.Path(exists=True),
+    help="Prompts: a .jsonl file, or a directory (its test.jsonl, else valid.jsonl), of "
+    '{"prompt": str or chat messages} records, as for grpo and eval-math.',
+)
+@click.option(
+    "--k", type=int, default=8, show_default=True, help="Completions per prompt."
+)
+@click.option(
+    "--beta",
+    type=float,
+    default=0.1,
+    show_default=True,
+    help="β of the implicit reward β·(log π − log π_ref); the DPO run's.",
+)
+@click.option(
+    "--max-tokens",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Longest completion.",
+)
+@click.option(
+    "--temperature",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Sampling temperature.",
+)
+@click.option(
+    "--top-p",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Nucleus sampling threshold.",
+)
+@click.option(
+    "--batch-size",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Prompts sampled together (K rows each).",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampling seed.")
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Write every prompt's ranked completions here as JSON lines.",
+)
+def rerank_command(out: str | None, **settings) -> None:
+    """Best-of-K: sample K completions per prompt, rank them by DPO's implicit reward
+    (or a reward model), print each prompt's best."""
+    from .rerank import run_rerank
+
+    ranked = run_rerank(out=out, progress=True, **settings)
+    for r in ranked:
+        prompt = r.record.fields["prompt"]
+        if isinstance(prompt, list):
+            prompt = prompt[-1]["content"]
+        best = r.best.completion.strip().replace("\n", " ⏎ ")
+        click.echo(prompt.strip().replace("\n", " ⏎ "))
+        click.echo(f"  best of {len(r.candidates)} ({r.best.score:+.3f}): {best}")
+    if out:
+        click.echo(f"{len(ranked)} prompts ranked, written to {out}", err=True)
+
+
 @stage_command(
     "kto",
     KTOConfig,

@@ -12,7 +12,9 @@ then writes ``REPORT.md`` beside it:
 - ``{pt-copy,pt,sft,rm,dpo,grpo}/metrics.jsonl``: validation metrics, tokens/s and peak
   memory; ``{stage}/metrics.png``: the curves (``mlx-align plot``);
 - ``times.json``: each stage's wall time (``recipes/timed.py``);
-- ``serve.txt``: the question asked over mlx-lm's HTTP server and its answer.
+- ``serve.txt``: the question asked over mlx-lm's HTTP server and its answer;
+- ``rerank/figures.json``: best-of-K by DPO's implicit reward against one
+  sample from the DPO policy (``recipes/rerank_eval.py``).
 
 A missing input leaves a dash in its cell, so a partial run still reports.
 """
@@ -177,6 +179,45 @@ def stage_table(run: Path) -> list[str]:
     return lines
 
 
+def rerank_section(run: Path) -> list[str]:
+    """Best-of-K by implicit reward against one sample, when rerank_eval.py has run."""
+    path = run / "rerank" / "figures.json"
+    if not path.exists():
+        return []
+    f = json.loads(path.read_text())
+    k, temperature = f["k"], f["temperature"]
+    lines = [
+        f"## Best of {k} by DPO's implicit reward",
+        "",
+        f"{k} completions of each of {f['prompts']} held-out questions sampled from the",
+        f"DPO policy at temperature {temperature}, ranked by β·(log π − log π_ref)",
+        f"(β {f['beta']}; the reference is the SFT model, DPO's adapters off);",
+        f"`recipes/rerank_eval.py`, {f['seconds']:.0f} s.",
+        "",
+        "| DPO policy | hedged answers | bare answers | math accuracy |",
+        "|---|---:|---:|---:|",
+    ]
+    rows = {
+        f"one sample, T = {temperature} (mean over the {k} draws)": f["single_sample"],
+        f"best of {k} by implicit reward": f["best_of_k"],
+    }
+    for name, row in rows.items():
+        cells = [percent(row[key]) for key in ("hedged", "bare", "accuracy")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    dpo = generations(run, "dpo")
+    if dpo:
+        cells = [percent(x) for x in (dpo.hedged_rate, dpo.bare_rate, dpo.accuracy)]
+        lines.append("| greedy (for comparison) | " + " | ".join(cells) + " |")
+    hedged = f.get("hedged_draws") or {}
+    if hedged.get("count"):
+        lines += [
+            "",
+            f"The {hedged['count']} hedged draws of {k * f['prompts']} ranked at place "
+            f"{hedged['mean_rank']:.1f} of {k} on average (1: best).",
+        ]
+    return [*lines, ""]
+
+
 def side_by_side(run: Path) -> list[str]:
     questions = read_jsonl(run / "data" / "grpo" / "test.jsonl")
     answers = {
@@ -208,6 +249,7 @@ def write_report(run: Path) -> str:
         "",
         *stage_table(run),
         "",
+        *rerank_section(run),
         "## Held-out questions, three models",
         "",
         *side_by_side(run),

@@ -67,6 +67,11 @@ def test_every_stage_leaves_its_artifacts(capstone):
         rows = (capstone / "eval" / f"{model}.jsonl").read_text().splitlines()
         assert len(rows) == len(questions) > 0
         assert all(isinstance(json.loads(r)["completion"], str) for r in rows)
+    rerank = json.loads((capstone / "rerank" / "figures.json").read_text())
+    assert rerank["prompts"] == len(questions) and rerank["k"] == 8
+    assert {"hedged", "accuracy"} <= set(rerank["best_of_k"]) & set(
+        rerank["single_sample"]
+    )
     times = json.loads((capstone / "times.json").read_text())
     assert set(times) == set(STAGES) and all(t > 0 for t in times.values())
 
@@ -90,6 +95,7 @@ def test_report_has_every_stage_the_answers_and_the_curves(capstone):
     assert "answer format followed:" in report
     assert "implicit-reward accuracy" in report and "hedged answers" in report
     assert "math accuracy" in report
+    assert "## Best of 8 by DPO's implicit reward" in report
     questions = (capstone / "data" / "grpo" / "test.jsonl").read_text().splitlines()
     shown = min(3, len(questions))
     assert report.count("| sft | `") == report.count("| grpo | `") == shown == 3

@@ -72,3 +72,33 @@ def count_parameters(model: nn.Module) -> tuple[int, int]:
     trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
     total = sum(v.size for _, v in tree_flatten(model.parameters()))
     return trainable, total
+
+
+def load_adapters(model: nn.Module, adapter_path: str) -> dict:
+    """Attach the LoRA / DoRA adapters saved in ``adapter_path`` and load them; their config.
+
+    mlx-lm's loader does the work and checks every tensor against the model;
+    whatever does not fit (a missing file, a name or a shape the model lacks)
+    comes back as one ``UserError`` line naming the directory.
+    """
+    from mlx_lm.tuner.utils import load_adapters as mlx_lm_load_adapters
+
+    from ..errors import UserError
+
+    setting = f"--adapter-path {adapter_path}"
+    config_file = Path(adapter_path) / ADAPTER_CONFIG
+    if not config_file.exists() or not (Path(adapter_path) / ADAPTER_WEIGHTS).exists():
+        raise UserError(setting, f"needs {ADAPTER_CONFIG} and {ADAPTER_WEIGHTS}")
+    config = json.loads(config_file.read_text())
+    if config.get("fine_tune_type", "lora") not in ("lora", "dora"):
+        raise UserError(setting, "holds no LoRA or DoRA adapters (a full fine-tune?)")
+    try:
+        mlx_lm_load_adapters(model, adapter_path)
+    except (ValueError, KeyError, TypeError) as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else repr(e))
+        if len(lines) > 2:  # mlx-lm lists every tensor that does not fit
+            detail += f" (and {len(lines) - 2} more)"
+        raise UserError(setting, f"does not fit the model: {detail}") from None
+    model.eval()
+    return config
