@@ -19,6 +19,7 @@ from .config import (
     PretrainConfig,
     RewardConfig,
     SFTConfig,
+    TrainSettings,
     build_config,
     choices_of,
 )
@@ -99,7 +100,12 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
         @cli.command(name, help=run.__doc__, epilog=epilog)
         @options_from(cls)
         def command(config_file: str | None, **flags) -> None:
-            run(build_config(cls, flags, config_file))
+            config = build_config(cls, flags, config_file)
+            if issubclass(cls, TrainSettings):
+                from . import distributed
+
+                click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
+            run(config)
 
         return command
 

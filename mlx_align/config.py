@@ -69,7 +69,11 @@ class TrainSettings:
     """The training loop: steps, batch, schedule, eval, checkpoints."""
 
     steps: int = setting(200, "Optimizer steps to train for.")
-    batch_size: int = setting(4, "Examples per micro-batch.")
+    batch_size: int = setting(
+        4,
+        "Examples per micro-batch and rank: under mlx.launch with N ranks a "
+        "global batch holds N x this many.",
+    )
     grad_accumulation: int = setting(1, "Micro-batches per optimizer step.")
     learning_rate: float = setting(
         1e-4, "Peak learning rate (AdamW, bias-corrected as in PyTorch)."
@@ -295,7 +299,9 @@ class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
 @stage_defaults(learning_rate=1e-5)
 class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
     batch_size: int = setting(
-        2, "Prompts per micro-batch; each is sampled --group-size times."
+        2,
+        "Prompts per micro-batch and rank (N ranks: N x this many per global "
+        "batch); each is sampled --group-size times.",
     )
     reward: tuple = setting(
         ("math",),

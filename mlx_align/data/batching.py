@@ -62,7 +62,8 @@ def pad_examples(
     ``loss_mask[b, t]`` is 1 where token t is a trained target: inside the
     completion and never position 0 (no token predicts it).
     """
-    width = width or bucket_for(max(len(e.tokens) for e in examples), buckets)
+    longest = max((len(e.tokens) for e in examples), default=1)  # none: a filler batch
+    width = width or bucket_for(longest, buckets)
     tokens = np.full((rows, width), pad_id, dtype=np.int32)
     mask = np.zeros((rows, width), dtype=np.float32)
     for row, example in enumerate(examples):

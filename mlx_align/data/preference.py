@@ -161,6 +161,8 @@ class PairBatches:
         """The completions of pairs ``indices`` in ``layout``. A shared-prompt
         batch falls back to full rows when a pair's rows tokenise the prompt
         apart, and so does a piece of a batch that did (its ``widths`` are (T,))."""
+        if not indices:  # a rank's empty share of a short last batch: all filler
+            return self.full(indices, rows, widths[:1])
         if layout == "packed":
             return self.packed(indices, rows)
         if layout == "shared" and len(widths) != 1:

@@ -1,0 +1,121 @@
+"""Data parallel: two ranks under ``mlx.launch -n 2 --backend ring`` with
+micro-batch b each train like one process with batch 2b (SFT, DPO)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from conftest import write_jsonl
+
+BIN = Path(sys.executable).parent
+LAUNCH = BIN / "mlx.launch"
+ALIGN = BIN / "mlx-align"
+
+pytestmark = pytest.mark.skipif(
+    not LAUNCH.exists() or shutil.which("g++") is None,
+    reason="needs mlx.launch (mlx's ring backend)",
+)
+
+
+def run(cmd: list[str], ranks: int, cwd: Path) -> str:
+    """``cmd`` under ``mlx.launch -n ranks --backend ring``, or alone for 1 rank."""
+    if ranks > 1:
+        cmd = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", *cmd]
+    env = {**os.environ, "MLX_ALIGN_NO_OPENBLAS": "1"}
+    done = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def common_flags(model: Path, data: Path, out: Path, batch_size: int) -> list[str]:
+    return [
+        "--model", str(model), "--data", str(data), "--out", str(out),
+        "--steps", "5", "--batch-size", str(batch_size), "--learning-rate", "1e-2",
+        "--warmup-steps", "0", "--log-every", "1", "--eval-every", "0",
+        "--save-every", "0", "--lora-rank", "4", "--lora-alpha", "8",
+        "--lora-dropout", "0", "--max-length", "64",
+    ]  # fmt: skip
+
+
+def assert_same_adapters(a: Path, b: Path) -> None:
+    one, two = (mx.load(str(p / "adapters.safetensors")) for p in (a, b))
+    assert one.keys() == two.keys()
+    moved = max(mx.abs(v).max().item() for k, v in one.items() if "lora_b" in k)
+    assert moved > 1e-3  # the runs trained
+    for name in one:
+        assert mx.allclose(one[name], two[name], atol=1e-5, rtol=0).item(), name
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory) -> Path:
+    """Six examples of varied lengths: batches of 4 (2 x 2) and a short last one."""
+    root = tmp_path_factory.mktemp("dist_sft")
+    rows = [
+        {"prompt": f"Question: What is {a} + {b}?\nAnswer:", "completion": f" {a + b}."}
+        for a, b in [(1, 2), (3, 4), (10, 20), (5, 5), (7, 11), (2, 2)]
+    ]
+    write_jsonl(root / "train.jsonl", rows)
+    return root
+
+
+def test_two_ranks_train_sft_like_one_process_of_twice_the_batch(
+    tiny_model, sft_data, tmp_path
+):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run([str(ALIGN), "sft", *common_flags(tiny_model, sft_data, one, 4)], 1, tmp_path)
+    log = run(
+        [str(ALIGN), "sft", *common_flags(tiny_model, sft_data, two, 2)], 2, tmp_path
+    )
+    assert "2 ranks" in log
+    assert_same_adapters(one, two)
+    for a, b in zip(metrics(one), metrics(two), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+        assert a["tokens"] == b["tokens"]  # global tokens, every rank's
+
+
+def test_two_ranks_train_dpo_like_one_process_of_twice_the_batch(
+    tiny_model, tmp_path, monkeypatch
+):
+    data = tmp_path / "pairs"
+    rows = [
+        {
+            "prompt": f"Question: What about the {w}?\nAnswer:",
+            "chosen": " It is good.",
+            "rejected": " It is bad, sadly." if i % 2 else " Bad.",
+        }
+        for i, w in enumerate("apple river stone cloud tiger piano".split())
+    ]
+    write_jsonl(data / "train.jsonl", rows)
+    write_jsonl(data / "valid.jsonl", rows[:3])
+    monkeypatch.setenv("MLX_ALIGN_CACHE", str(tmp_path / "cache"))
+    one, two = tmp_path / "one", tmp_path / "two"
+    flags = ["--beta", "0.5", "--eval-every", "5"]
+    run(
+        [str(ALIGN), "dpo", *common_flags(tiny_model, data, one, 4), *flags],
+        1,
+        tmp_path,
+    )
+    run(
+        [str(ALIGN), "dpo", *common_flags(tiny_model, data, two, 2), *flags],
+        2,
+        tmp_path,
+    )
+    assert_same_adapters(one, two)
+    a, b = metrics(one), metrics(two)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for key in ("loss", "rewards/accuracies", "val_loss", "val_rewards/margins"):
+            if key in x:
+                assert x[key] == pytest.approx(y[key], abs=1e-5), key
