@@ -119,3 +119,26 @@ def test_two_ranks_train_dpo_like_one_process_of_twice_the_batch(
         for key in ("loss", "rewards/accuracies", "val_loss", "val_rewards/margins"):
             if key in x:
                 assert x[key] == pytest.approx(y[key], abs=1e-5), key
+
+
+def test_kto_and_grpo_run_on_two_ranks_and_only_rank_0_writes(tiny_model, tmp_path):
+    """Five prompts on two ranks of one: the last global batch is topped up for
+    GRPO (no filler rows), and KTO's last share is filler; rank 0 alone writes."""
+    prompts = [f"Question: What is {a} + {b}?\nAnswer:" for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (6, 2)]]  # fmt: skip
+    grpo, kto = tmp_path / "grpo_data", tmp_path / "kto_data"
+    write_jsonl(grpo / "train.jsonl", [{"prompt": p, "answer": "3"} for p in prompts])
+    write_jsonl(
+        kto / "train.jsonl",
+        [{"prompt": p, "completion": " 3.", "label": i % 2 == 0} for i, p in enumerate(prompts)],
+    )  # fmt: skip
+    common = ["--model", str(tiny_model), "--steps", "3", "--log-every", "1", "--save-every", "2", "--max-length", "64"]  # fmt: skip
+    run([str(ALIGN), "grpo", *common, "--data", str(grpo), "--out", str(tmp_path / "g"), "--batch-size", "1", "--group-size", "4", "--max-completion-tokens", "6", "--scale-rewards", "batch"], 2, tmp_path)  # fmt: skip
+    run([str(ALIGN), "kto", *common, "--data", str(kto), "--out", str(tmp_path / "k"), "--batch-size", "2"], 2, tmp_path)  # fmt: skip
+    for name in ("g", "k"):
+        out = tmp_path / name
+        lines = metrics(out)
+        assert [m["step"] for m in lines] == [1, 2, 3]  # one writer: no line twice
+        assert (out / "adapters.safetensors").exists()
+        assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000002"]
+    rows = (tmp_path / "g" / "samples.jsonl").read_text().splitlines()
+    assert len(rows) == 3 * 2  # rank 0's prompt, two completions, each step

@@ -90,10 +90,19 @@ class BatchPlan:
     per_rank: int = 0  # 0: the whole batch is this rank's
 
     @classmethod
-    def by_length(cls, lengths: Sequence[int], per_rank: int, seed: int) -> BatchPlan:
+    def by_length(
+        cls, lengths: Sequence[int], per_rank: int, seed: int, fill_last: bool = False
+    ) -> BatchPlan:
+        """``fill_last``: top a short last batch up with the shortest examples, so
+        every rank's share is full (for stages that have no filler rows)."""
         batch_size = per_rank * distributed.size()
         order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        if fill_last and len(batches[-1]) < batch_size:
+            short = batches[-1]
+            batches[-1] = (
+                short + [i for i in order if i not in short][: batch_size - len(short)]
+            )
         return cls(batches, seed, per_rank)
 
     def local_batch(self, k: int) -> list[int]:

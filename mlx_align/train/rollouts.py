@@ -54,8 +54,13 @@ class Rollouts:
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.records = records
         self.prompts = [encode_prompt(tokenizer, r) for r in records]
+        # Every rank samples a full share (GRPO has no filler rows); one
+        # process keeps a short last batch.
         self.plan = BatchPlan.by_length(
-            [len(p) for p in self.prompts], config.batch_size, config.seed
+            [len(p) for p in self.prompts],
+            config.batch_size,
+            config.seed,
+            fill_last=distributed.size() > 1,
         )
         self.scorer = GroupScorer(config.reward, config.reward_weights)
         self.eos_ids = set(tokenizer.eos_token_ids)
@@ -123,6 +128,8 @@ class Rollouts:
     def sample_groups(self, indices: list[int]) -> list[Group]:
         """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
         config, tic = self.config, time.perf_counter()
+        if distributed.size() > 1:  # each rank its own draws
+            mx.random.seed(hash((config.seed, distributed.rank(), indices[0])) % 2**32)
         with sampling_model(self.model, self.sampler) as model:
             groups = sample_groups(
                 model,
