@@ -323,7 +323,9 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
         0.0, "Upper clip (0: same as --epsilon; DAPO uses 0.28)."
     )
     iterations: int = setting(
-        1, "μ: optimisation passes per rollout batch (the clip only acts when μ > 1)."
+        1,
+        "μ: optimisation passes per rollout batch (the clip only acts when μ > 1); "
+        "checkpoints fall on multiples of μ, so --resume is exact.",
     )
     loss: str = setting(
         "grpo",

@@ -10,7 +10,8 @@ Events: ``trainable`` (parameters), ``reference`` (seconds, items),
 ``batch`` (pairs, tokens, widths), ``rollout`` (lengths, seconds),
 ``rewards`` (seconds), ``step`` (step: after each optimizer step, its
 checkpoint written; a listener raising ``KeyboardInterrupt`` there is a
-Ctrl-C).
+Ctrl-C), ``checkpoint`` (step, path: a checkpoint half written, in its
+temporary directory).
 """
 
 from __future__ import annotations

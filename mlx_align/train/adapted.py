@@ -83,6 +83,7 @@ def stage_job(
     train_batch: Callable[[int], Any],
     valid: tuple[BatchPlan, Callable[[list[int]], Any]] | None = None,
     frozen: Sequence[nn.Module | None] = (),
+    checkpoint_multiple: int = 1,
 ) -> TrainJob:
     """The loop's job for a stage that trains ``model`` (adapters or every weight).
 
@@ -104,6 +105,7 @@ def stage_job(
         eval_batches=eval_batches,
         config=dataclasses.asdict(config),
         frozen=[m for m in frozen if m is not None],
+        checkpoint_multiple=checkpoint_multiple,
     )
 
 

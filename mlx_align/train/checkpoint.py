@@ -23,6 +23,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import distributed
 from ..errors import UserError
+from ..events import emit
 
 STEP_PREFIX = "step_"
 
@@ -32,10 +33,17 @@ def checkpoint_dir(out: Path, step: int) -> Path:
 
 
 def latest_checkpoint(out: Path) -> Path | None:
+    """The newest complete checkpoint; a half-written one (killed mid-write) is skipped."""
     root = out / "checkpoints"
     if not root.is_dir():
         return None
-    done = sorted(p for p in root.iterdir() if p.name.startswith(STEP_PREFIX))
+    done = sorted(
+        p
+        for p in root.iterdir()
+        if p.name.startswith(STEP_PREFIX)
+        and not p.name.endswith(".tmp")  # a write that was cut short
+        and (p / "state.json").exists()
+    )
     return done[-1] if done else None
 
 
@@ -59,6 +67,7 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_weights(tmp)
+    emit("checkpoint", step=step, path=tmp)  # half written: a kill here loses nothing
     mx.save_safetensors(
         str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
     )

@@ -75,5 +75,12 @@ def run_grpo(config: GRPOConfig) -> Path:
         f"GRPO: {len(records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )
     loss_fn = partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names)
-    job = stage_job(config, model, adapters, loss_fn, rollouts.micro_batch)
+    job = stage_job(
+        config,
+        model,
+        adapters,
+        loss_fn,
+        rollouts.micro_batch,
+        checkpoint_multiple=config.iterations,  # resume at a rollout boundary
+    )
     return train_and_write(job, config, adapters, tokenizer, model_config)

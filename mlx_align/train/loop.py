@@ -54,6 +54,9 @@ class TrainJob:
     # Models the loss reads but never trains (a reference run each step): their
     # arrays must be declared as inputs of the compiled step.
     frozen: list[nn.Module] = field(default_factory=list)
+    # Checkpoints only after steps that are multiples of this: GRPO's μ steps
+    # share one rollout batch, whose old log-probs a checkpoint does not hold.
+    checkpoint_multiple: int = 1
 
 
 def build_optimizer(settings: TrainSettings) -> optim.Optimizer:
@@ -211,13 +214,19 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
             ):
                 log.write(it, evaluate(job))
             if settings.save_every and it % settings.save_every == 0:
-                save(step=it)
+                if it % job.checkpoint_multiple == 0:
+                    save(step=it)
             emit("step", step=it)
     except KeyboardInterrupt:
-        if finished > start:
+        if finished > start and finished % job.checkpoint_multiple == 0:
             path = save(step=finished)
             tqdm.write(
                 f"interrupted: checkpoint of step {finished} written to {path}; rerun with --resume"
+            )
+        elif finished > start:
+            tqdm.write(
+                f"interrupted after step {finished}, inside a rollout batch's "
+                f"{job.checkpoint_multiple} steps: --resume restarts from the last checkpoint"
             )
         raise
     finally:

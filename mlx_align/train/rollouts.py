@@ -29,6 +29,9 @@ from ..layouts import FullRows, SharedPrompt
 from ..logprobs import supports_shared_prompts
 from ..rewards.scoring import GroupScorer
 from ..rollout import Group, sample_groups
+from .loop import step_seed
+
+RANK_SEED_STRIDE = 7919  # rank r samples from the step's seed + r x this
 
 ROLLOUT_STATS = (
     "reward",
@@ -82,11 +85,26 @@ class Rollouts:
         accumulation = self.config.grad_accumulation
         rollout_id = rollout_index(k, accumulation, self.config.iterations)
         if rollout_id not in self.cache:
+            self.seed_group(rollout_id)
             kept = {
                 i: v for i, v in self.cache.items() if i > rollout_id - accumulation
             }
             self.cache = {rollout_id: self.sample(rollout_id), **kept}
         return self.cache[rollout_id]
+
+    def seed_group(self, rollout_id: int) -> None:
+        """Before the first rollout batch of a step's group, the RNG as that
+        step seeded it (``loop.step_seed``), offset by the rank: each rank
+        draws its own completions, and rank 0 (one process) exactly those it
+        drew before ranks existed. Checkpoints fall on group boundaries
+        (``TrainJob.checkpoint_multiple``), so a resumed run draws the same.
+        """
+        accumulation, passes = self.config.grad_accumulation, self.config.iterations
+        group, micro = divmod(rollout_id, accumulation)
+        if micro == 0:
+            first_step = group * passes + 1
+            seed = step_seed(self.config.seed, first_step)
+            mx.random.seed((seed + RANK_SEED_STRIDE * distributed.rank()) % 2**32)
 
     def sample(self, rollout_id: int) -> GRPOBatch:
         """Sample the rollout batch's groups, score them, and batch them for the loss."""
@@ -128,8 +146,6 @@ class Rollouts:
     def sample_groups(self, indices: list[int]) -> list[Group]:
         """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
         config, tic = self.config, time.perf_counter()
-        if distributed.size() > 1:  # each rank its own draws
-            mx.random.seed(hash((config.seed, distributed.rank(), indices[0])) % 2**32)
         with sampling_model(self.model, self.sampler) as model:
             groups = sample_groups(
                 model,
