@@ -1,6 +1,8 @@
-"""A bad flag or setting, as opposed to bad data (``data.errors.DataError``).
+"""A bad flag or setting, as opposed to bad data (``data.errors.DataError``),
+and a run that had to stop (``RunError``).
 
-The CLI prints either as one line and exits with code 2, with no traceback.
+The CLI prints each as one line, with no traceback: exit code 2 for bad
+input, 1 for a stopped run.
 """
 
 from __future__ import annotations
@@ -13,3 +15,12 @@ class UserError(Exception):
     def __init__(self, setting: str, message: str) -> None:
         self.setting, self.message = setting, message
         super().__init__(f"{setting}: {message}")
+
+
+class RunError(Exception):
+    """A run that cannot go on (a non-finite loss, a checkpoint that cannot be
+    written): ``step`` names where, ``message`` what happened and what is intact."""
+
+    def __init__(self, step: int, message: str) -> None:
+        self.step, self.message = step, message
+        super().__init__(f"step {step}: {message}")

@@ -22,7 +22,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .. import distributed
-from ..errors import UserError
+from ..errors import RunError, UserError
 from ..events import emit
 
 STEP_PREFIX = "step_"
@@ -64,18 +64,21 @@ def save_checkpoint(
     if not writes:
         return final
     tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_weights(tmp)
-    emit("checkpoint", step=step, path=tmp)  # half written: a kill here loses nothing
-    mx.save_safetensors(
-        str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
-    )
-    (tmp / "state.json").write_text(
-        json.dumps(
-            {"step": step, "ranks": distributed.size(), "config": config}, indent=2
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write_weights(tmp)
+        emit("checkpoint", step=step, path=tmp)  # half written: a kill loses nothing
+        mx.save_safetensors(
+            str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
         )
-    )
+        state = {"step": step, "ranks": distributed.size(), "config": config}
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    except OSError as e:  # a full disk, say: the previous checkpoint stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = latest_checkpoint(out)
+        intact = f"{previous} is intact" if previous else "no earlier checkpoint"
+        raise RunError(step, f"checkpoint not written ({e}); {intact}") from None
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in sorted(final.parent.glob(f"{STEP_PREFIX}*"))[:-keep]:

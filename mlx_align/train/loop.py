@@ -11,6 +11,7 @@ state, as mlx-lm's trainer does with its one step function.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..config import TrainSettings
+from ..errors import RunError
 from ..events import emit
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .grad_checkpoint import checkpoint_layers
@@ -96,15 +98,12 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
         return loss, n_tokens, metrics, grad
 
     def update(grad) -> dict[str, mx.array]:
-        metrics = {}
         if distributed.size() > 1:  # each rank's part, weighted by its share
             grad = tree_map(distributed.all_sum, grad)
-        if settings.max_grad_norm > 0:
-            grad, metrics["grad_norm"] = optim.clip_grad_norm(
-                grad, settings.max_grad_norm
-            )
+        clip = settings.max_grad_norm if settings.max_grad_norm > 0 else math.inf
+        grad, norm = optim.clip_grad_norm(grad, clip)
         optimizer.update(model, grad)
-        return metrics
+        return {"grad_norm": norm}
 
     if not settings.compile:
         return gradients, update
@@ -296,6 +295,13 @@ def run_optimizer_step(
     )
     totals.update({k: v.item() for k, v in update_metrics.items()})
     n_tokens, loss = totals.pop("tokens"), totals.pop("loss")
+    if not (math.isfinite(loss) and math.isfinite(totals["grad_norm"])):
+        raise RunError(
+            it,
+            f"the loss is {loss} and the gradient norm {totals['grad_norm']}: "
+            "the run stops before writing this step; the last checkpoint is "
+            "intact (--resume, perhaps with a lower --learning-rate)",
+        )
     log.add(
         seconds=time.perf_counter() - tic, n_tokens=n_tokens, loss=loss, metrics=totals
     )
