@@ -76,3 +76,15 @@ class GRPOBatch(NamedTuple):
     def n_examples(self) -> mx.array:
         """The completions: every rank holds as many, so ranks weigh alike."""
         return mx.array(float(self.advantages.shape[0]))
+
+
+class OnlineDPOBatch(NamedTuple):
+    """B prompts' sampled pairs, ordered by the judge: 2B completions, chosen first."""
+
+    inputs: FullRows | SharedPrompt
+    index: mx.array  # (B,) prompt ids, -1 where the judge saw a tie (not trained)
+    reference: mx.array  # (2B,) the reference's log-probs, at sampling time
+    stats: mx.array  # the judge's and sampler's statistics (``OnlinePairs.stat_names``)
+
+    valid = property(_valid)
+    n_examples = property(_n_examples)

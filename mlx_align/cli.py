@@ -17,6 +17,7 @@ from .config import (
     GRPOConfig,
     InitModelConfig,
     KTOConfig,
+    OnlineDPOConfig,
     ORPOConfig,
     PretrainConfig,
     RewardConfig,
@@ -383,6 +384,21 @@ def grpo_command(config: GRPOConfig) -> None:
     from .train.grpo import run_grpo
 
     click.echo(f"result written to {run_grpo(config)}")
+
+
+@stage_command(
+    "online-dpo",
+    OnlineDPOConfig,
+    "Examples:\n\n  mlx-align online-dpo --model runs/sft-fused --data data/prompts --out runs/odpo --reward-model runs/rm\n\n"
+    "  mlx-align online-dpo --model M --data D --out R --reward math --loss ipo\n\n"
+    "  mlx-align online-dpo --model M --data D --out R --judge my_pkg.judges:rubric   # RLAIF\n\n"
+    "D holds prompts (train.jsonl; valid.jsonl for the held-out win rate), as for grpo.",
+)
+def online_dpo_command(config: OnlineDPOConfig) -> None:
+    """Online DPO: two samples per prompt from the policy, labelled by a judge, a DPO step."""
+    from .train.online_dpo import run_online_dpo
+
+    click.echo(f"result written to {run_online_dpo(config)}")
 
 
 @stage_command(

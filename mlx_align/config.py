@@ -360,3 +360,113 @@ class EvalMathConfig:
     batch_size: int = setting(32, "Prompts decoded together.")
     limit: int = setting(0, "Evaluate only the first N problems (0: all).")
     out: str = setting("", "Optional JSONL file for per-problem results.")
+
+
+@stage_defaults(learning_rate=5e-5)
+class OnlineDPOConfig(RunSettings, TrainSettings, AdapterSettings):
+    """Online DPO: pairs sampled from the policy each step, labelled by a judge."""
+
+    batch_size: int = setting(
+        4,
+        "Prompts per micro-batch and rank (N ranks: N x this many per global "
+        "batch); each is sampled twice.",
+    )
+    reward_model: str = setting(
+        "", "Judge: a reward model from `mlx-align reward` (the higher score wins)."
+    )
+    judge: str = setting(
+        "",
+        "Judge: module:function with TRL's pairwise-judge signature "
+        "judge(prompts, completion_pairs) -> preferred index per pair (-1: tie).",
+    )
+    reward: tuple = setting(
+        (),
+        "Judge: reward function(s) with GRPO's signature, e.g. math (the higher "
+        "reward wins; repeat the flag for several).",
+        multiple=True,
+    )
+    reward_weights: str = setting(
+        "", "Comma-separated weights, one per --reward (default: all 1)."
+    )
+    beta: float = setting(0.1, "β: strength of the KL constraint to the reference.")
+    loss: str = setting(
+        "sigmoid",
+        "DPO-family loss on the judged pairs: any name in losses.DPO_LOSSES.",
+        choices="mlx_align.losses:DPO_LOSSES",
+    )
+    label_smoothing: float = setting(
+        0.0, "ε for the robust loss: assumed fraction of flipped labels."
+    )
+    max_completion_tokens: int = setting(64, "Longest sampled completion.")
+    temperature: float = setting(0.9, "Sampling temperature (TRL's default).")
+    top_p: float = setting(1.0, "Nucleus sampling threshold.")
+    fuse_rollout: str = setting(
+        "auto",
+        "Sample from LoRA-fused weights, a copy held while sampling "
+        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        choices="mlx_align.fused_sampler:FUSE_CHOICES",
+    )
+    max_length: int = setting(1024, "Longest prompt + completion in tokens.")
+
+
+@stage_defaults(learning_rate=1e-5)
+class PPOConfig(RunSettings, TrainSettings, AdapterSettings):
+    """PPO with a critic (``mlx-align ppo``): TRL ``PPOTrainer``'s settings, its names."""
+
+    reward_model: str = setting(
+        "",
+        "An `mlx-align reward` output directory: its score of each completion, "
+        "read at the last token, is the reward.",
+    )
+    reward: tuple = setting(
+        (),
+        "Reward function: math, format, or module:function, as grpo's (repeat the "
+        "flag for several); added to --reward-model's score when both are given.",
+        multiple=True,
+    )
+    reward_weights: str = setting(
+        "", "Comma-separated weights, one per --reward (default: all 1)."
+    )
+    value_model: str = setting(
+        "",
+        "A separate mlx-lm model (same tokenizer) as the critic's backbone "
+        "(default: the policy's base with the critic's own adapters).",
+    )
+    num_mini_batches: int = setting(
+        1,
+        "Mini-batches per rollout batch, one optimizer step each: a rollout "
+        "batch holds this x --grad-accumulation x --batch-size prompts.",
+    )
+    ppo_epochs: int = setting(
+        4,
+        "Passes over each rollout batch; --ppo-epochs x --num-mini-batches "
+        "optimizer steps share one rollout, and checkpoints fall on multiples of it.",
+    )
+    kl_coef: float = setting(
+        0.05, "β: the per-token penalty β·(log π − log π_ref) taken from the reward."
+    )
+    gamma: float = setting(1.0, "γ: discount factor of the returns.")
+    lam: float = setting(0.95, "λ of generalised advantage estimation (GAE).")
+    cliprange: float = setting(
+        0.2, "ε: policy ratios outside [1 − ε, 1 + ε] are clipped."
+    )
+    cliprange_value: float = setting(
+        0.2, "Values may move at most this far from their rollout-time value."
+    )
+    vf_coef: float = setting(0.1, "Weight of the value loss in the total loss.")
+    whiten_rewards: bool = setting(
+        False, "Scale the per-token rewards to unit variance over each rollout batch."
+    )
+    missing_eos_penalty: float = setting(
+        0.0, "Subtracted from the score of a completion that stops without EOS."
+    )
+    max_completion_tokens: int = setting(64, "Longest sampled completion.")
+    temperature: float = setting(1.0, "Sampling temperature for rollouts.")
+    top_p: float = setting(1.0, "Nucleus sampling threshold for rollouts.")
+    fuse_rollout: str = setting(
+        "auto",
+        "Sample from LoRA-fused weights, a copy held during each rollout "
+        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        choices="mlx_align.fused_sampler:FUSE_CHOICES",
+    )
+    max_length: int = setting(1024, "Longest prompt + completion in tokens.")

@@ -1,0 +1,243 @@
+"""Online DPO (and RLAIF): on-policy pairs labelled by a judge, a DPO-family step on them.
+
+Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback";
+TRL's ``OnlineDPOTrainer``. Each micro-batch samples two completions of
+each prompt from the current policy (the compiled sampler GRPO uses), asks
+the judge (``judges.py``: a reward model, a verifiable reward, or any
+``module:function``) which is better, and takes the DPO-family loss
+(``train/dpo.py:dpo_loss``, any of ``losses.DPO_LOSSES``) on the pairs
+against the reference: the base with the adapters off, sharing its arrays,
+scored once at sampling time. Pairs the judge cannot separate are not
+trained on (``index`` -1) and counted.
+
+After training, the judge compares one sample of the policy with one of the
+starting model on each held-out prompt (``valid.jsonl``): ``val_win_rate``
+(ties count half) is written to ``metrics.jsonl`` and printed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from tqdm import tqdm
+
+from .. import distributed
+from ..batches import OnlineDPOBatch
+from ..config import OnlineDPOConfig
+from ..data.batching import BatchPlan, bucket_for, bucket_lengths
+from ..data.jsonl import Record, load_split
+from ..data.tokenize import Encoded, encode_prompt, pad_id_of
+from ..events import emit
+from ..fused_sampler import FusedSampler, sampling_model, should_fuse
+from ..judges import Judge, Verdicts, make_judge
+from ..layouts import FullRows, SharedPrompt
+from ..logprobs import supports_shared_prompts
+from ..model.adapters import quantize_base
+from ..model.load import load_model
+from ..reference import shared_reference
+from ..rollout import Group, sample_groups
+from .adapted import prepare_trainable, stage_job, train_and_write
+from .dpo import dpo_loss, dpo_objective
+from .loop import step_seed
+from .rollouts import RANK_SEED_STRIDE
+
+SAMPLER_STATS = ("judge/ties", "val/contain_eos_token")
+SCORE_STATS = ("objective/scores", "objective/scores_margin")
+
+
+class OnlinePairs:
+    """Micro-batch k: a pair per prompt sampled from the policy, judged, batched chosen first."""
+
+    def __init__(self, config: OnlineDPOConfig, model, tokenizer, records, judge):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.records, self.judge = records, judge
+        self.prompts = [encode_prompt(tokenizer, r) for r in records]
+        lengths = [len(p) for p in self.prompts]
+        self.plan = BatchPlan.by_length(
+            lengths, config.batch_size, config.seed, fill_last=distributed.size() > 1
+        )
+        self.eos_ids = set(tokenizer.eos_token_ids)
+        self.pad_id = pad_id_of(tokenizer)
+        self.buckets = bucket_lengths(config.max_length)
+        self.shared_prompts = supports_shared_prompts(model)
+        self.reference: nn.Module | None = None  # the start: adapters off
+        self.sampler: FusedSampler | None = None
+        self.scored = not config.judge  # reward models and rewards give scores
+        self.stat_names = [*SAMPLER_STATS, *(SCORE_STATS if self.scored else ())]
+
+    def micro_batch(self, k: int) -> OnlineDPOBatch:
+        config = self.config
+        if distributed.size() > 1 and k % config.grad_accumulation == 0:
+            step = k // config.grad_accumulation + 1  # each rank its own draws
+            seed = step_seed(config.seed, step) + RANK_SEED_STRIDE * distributed.rank()
+            mx.random.seed(seed % 2**32)
+        indices = self.plan.local_batch(k)
+        with sampling_model(self.model, self.sampler) as model:
+            groups = sample_pairs(model, [self.prompts[i] for i in indices], self)
+        texts = [tuple(self.decode(c) for c in g.completions) for g in groups]
+        tic = time.perf_counter()
+        verdicts = self.judge([self.records[i] for i in indices], texts)
+        emit("rewards", seconds=time.perf_counter() - tic)
+        return self.batch(indices, groups, verdicts)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self.tokenizer.decode([t for t in tokens if t not in self.eos_ids])
+
+    def batch(self, indices, groups: list[Group], verdicts: Verdicts) -> OnlineDPOBatch:
+        """The pairs chosen first; a tie keeps its order and is marked filler."""
+        ordered = [
+            g.completions if p != 1 else g.completions[::-1]
+            for g, p in zip(groups, verdicts.preferred, strict=True)
+        ]
+        inputs = self.inputs([g.prompt for g in groups], ordered)
+        reference = mx.stop_gradient(inputs.logps(self.reference)[0])
+        index = [i if p is not None else -1 for i, p in zip(indices, verdicts.preferred, strict=True)]  # fmt: skip
+        stats = self.stats(groups, verdicts)
+        mx.eval(reference)
+        return OnlineDPOBatch(inputs, mx.array(index), reference, mx.array(stats))
+
+    def inputs(self, prompts, pairs) -> FullRows | SharedPrompt:
+        """Chosen completions in slot 0, rejected in slot 1 (``layouts.py``)."""
+        if self.shared_prompts:
+            widths = (
+                bucket_for(max(map(len, prompts)), self.buckets),
+                self.config.max_completion_tokens,
+            )
+            flat = [c for pair in pairs for c in pair]
+            return SharedPrompt.pad(prompts, flat, len(prompts), self.pad_id, widths)
+        rows = [
+            Encoded(p + pair[slot], len(p))
+            for slot in (0, 1)
+            for p, pair in zip(prompts, pairs, strict=True)
+        ]
+        return FullRows.pad(rows, len(rows), self.buckets, self.pad_id)
+
+    def stats(self, groups: list[Group], verdicts: Verdicts) -> list[float]:
+        ties = sum(p is None for p in verdicts.preferred) / len(groups)
+        ends = [c[-1] in self.eos_ids for g in groups for c in g.completions if c]
+        values = [ties, sum(ends) / max(2 * len(groups), 1)]
+        if self.scored:
+            scores, preferred = verdicts.scores, verdicts.preferred
+            margins = [s[p] - s[1 - p] for s, p in zip(scores, preferred, strict=True) if p is not None]  # fmt: skip
+            flat = [x for s in scores for x in s]
+            values += [sum(flat) / len(flat), sum(margins) / max(len(margins), 1)]
+        return values
+
+
+def sample_pairs(model: nn.Module, prompts: list[list[int]], pairs: OnlinePairs):
+    config = pairs.config
+    return sample_groups(
+        model,
+        prompts,
+        2,
+        config.max_completion_tokens,
+        pairs.eos_ids,
+        config.temperature,
+        config.top_p,
+    )
+
+
+def online_dpo_loss(
+    model: nn.Module,
+    batch: OnlineDPOBatch,
+    *,
+    objective,
+    beta: float,
+    stat_names: list[str],
+):
+    """``dpo_loss`` on the judged pairs, with TRL's online-DPO metrics.
+
+    Over the judged (untied) pairs: ``objective/kl`` = mean Σ (log π − log
+    π_ref) per completion, ``objective/entropy`` = −mean Σ log π (the
+    sampled estimate), ``objective/non_score_reward`` = −β·kl, and with
+    scores ``objective/rlhf_reward`` = scores − β·kl.
+    """
+    loss, n_tokens, metrics = dpo_loss(model, batch, objective=objective)
+    stats = {name: batch.stats[i] for i, name in enumerate(stat_names)}
+    kl = (metrics["rewards/chosen"] + metrics["rewards/rejected"]) / (2 * beta)
+    extra = {
+        "objective/kl": kl,
+        "objective/entropy": -(metrics["logps/chosen"] + metrics["logps/rejected"]) / 2,
+        "objective/non_score_reward": -beta * kl,
+        "beta": mx.array(beta),
+    }
+    if "objective/scores" in stats:
+        extra["objective/rlhf_reward"] = stats["objective/scores"] - beta * kl
+    return loss, n_tokens, {**metrics, **extra, **stats}
+
+
+def one_sample_each(model: nn.Module, prompts, pairs: OnlinePairs) -> list[str]:
+    """One sampled completion per prompt, decoded."""
+    config = pairs.config
+    model.eval()
+    texts = []
+    for prompt in prompts:
+        (group,) = sample_groups(
+            model,
+            [prompt],
+            1,
+            config.max_completion_tokens,
+            pairs.eos_ids,
+            config.temperature,
+            config.top_p,
+        )
+        texts.append(pairs.decode(group.completions[0]))
+    return texts
+
+
+def win_rate(
+    policy: nn.Module, start: nn.Module, pairs: OnlinePairs, records: list[Record]
+) -> tuple[float, float]:
+    """(win rate, tie share) of one policy sample against one of the start, per prompt."""
+    prompts = [encode_prompt(pairs.tokenizer, r) for r in records]
+    mx.random.seed(pairs.config.seed)
+    mine = one_sample_each(policy, prompts, pairs)
+    theirs = one_sample_each(start, prompts, pairs)
+    verdicts = pairs.judge(records, list(zip(mine, theirs, strict=True)))
+    ties = sum(p is None for p in verdicts.preferred)
+    wins = sum(p == 0 for p in verdicts.preferred) + ties / 2
+    return wins / len(records), ties / len(records)
+
+
+def run_online_dpo(config: OnlineDPOConfig) -> Path:
+    """Train with online DPO; adapters in ``out`` (or ``out/model`` with ``--full``)."""
+    judge: Judge = make_judge(
+        config.reward_model, config.judge, config.reward, config.reward_weights
+    )
+    records = load_split(config.data, "train", required=True)
+    held_out = load_split(config.data, "valid")
+    model, tokenizer, model_config = load_model(config.model)
+    if config.quantize:
+        quantize_base(model, config.quantize)
+    pairs = OnlinePairs(config, model, tokenizer, records, judge)
+    adapters = prepare_trainable(model, config, config.seed)
+    if should_fuse(model, config.fuse_rollout):
+        pairs.sampler = FusedSampler(model)
+    pairs.reference = (
+        shared_reference(model, config.model)
+        if adapters
+        else load_model(config.model)[0]
+    )
+    tqdm.write(
+        f"online DPO: {len(records)} prompts, {config.batch_size} pairs per micro-batch"
+    )
+    loss_fn = partial(
+        online_dpo_loss,
+        objective=dpo_objective(config),
+        beta=config.beta,
+        stat_names=pairs.stat_names,
+    )
+    job = stage_job(config, model, adapters, loss_fn, pairs.micro_batch)
+    path = train_and_write(job, config, adapters, tokenizer, model_config)
+    if held_out and distributed.is_main():
+        rate, ties = win_rate(model, pairs.reference, pairs, held_out)
+        record = {"step": config.steps, "val_win_rate": rate, "val_win_ties": ties}
+        with open(Path(config.out) / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        tqdm.write(f"held-out win rate against the start: {rate:.3f} (ties {ties:.3f})")
+    return path
