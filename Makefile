@@ -195,5 +195,21 @@ capstone-kto: $(OUT)/sft-fused/config.json
 		--eval-every 30 --eval-batches -1 $(COMMON)
 	$(BIN)/python recipes/last_metric.py $(OUT)/kto val_loss
 
+# The lesson's seven exercises (recipes/exercises/README.md): each script
+# prints its checks and writes a PNG to EXERCISES_OUT; every one runs even
+# when an earlier one fails, and the target fails if any did. Smallest sizes
+# (the test suite's): `make exercises EXERCISE_FLAGS=--quick`.
+EXERCISES_OUT  ?= runs/exercises
+EXERCISE_FLAGS ?=
+EXERCISES      := $(sort $(wildcard recipes/exercises/ex[0-9]_*.py))
+
+.PHONY: exercises
+exercises: venv
+	@failed=; for script in $(EXERCISES); do \
+		echo "== $$script"; \
+		$(BIN)/python $$script --out $(EXERCISES_OUT) $(EXERCISE_FLAGS) || failed="$$failed $$script"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "exercises failed:$$failed"; exit 1; fi
+
 clean:
 	rm -rf $(OUT)

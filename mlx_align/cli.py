@@ -122,7 +122,8 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
             if issubclass(cls, TrainSettings):
                 from . import distributed
 
-                click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
+                if distributed.size() > 1:
+                    click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
             run(config)
 
         return command
@@ -411,6 +412,27 @@ def eval_math_command(config: EvalMathConfig) -> None:
     from .eval_math import run_eval_math
 
     run_eval_math(config)
+
+
+from .config import PPOConfig  # noqa: E402  (the ppo block's own import)
+
+
+@stage_command(
+    "ppo",
+    PPOConfig,
+    "Examples:\n\n  mlx-align ppo --model runs/sft-fused --data data/grpo --out runs/ppo --reward math\n\n"
+    "  mlx-align ppo --model runs/sft-fused --data data/prompts --out runs/ppo --reward-model runs/rm "
+    "--kl-coef 0.05 --ppo-epochs 4 --num-mini-batches 2\n\n"
+    "  mlx-align ppo --model M --data D --out R --reward-model RM --value-model models/small "
+    "--vf-coef 0.1 --cliprange-value 0.2 --gamma 1.0 --lam 0.95\n\n"
+    "D holds prompts (train.jsonl; valid.jsonl for held-out scores), as for grpo. The policy's "
+    "adapters land in R (fuse them with `mlx-align fuse`), the critic in R/critic.",
+)
+def ppo_command(config: PPOConfig) -> None:
+    """PPO with a critic: KL-shaped rewards from a reward model or function, GAE, clipped updates."""
+    from .train.ppo import run_ppo
+
+    click.echo(f"result written to {run_ppo(config)}")
 
 
 @cli.command(

@@ -129,7 +129,7 @@ def evaluate(job: TrainJob) -> dict[str, float]:
         desc="eval",
         leave=False,
         dynamic_ncols=True,
-        disable=not distributed.is_main(),
+        **quiet_unless_main(),
     )
     for batch in batches:
         loss, n_tokens, metrics = job.loss_fn(job.model, batch)
@@ -198,7 +198,7 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
         initial=start,
         desc="train",
         dynamic_ncols=True,
-        disable=not main,
+        **quiet_unless_main(),
     )
     try:
         for it in range(start + 1, settings.steps + 1):
@@ -240,6 +240,12 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
 def step_seed(seed: int, step: int) -> int:
     """The RNG seed of one step: a resumed run draws the same dropout masks."""
     return (seed * 1_000_003 + step) % 2**32
+
+
+def quiet_unless_main() -> dict:
+    """tqdm's settings: no bar on ranks other than 0 (rank 0 keeps tqdm's own
+    defaults, so ``TQDM_DISABLE`` still works)."""
+    return {} if distributed.is_main() else {"disable": True}
 
 
 def count_of(batch: Batch, n_tokens: mx.array) -> mx.array:
