@@ -19,6 +19,7 @@ from .config import (
     KTOConfig,
     OnlineDPOConfig,
     ORPOConfig,
+    PPOConfig,
     PretrainConfig,
     RewardConfig,
     SFTConfig,
@@ -412,9 +413,6 @@ def eval_math_command(config: EvalMathConfig) -> None:
     from .eval_math import run_eval_math
 
     run_eval_math(config)
-
-
-from .config import PPOConfig  # noqa: E402  (the ppo block's own import)
 
 
 @stage_command(
