@@ -13,17 +13,35 @@ then the identity, and nothing about a run changes.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
 from mlx.utils import tree_map
 
+from .errors import UserError
+
+# Set in every rank by ``mlx.launch`` (ring, JACCL) or by MPI.
+LAUNCHED_BY = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+
 
 @functools.cache
 def world() -> mx.distributed.Group:
-    """The group of all ranks (of size 1 when not launched by ``mlx.launch``)."""
-    return mx.distributed.init()
+    """The group of all ranks (of size 1 when not launched by ``mlx.launch``).
+
+    A launched rank that cannot join its group stops with one line: left to
+    itself, MLX would hand it a group of one, and every rank would train alone
+    and write the same files.
+    """
+    if not any(name in os.environ for name in LAUNCHED_BY):
+        return mx.distributed.init()
+    try:
+        return mx.distributed.init(strict=True)
+    except RuntimeError as error:
+        raise UserError(
+            "mlx.launch", f"this rank could not join the others: {error}"
+        ) from None
 
 
 def size() -> int:

@@ -9,8 +9,8 @@ import mlx_lm
 from tqdm import tqdm
 
 from .config import EvalMathConfig
-from .data.jsonl import load_split, require_str
-from .data.tokenize import encode_prompt
+from .data.jsonl import load_split
+from .data.prompts import check_prompt_records, column_value, encode_prompts
 from .fused_sampler import fuse_in_place
 from .rewards.math import math_reward
 
@@ -36,15 +36,14 @@ def run_eval_math(config: EvalMathConfig) -> float:
     records = load_split(config.data, config.split, required=True)
     if config.limit:
         records = records[: config.limit]
-    answers = [
-        require_str(r, "answer") if "answer" in r.fields else require_str(r, "solution")
-        for r in records
-    ]
+    reference = ("answer", "solution")  # the columns math_reward reads
+    check_prompt_records(records, needs=[reference])  # before the model loads
+    answers = [column_value(r, reference) for r in records]
     model, tokenizer = mlx_lm.load(
         config.model, adapter_path=config.adapter_path or None
     )
     fuse_in_place(model)  # adapters, if any: one matmul per layer while decoding
-    prompts = [encode_prompt(tokenizer, r) for r in records]
+    prompts = encode_prompts(tokenizer, records)
     texts: list[str] = []
     for start in tqdm(
         range(0, len(prompts), config.batch_size), desc="eval-math", leave=False

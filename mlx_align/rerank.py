@@ -37,7 +37,8 @@ from tqdm import tqdm
 from .data.batching import bucket_lengths
 from .data.errors import DataError
 from .data.jsonl import Record, read_jsonl
-from .data.tokenize import Encoded, encode_prompt, pad_id_of
+from .data.prompts import encode_prompts
+from .data.tokenize import Encoded, pad_id_of
 from .errors import UserError
 from .fused_sampler import FusedSampler, should_fuse
 from .layouts import FullRows
@@ -94,15 +95,6 @@ def check_settings(k: int, beta: float) -> None:
 def prompt_records(prompts: Sequence[str | list[dict]]) -> list[Record]:
     """Prompts given in Python as records, numbered from 1 like lines of a file."""
     return [Record("<prompts>", i + 1, {"prompt": p}) for i, p in enumerate(prompts)]
-
-
-def encode_prompts(tokenizer, records: Sequence[Record]) -> list[list[int]]:
-    """``data.tokenize.encode_prompt`` of every record; an empty prompt is a DataError."""
-    encoded = [encode_prompt(tokenizer, r) for r in records]
-    for record, tokens in zip(records, encoded, strict=True):
-        if not tokens:
-            raise DataError(record.path, record.line, "the prompt encodes to no tokens")
-    return encoded
 
 
 def completion_logps(
@@ -219,7 +211,7 @@ def rerank_records(
     check_settings(k, scorers.beta)
     if scorers.reference is None and scorers.reward_model is None:
         raise UserError("--ref-model", "no reference model and no reward model")
-    prompts = encode_prompts(tokenizer, records)
+    prompts = encode_prompts(tokenizer, records, report=tqdm.write)
     eos_ids = set(tokenizer.eos_token_ids)
     mx.random.seed(seed)
     policy.eval()

@@ -490,7 +490,7 @@ def test_a_loss_added_to_the_registry_is_a_cli_choice(
     main(["dpo", "--help"])
     assert "toy" in capsys.readouterr().out
     out = tmp_path / "toy"
-    flags = dict(steps=1, log_every=1, warmup_steps=0, learning_rate=0.0)
+    flags = dict(steps=1, log_every=1, warmup_steps=0, learning_rate=1e-9)
     settings = dpo_config(tiny_model, pref_dir, out, **flags)
     argv = ["dpo", "--loss", "toy", "--no-compile"]
     for name, value in settings.items():

@@ -39,25 +39,78 @@ def load_split(
     return read_jsonl(path)
 
 
-def read_jsonl(path: str | Path) -> list[Record]:
-    """Parse every non-blank line as a JSON object; the first bad line raises DataError."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+def decode_line(raw: bytes, path: str, number: int) -> str:
+    """One line's bytes as text; a byte that is not UTF-8 is a DataError at its column."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        column = len(raw[: e.start].decode("utf-8", errors="replace")) + 1
+        raise DataError(
+            path, number, f"not UTF-8 (byte 0x{raw[e.start]:02x} at column {column})"
+        ) from None
+
+
+def has_lone_surrogate(value: object) -> bool:
+    """Whether a string anywhere in ``value`` (keys too) holds an unpaired surrogate,
+    which JSON's ``\\uD800``-``\\uDFFF`` escapes can write but UTF-8 cannot encode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
             try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(str(path), number, f"invalid JSON ({e.msg})") from None
-            if not isinstance(fields, dict):
-                kind = type(fields).__name__
-                raise DataError(
-                    str(path), number, f"expected a JSON object, got {kind}"
-                )
-            records.append(Record(str(path), number, fields))
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def parse_line(text: str, path: str, number: int) -> dict:
+    """One JSON object; anything else (bad JSON, a list, a lone surrogate) is a DataError."""
+    try:
+        fields = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, number, f"invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise DataError(path, number, "invalid JSON (nested too deeply)") from None
+    except ValueError:  # an integer of more digits than Python converts
+        raise DataError(
+            path, number, "invalid JSON (a number too long to read)"
+        ) from None
+    if not isinstance(fields, dict):
+        kind = type(fields).__name__
+        raise DataError(path, number, f"expected a JSON object, got {kind}")
+    if "\\ud" in text.lower() and has_lone_surrogate(fields):
+        raise DataError(
+            path, number, "invalid JSON (a \\u escape is a lone UTF-16 surrogate)"
+        )
+    return fields
+
+
+def read_jsonl(path: str | Path) -> list[Record]:
+    """Parse every non-blank line as a JSON object; the first bad line raises DataError.
+
+    Lines are split on ``\\n`` and decoded one by one, so a byte that is not
+    UTF-8 names its line and column; a UTF-8 byte-order mark is ignored.
+    """
+    name, records = str(path), []
+    try:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]
+                text = decode_line(raw, name, number)
+                if not text.strip():
+                    continue
+                records.append(Record(name, number, parse_line(text, name, number)))
+    except OSError as e:
+        raise DataError(name, 0, f"cannot read: {e.strerror or e}") from None
     if not records:
-        raise DataError(str(path), 0, "empty file: no JSON lines")
+        raise DataError(name, 0, "empty file: no JSON lines")
     return records
 
 
@@ -71,4 +124,13 @@ def require_str(record: Record, key: str) -> str:
         raise DataError(
             record.path, record.line, f"field '{key}' must be a string, got {kind}"
         )
+    return value
+
+
+def require_text(record: Record, key: str) -> str:
+    """``require_str``, and not empty or only whitespace: text a stage trains on or prompts with."""
+    value = require_str(record, key)
+    if not value.strip():
+        what = "empty" if not value else "only whitespace"
+        raise DataError(record.path, record.line, f"field '{key}' is {what}")
     return value

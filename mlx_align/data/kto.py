@@ -28,7 +28,12 @@ from ..layouts import FullRows
 from .batching import BatchPlan, bucket_lengths
 from .errors import DataError
 from .jsonl import Record
-from .preference import encode_completion, truncate_prompt_left
+from .preference import (
+    encode_completion,
+    report_same,
+    same_completion,
+    truncate_prompt_left,
+)
 from .tokenize import Encoded, truncate
 
 
@@ -76,10 +81,17 @@ def encode_kto(
     max_length: int,
     report: Callable[[str], None] = print,
 ) -> list[KTOExample]:
-    """Encode and fit every example; truncations and examples that cannot fit are counted aloud."""
-    examples, total, truncated, unusable = [], 0, 0, 0
+    """Encode and fit every example; truncations, examples that cannot fit and
+    pairs whose chosen equals rejected are counted aloud (and the last two skipped)."""
+    examples, total, truncated, unusable, paired, same = [], 0, 0, 0, 0, 0
     for record in records:
-        for item in encode_kto_record(tokenizer, record):
+        items = encode_kto_record(tokenizer, record)
+        if len(items) == 2:  # a preference pair, split
+            paired += 1
+            if same_completion(items[0].example, items[1].example):
+                same += 1
+                continue
+        for item in items:
             total += 1
             fitted = truncate_prompt_left(item.example, max_length)
             if fitted is None:
@@ -88,6 +100,7 @@ def encode_kto(
             truncated += fitted is not item.example
             examples.append(KTOExample(fitted, item.label))
     name = records[0].path
+    report_same(name, same, paired, total, report)
     if truncated:
         report(
             f"{name}: {truncated} of {total} prompts truncated from the left to fit {max_length} tokens"

@@ -7,6 +7,7 @@ prompt once per pair, or packed without padding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,13 +19,12 @@ from ..layouts import FullRows, Layout, Packed, SharedPrompt
 from ..packing import Tree, pack_trees
 from .batching import BatchPlan, bucket_for, bucket_lengths, piece_bucket_lengths
 from .errors import DataError
-from .jsonl import Record, require_str
+from .jsonl import Record, require_text
 from .tokenize import (
     Encoded,
-    encode_chat,
+    encode_conversation,
     encode_prompt_completion,
     is_chat_field,
-    require_messages,
 )
 
 
@@ -36,27 +36,58 @@ class Pair:
 
 
 def encode_completion(tokenizer, record: Record, key: str) -> Encoded:
-    """``prompt`` + ``record[key]``: plain strings, or chat message lists through the template."""
+    """``prompt`` + ``record[key]``: plain strings, or chat message lists through
+    the template (a string completion to a chat prompt is one assistant reply)."""
     if is_chat_field(record, "prompt") or is_chat_field(record, key):
-        prompt = require_messages(record, "prompt")
-        completion = record.fields.get(key)
-        if isinstance(completion, str):
-            completion = [{"role": "assistant", "content": completion}]
-        else:
-            completion = require_messages(record, key)
-        return encode_chat(tokenizer, prompt, completion)
+        return encode_conversation(tokenizer, record, "prompt", key)
     return encode_prompt_completion(
-        tokenizer, require_str(record, "prompt"), require_str(record, key)
+        tokenizer, require_text(record, "prompt"), require_text(record, key)
     )
 
 
-def encode_pair(tokenizer, record: Record) -> Pair:
+def require_margin(record: Record) -> float:
+    """The optional ``margin`` of a pair (default 0): a finite number."""
     margin = record.fields.get("margin", 0.0)
-    if not isinstance(margin, int | float) or isinstance(margin, bool):
-        raise DataError(record.path, record.line, "field 'margin' must be a number")
+    if isinstance(margin, int | float) and not isinstance(margin, bool):
+        try:
+            if math.isfinite(margin := float(margin)):
+                return margin
+        except OverflowError:
+            pass
+    raise DataError(record.path, record.line, "field 'margin' must be a finite number")
+
+
+def encode_pair(tokenizer, record: Record) -> Pair:
+    margin = require_margin(record)
     chosen = encode_completion(tokenizer, record, "chosen")
     rejected = encode_completion(tokenizer, record, "rejected")
-    return Pair(chosen, rejected, float(margin))
+    return Pair(chosen, rejected, margin)
+
+
+def same_completion(chosen: Encoded, rejected: Encoded) -> bool:
+    """Chosen and rejected encode alike: a pair with no preference in it."""
+    return chosen.tokens == rejected.tokens
+
+
+def report_same(
+    name: str, same: int, total: int, kept: int, report: Callable[[str], None]
+) -> None:
+    """Pairs whose chosen equals rejected are skipped aloud; all of them is a DataError.
+
+    Such a pair has no preference to learn: for DPO its gradient is zero at
+    the start and it only dilutes the batch, and a reward model is asked to
+    rank a completion above itself. TRL trains on them; here they are dropped.
+    """
+    if not same:
+        return
+    if not kept and same == total:
+        raise DataError(
+            name, 0, f"chosen equals rejected in all {total} pairs: nothing to prefer"
+        )
+    report(
+        f"{name}: {same} of {total} pairs skipped: chosen equals rejected "
+        "(no preference to learn)"
+    )
 
 
 def truncate_prompt_left(example: Encoded, max_length: int) -> Encoded | None:
@@ -76,10 +107,14 @@ def encode_pairs(
     report: Callable[[str], None] = print,
     encoder: Callable[[object, Record], Pair] = encode_pair,
 ) -> list[Pair]:
-    """Encode and fit every pair; truncations and pairs that cannot fit are counted aloud."""
-    pairs, truncated, unusable = [], 0, 0
+    """Encode and fit every pair; truncations, pairs that cannot fit and pairs
+    whose chosen equals rejected are counted aloud (and the last two skipped)."""
+    pairs, truncated, unusable, same = [], 0, 0, 0
     for record in records:
         pair = encoder(tokenizer, record)
+        if same_completion(pair.chosen, pair.rejected):
+            same += 1
+            continue
         chosen = truncate_prompt_left(pair.chosen, max_length)
         rejected = truncate_prompt_left(pair.rejected, max_length)
         if chosen is None or rejected is None:
@@ -88,6 +123,7 @@ def encode_pairs(
         truncated += chosen is not pair.chosen or rejected is not pair.rejected
         pairs.append(Pair(chosen, rejected, pair.margin))
     name = records[0].path
+    report_same(name, same, len(records), len(pairs), report)
     if truncated:
         report(
             f"{name}: {truncated} of {len(records)} prompts truncated from the left to fit {max_length} tokens"

@@ -6,14 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import DataError
-from .jsonl import Record, require_str
+from .jsonl import Record, require_text
 from .tokenize import Encoded, encode_sft_record, encode_text, truncate
 
 Encoder = Callable[[object, Record], Encoded]
 
 
 def encode_pretrain_record(tokenizer, record: Record) -> Encoded:
-    return encode_text(tokenizer, require_str(record, "text"))
+    return encode_text(tokenizer, require_text(record, "text"))
 
 
 def encode_examples(

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .chat import (  # require_messages: also imported from here
+    check_conversation,
+    check_prompt,
+    labelled,
+    require_messages,
+)
 from .errors import DataError
-from .jsonl import Record, require_str
+from .jsonl import Record, require_text
 
 
 @dataclass(frozen=True)
@@ -64,40 +70,50 @@ def encode_prompt_completion(tokenizer, prompt: str, completion: str) -> Encoded
     return Encoded(full, common_prefix_length(prompt_ids, full))
 
 
+def render_chat(
+    tokenizer, messages: list[dict], record: Record | None, **kwargs
+) -> str:
+    """The model's chat template applied to ``messages``; a template that fails
+    on the data (or a model without one) is a DataError at the record's line."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except Exception as e:  # jinja2's TemplateError, transformers' ValueError, ...
+        if record is None:
+            raise
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(
+            record.path, record.line, f"the chat template failed: {message}"
+        ) from None
+
+
 def encode_chat(
-    tokenizer, prompt_messages: list[dict], completion_messages: list[dict]
+    tokenizer,
+    prompt_messages: list[dict],
+    completion_messages: list[dict],
+    record: Record | None = None,
 ) -> Encoded:
     """Chat data through the model's template; the completion is the final turn(s)."""
-    template = tokenizer.apply_chat_template
-    prompt_text = template(prompt_messages, add_generation_prompt=True, tokenize=False)
-    full_text = template(prompt_messages + completion_messages, tokenize=False)
+    prompt_text = render_chat(
+        tokenizer, prompt_messages, record, add_generation_prompt=True
+    )
+    full_text = render_chat(tokenizer, prompt_messages + completion_messages, record)
     prompt_ids = list(tokenizer.encode(prompt_text, add_special_tokens=False))
     full = list(tokenizer.encode(full_text, add_special_tokens=False))
     return Encoded(full, common_prefix_length(prompt_ids, full))
 
 
-def require_messages(record: Record, key: str) -> list[dict]:
-    """A list of ``{"role": str, "content": str}`` messages, checked line by line."""
-    value = record.fields.get(key)
-    if value is None:
-        raise DataError(record.path, record.line, f"missing field '{key}'")
-    if not isinstance(value, list) or not value:
-        raise DataError(
-            record.path,
-            record.line,
-            f"field '{key}' must be a non-empty list of messages",
-        )
-    for i, message in enumerate(value):
-        ok = isinstance(message, dict) and all(
-            isinstance(message.get(k), str) for k in ("role", "content")
-        )
-        if not ok:
-            raise DataError(
-                record.path,
-                record.line,
-                f"{key}[{i}] must have string 'role' and 'content'",
-            )
-    return value
+def encode_conversation(
+    tokenizer, record: Record, prompt_key: str, key: str
+) -> Encoded:
+    """``record[prompt_key]`` messages + ``record[key]`` (messages, or a string:
+    one assistant reply), checked as a conversation (``chat.py``) and encoded."""
+    prompt = require_messages(record, prompt_key)
+    if isinstance(record.fields.get(key), str):
+        completion = [{"role": "assistant", "content": require_text(record, key)}]
+    else:
+        completion = require_messages(record, key)
+    check_conversation(record, labelled(prompt_key, prompt), labelled(key, completion))
+    return encode_chat(tokenizer, prompt, completion, record)
 
 
 def is_chat_field(record: Record, key: str) -> bool:
@@ -109,22 +125,30 @@ def encode_sft_record(tokenizer, record: Record) -> Encoded:
     fields = record.fields
     if "messages" in fields:
         messages = require_messages(record, "messages")
-        if messages[-1]["role"] != "assistant":
+        last = len(messages) - 1
+        if messages[last]["role"] != "assistant":
             raise DataError(
-                record.path, record.line, "the last message must be the assistant's"
+                record.path,
+                record.line,
+                f"messages[{last}]: the last message must be the assistant's, "
+                f"got {messages[last]['role']!r}",
             )
-        return encode_chat(tokenizer, messages[:-1], messages[-1:])
+        check_conversation(
+            record,
+            labelled("messages", messages[:last]),
+            labelled("messages", messages[last:], first=last),
+        )
+        return encode_chat(tokenizer, messages[:last], messages[last:], record)
     if "prompt" in fields or "completion" in fields:
         if is_chat_field(record, "prompt") or is_chat_field(record, "completion"):
-            prompt = require_messages(record, "prompt")
-            return encode_chat(
-                tokenizer, prompt, require_messages(record, "completion")
-            )
+            return encode_conversation(tokenizer, record, "prompt", "completion")
         return encode_prompt_completion(
-            tokenizer, require_str(record, "prompt"), require_str(record, "completion")
+            tokenizer,
+            require_text(record, "prompt"),
+            require_text(record, "completion"),
         )
     if "text" in fields:
-        return encode_text(tokenizer, require_str(record, "text"))
+        return encode_text(tokenizer, require_text(record, "text"))
     raise DataError(
         record.path,
         record.line,
@@ -150,19 +174,28 @@ def truncate(example: Encoded, max_length: int) -> Encoded | None:
     return result if result.n_completion > 0 else None
 
 
-def encode_prompt(tokenizer, record: Record) -> list[int]:
-    """A ``prompt`` string as is, or chat messages through the template with the generation prompt."""
+def require_prompt(record: Record) -> str | list[dict]:
+    """A prompt to generate from: a non-empty string, or chat messages ending
+    with the user's (or a tool's) turn; anything else is a DataError."""
     if is_chat_field(record, "prompt"):
         messages = require_messages(record, "prompt")
-        text = tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    prompt = record.fields.get("prompt")
-    if not isinstance(prompt, str):
+        check_prompt(record, labelled("prompt", messages))
+        return messages
+    if "prompt" in record.fields and not isinstance(record.fields["prompt"], str):
+        kind = type(record.fields["prompt"]).__name__
         raise DataError(
             record.path,
             record.line,
-            "field 'prompt' must be a string or a list of messages",
+            f"field 'prompt' must be a string or a list of messages, got {kind}",
         )
-    return encode_plain(tokenizer, prompt)
+    return require_text(record, "prompt")
+
+
+def encode_prompt(tokenizer, record: Record) -> list[int]:
+    """A ``prompt`` string as is, or chat messages through the template with the
+    generation prompt (``require_prompt`` checks it)."""
+    prompt = require_prompt(record)
+    if isinstance(prompt, str):
+        return encode_plain(tokenizer, prompt)
+    text = render_chat(tokenizer, prompt, record, add_generation_prompt=True)
+    return list(tokenizer.encode(text, add_special_tokens=False))

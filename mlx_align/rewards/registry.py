@@ -1,7 +1,7 @@
 """Reward functions by name: builtins, or any importable callable."""
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mlx_align.rewards.format import format_reward
 from mlx_align.rewards.math import math_reward
@@ -14,6 +14,24 @@ REWARD_FUNCTIONS: dict[str, RewardFunction] = {
     "math": math_reward,
     "format": format_reward,
 }
+
+# The dataset columns a builtin reward reads from every record, checked before
+# a run loads a model (``data.prompts.check_prompt_records``): each entry is a
+# column, or a tuple of alternatives of which the first present is read.
+REWARD_COLUMNS: dict[str, tuple[str | tuple[str, ...], ...]] = {
+    "math": (("answer", "solution"),),
+}
+
+
+def reward_columns(specs: Sequence[str]) -> list[str | tuple[str, ...]]:
+    """The columns the ``--reward`` functions ``specs`` need (builtins only; an
+    imported function's own columns are its business), without repeats."""
+    needed: list[str | tuple[str, ...]] = []
+    for spec in specs:
+        for column in REWARD_COLUMNS.get(spec, ()):
+            if column not in needed:
+                needed.append(column)
+    return needed
 
 
 def resolve_reward(spec: str) -> RewardFunction:

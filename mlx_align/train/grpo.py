@@ -20,14 +20,17 @@ import mlx.core as mx
 import mlx.nn as nn
 from tqdm import tqdm
 
+from .. import distributed
 from ..batches import GRPOBatch
 from ..config import GRPOConfig
 from ..data.jsonl import load_split
+from ..data.prompts import check_prompt_records
 from ..fused_sampler import FusedSampler, should_fuse
 from ..losses import grpo_loss
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
+from ..rewards.registry import reward_columns
 from .adapted import prepare_trainable, stage_job, train_and_write
 from .rollouts import Rollouts
 
@@ -57,6 +60,7 @@ def grpo_batch_loss(
 def run_grpo(config: GRPOConfig) -> Path:
     """Train with GRPO; adapters in ``out`` (or ``out/model`` with ``--full``), samples in ``out/samples.jsonl``."""
     records = load_split(config.data, "train", required=True)
+    check_prompt_records(records, needs=reward_columns(config.reward))
     model, tokenizer, model_config = load_model(config.model)
     if config.quantize:
         quantize_base(model, config.quantize)
@@ -70,7 +74,8 @@ def run_grpo(config: GRPOConfig) -> Path:
             if adapters
             else load_model(config.model)[0]
         )
-    (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():  # another rank may not remove what rank 0 wrote
+        (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
         f"GRPO: {len(records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )

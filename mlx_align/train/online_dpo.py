@@ -31,7 +31,8 @@ from ..batches import OnlineDPOBatch
 from ..config import OnlineDPOConfig
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record, load_split
-from ..data.tokenize import Encoded, encode_prompt, pad_id_of
+from ..data.prompts import check_prompt_records, encode_prompts
+from ..data.tokenize import Encoded, pad_id_of
 from ..events import emit
 from ..fused_sampler import FusedSampler, sampling_model, should_fuse
 from ..judges import Judge, Verdicts, make_judge
@@ -40,6 +41,7 @@ from ..logprobs import supports_shared_prompts
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
+from ..rewards.registry import reward_columns
 from ..rollout import Group, sample_groups
 from .adapted import prepare_trainable, stage_job, train_and_write
 from .dpo import dpo_loss, dpo_objective
@@ -56,7 +58,8 @@ class OnlinePairs:
     def __init__(self, config: OnlineDPOConfig, model, tokenizer, records, judge):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.records, self.judge = records, judge
-        self.prompts = [encode_prompt(tokenizer, r) for r in records]
+        room = config.max_length - config.max_completion_tokens
+        self.prompts = encode_prompts(tokenizer, records, room, report=tqdm.write)
         lengths = [len(p) for p in self.prompts]
         self.plan = BatchPlan.by_length(
             lengths, config.batch_size, config.seed, fill_last=distributed.size() > 1
@@ -194,7 +197,8 @@ def win_rate(
     policy: nn.Module, start: nn.Module, pairs: OnlinePairs, records: list[Record]
 ) -> tuple[float, float]:
     """(win rate, tie share) of one policy sample against one of the start, per prompt."""
-    prompts = [encode_prompt(pairs.tokenizer, r) for r in records]
+    room = pairs.config.max_length - pairs.config.max_completion_tokens
+    prompts = encode_prompts(pairs.tokenizer, records, room, report=tqdm.write)
     mx.random.seed(pairs.config.seed)
     mine = one_sample_each(policy, prompts, pairs)
     theirs = one_sample_each(start, prompts, pairs)
@@ -211,6 +215,8 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
     )
     records = load_split(config.data, "train", required=True)
     held_out = load_split(config.data, "valid")
+    for split in filter(None, (records, held_out)):
+        check_prompt_records(split, needs=reward_columns(config.reward))
     model, tokenizer, model_config = load_model(config.model)
     if config.quantize:
         quantize_base(model, config.quantize)

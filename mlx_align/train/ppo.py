@@ -38,6 +38,7 @@ from .. import distributed
 from ..config import PPOConfig
 from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
+from ..data.prompts import check_prompt_records
 from ..errors import UserError
 from ..fused_sampler import FusedSampler, should_fuse
 from ..model.adapters import (
@@ -58,6 +59,7 @@ from ..model.reward_head import (
 from ..model.value_head import ActorCritic, ValueModel, save_critic
 from ..ppo_loss import clipped_value_loss, ppo_policy_loss
 from ..reference import model_fingerprint, shared_reference
+from ..rewards.registry import reward_columns
 from .adapted import prepare_trainable, stage_job, write_result
 from .loop import train
 from .ppo_rollouts import CompletionScorer, PPOBatch, PPORollouts, usable_prompts
@@ -162,24 +164,6 @@ def write_checkpoint_weights(model: ActorCritic, directory: Path) -> None:
     mx.save_safetensors(str(directory / CHECKPOINT_WEIGHTS), weights)
 
 
-def check_settings(config: PPOConfig) -> None:
-    """Settings that cannot work together, before any model loads."""
-    if not config.reward_model and not config.reward:
-        raise UserError(
-            "--reward-model / --reward", "PPO needs a reward model or a reward function"
-        )
-    positive = ("ppo_epochs", "num_mini_batches", "batch_size", "max_completion_tokens")
-    for name in positive:
-        if getattr(config, name) < 1:
-            raise UserError("--" + name.replace("_", "-"), "must be at least 1")
-    for name in ("gamma", "lam"):
-        if not 0 <= getattr(config, name) <= 1:
-            raise UserError(f"--{name}", "must be in [0, 1]")
-    for name in ("kl_coef", "cliprange", "cliprange_value", "vf_coef"):
-        if getattr(config, name) < 0:
-            raise UserError("--" + name.replace("_", "-"), "must be >= 0")
-
-
 @dataclass
 class Rig:
     """The four roles of a PPO run and what writing its result needs."""
@@ -226,9 +210,10 @@ def load_rig(config: PPOConfig) -> Rig:
 def run_ppo(config: PPOConfig) -> Path:
     """Train with PPO; the policy's adapters in ``out`` (``out/model`` with ``--full``),
     the critic in ``out/critic``, samples in ``out/samples.jsonl``."""
-    check_settings(config)
     train_records = load_split(config.data, "train", required=True)
     valid_records = load_split(config.data, "valid")
+    for split in filter(None, (train_records, valid_records)):
+        check_prompt_records(split, needs=reward_columns(config.reward))
     rig = load_rig(config)
     prompts = usable_prompts(train_records, rig.tokenizer, config)
     rollouts = PPORollouts(
@@ -236,7 +221,8 @@ def run_ppo(config: PPOConfig) -> Path:
     )
     if should_fuse(rig.model.policy, config.fuse_rollout):
         rollouts.sampler = FusedSampler(rig.model.policy)
-    (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
+    if distributed.is_main():  # another rank may not remove what rank 0 wrote
+        (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
         f"PPO: {len(prompts[0])} prompts, rollout batches of {rollouts.rollout_size}, "
         f"{rollouts.steps_per_rollout} optimizer steps each"

@@ -32,7 +32,12 @@ from ..data.errors import DataError
 from ..data.jsonl import Record, read_jsonl, split_path
 from ..data.preference import PairBatches, encode_completion, encode_pairs
 from ..data.splits import load_batched_splits
-from ..data.tokenize import Encoded, pad_id_of
+from ..data.tokenize import (
+    Encoded,
+    encode_chat,
+    encode_prompt_completion,
+    pad_id_of,
+)
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..model.reward_head import (
@@ -120,6 +125,18 @@ def score_examples(
     return rewards.tolist()
 
 
+def encode_scored(tokenizer, line: int, prompt, completion) -> Encoded:
+    """A prompt and a model's completion as in training; a sampled completion
+    may be empty (the model stopped at once), which training data may not."""
+    if isinstance(completion, str) and not completion:
+        if isinstance(prompt, str):
+            return encode_prompt_completion(tokenizer, prompt, completion)
+        reply = [{"role": "assistant", "content": ""}]
+        return encode_chat(tokenizer, prompt, reply)
+    record = Record("<score>", line, {"prompt": prompt, "completion": completion})
+    return encode_completion(tokenizer, record, "completion")
+
+
 def score(
     model: RewardModel,
     tokenizer,
@@ -131,11 +148,7 @@ def score(
     if len(prompts) != len(completions):
         raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     examples = [
-        encode_completion(
-            tokenizer,
-            Record("<score>", i + 1, {"prompt": p, "completion": c}),
-            "completion",
-        )
+        encode_scored(tokenizer, i + 1, p, c)
         for i, (p, c) in enumerate(zip(prompts, completions, strict=True))
     ]
     return score_examples(model, examples, pad_id_of(tokenizer), batch_size)

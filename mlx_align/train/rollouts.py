@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from tqdm import tqdm
 
 from .. import distributed
 from ..advantages import group_advantages
@@ -22,7 +23,8 @@ from ..batches import GRPOBatch
 from ..config import GRPOConfig
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record
-from ..data.tokenize import Encoded, encode_prompt, pad_id_of
+from ..data.prompts import encode_prompts
+from ..data.tokenize import Encoded, pad_id_of
 from ..events import emit
 from ..fused_sampler import FusedSampler, sampling_model
 from ..layouts import FullRows, SharedPrompt
@@ -56,7 +58,12 @@ class Rollouts:
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.records = records
-        self.prompts = [encode_prompt(tokenizer, r) for r in records]
+        self.prompts = encode_prompts(
+            tokenizer,
+            records,
+            max_tokens=config.max_length - config.max_completion_tokens,
+            report=tqdm.write,
+        )
         # Every rank samples a full share (GRPO has no filler rows); one
         # process keeps a short last batch.
         self.plan = BatchPlan.by_length(
