@@ -218,6 +218,34 @@ def rerank_section(run: Path) -> list[str]:
     return [*lines, ""]
 
 
+OPTIONAL = {  # run folder -> what the report calls it (make capstone-<name>)
+    "online": "online DPO, judged by the reward model",
+    "ppo": "PPO with a critic, rewarded by the reward model",
+}
+
+
+def optional_section(run: Path) -> list[str]:
+    """The optional stages (``make capstone-online``, ``capstone-ppo``) that have run,
+    each against the SFT model it starts from, on the held-out questions."""
+    sft = generations(run, "sft")
+    done = {s: generations(run, s) for s in OPTIONAL}
+    done = {s: g for s, g in done.items() if g}
+    if not sft or not done:
+        return []
+    lines = [
+        "## Optional stages (from the SFT model)",
+        "",
+        "| model | hedged answers | bare answers | math accuracy | held-out win rate against the SFT model |",
+        "|---|---:|---:|---:|---:|",
+        f"| SFT | {percent(sft.hedged_rate)} | {percent(sft.bare_rate)} | {percent(sft.accuracy)} | - |",
+    ]
+    for stage, g in done.items():
+        win = last_value(run, stage, "val_win_rate")
+        cells = [percent(x) for x in (g.hedged_rate, g.bare_rate, g.accuracy, win)]
+        lines.append(f"| {OPTIONAL[stage]} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def side_by_side(run: Path) -> list[str]:
     questions = read_jsonl(run / "data" / "grpo" / "test.jsonl")
     answers = {
@@ -250,6 +278,7 @@ def write_report(run: Path) -> str:
         *stage_table(run),
         "",
         *rerank_section(run),
+        *optional_section(run),
         "## Held-out questions, three models",
         "",
         *side_by_side(run),
