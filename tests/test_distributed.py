@@ -16,10 +16,13 @@ BIN = Path(sys.executable).parent
 LAUNCH = BIN / "mlx.launch"
 ALIGN = BIN / "mlx-align"
 
-pytestmark = pytest.mark.skipif(
-    not LAUNCH.exists() or shutil.which("g++") is None,
-    reason="needs mlx.launch (mlx's ring backend)",
-)
+pytestmark = [
+    pytest.mark.distributed,
+    pytest.mark.skipif(
+        not LAUNCH.exists() or shutil.which("g++") is None,
+        reason="needs mlx.launch (mlx's ring backend)",
+    ),
+]
 
 
 def run(cmd: list[str], ranks: int, cwd: Path) -> str:

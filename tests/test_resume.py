@@ -87,6 +87,7 @@ STAGES = {
 }
 
 
+@pytest.mark.kill
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("kill_at", [("step", 5), ("checkpoint", 4)])
 def test_killed_and_resumed_run_ends_with_the_same_weights(

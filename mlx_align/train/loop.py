@@ -178,15 +178,14 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     Ctrl-C writes a checkpoint of the last finished step before exiting, so
     ``--resume`` loses nothing.
     """
-    model, out = job.model, job.out
     optimizer, start = start_run(job, settings)
     step = make_step(job, optimizer, settings)
     main = distributed.is_main()
-    log = MetricsLog(out / "metrics.jsonl", resume_from=start, writes=main)
+    log = MetricsLog(job.out / "metrics.jsonl", resume_from=start, writes=main)
     save = partial(
         save_checkpoint,
-        out,
-        model=model,
+        job.out,
+        model=job.model,
         optimizer=optimizer,
         write_weights=job.write_weights,
         config=job.config,
@@ -206,27 +205,9 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
             finished = it
             bar.update(1)
             bar.set_postfix_str(log.postfix(), refresh=False)
-            if (
-                job.eval_batches
-                and settings.eval_every
-                and it % settings.eval_every == 0
-            ):
-                log.write(it, evaluate(job))
-            if settings.save_every and it % settings.save_every == 0:
-                if it % job.checkpoint_multiple == 0:
-                    save(step=it)
-            emit("step", step=it)
+            after_step(job, settings, it, log, save)
     except KeyboardInterrupt:
-        if finished > start and finished % job.checkpoint_multiple == 0:
-            path = save(step=finished)
-            tqdm.write(
-                f"interrupted: checkpoint of step {finished} written to {path}; rerun with --resume"
-            )
-        elif finished > start:
-            tqdm.write(
-                f"interrupted after step {finished}, inside a rollout batch's "
-                f"{job.checkpoint_multiple} steps: --resume restarts from the last checkpoint"
-            )
+        interrupted(job, start, finished, save)
         raise
     finally:
         bar.close()
@@ -235,6 +216,32 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     ):
         last = {**last, **log.write(settings.steps, evaluate(job))}
     return last
+
+
+def after_step(job: TrainJob, settings: TrainSettings, it: int, log, save) -> None:
+    """Evaluate and checkpoint when step ``it`` is due; then tell listeners."""
+    if job.eval_batches and settings.eval_every and it % settings.eval_every == 0:
+        log.write(it, evaluate(job))
+    due = settings.save_every and it % settings.save_every == 0
+    if due and it % job.checkpoint_multiple == 0:
+        save(step=it)
+    emit("step", step=it)
+
+
+def interrupted(job: TrainJob, start: int, finished: int, save) -> None:
+    """On Ctrl-C: a checkpoint of the last finished step, where one may fall."""
+    if finished <= start:
+        return
+    if finished % job.checkpoint_multiple == 0:
+        path = save(step=finished)
+        tqdm.write(
+            f"interrupted: checkpoint of step {finished} written to {path}; rerun with --resume"
+        )
+        return
+    tqdm.write(
+        f"interrupted after step {finished}, inside a rollout batch's "
+        f"{job.checkpoint_multiple} steps: --resume restarts from the last checkpoint"
+    )
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -275,18 +282,9 @@ def run_optimizer_step(
     gradients, update = step
     grad, totals = None, {"loss": 0.0, "tokens": 0.0}
     for pieces in micro_batches:
-        micro_grad, micro_totals, count = None, {}, 0.0
-        for batch, weight in pieces:
-            weight = weight / accumulation
-            loss, n, metrics, piece_grad = gradients(
-                batch, None if single else mx.array(weight)
-            )
-            micro_grad = add_trees(micro_grad, piece_grad)
-            mx.eval(loss, n, metrics, micro_grad)  # frees this piece's activations
-            count += count_of(batch, n).item()
-            for name, value in {"loss": loss, **metrics}.items():
-                micro_totals[name] = micro_totals.get(name, 0.0) + weight * value.item()
-            totals["tokens"] += n.item()
+        pieces = [(batch, weight / accumulation) for batch, weight in pieces]
+        micro_grad, micro_totals, count = micro_batch(gradients, pieces, single)
+        totals["tokens"] += micro_totals.pop("tokens")
         share = rank_share(count)
         if share != 1.0:
             micro_grad = tree_map(lambda g, s=share: g * s, micro_grad)
@@ -301,19 +299,41 @@ def run_optimizer_step(
     )
     totals.update({k: v.item() for k, v in update_metrics.items()})
     n_tokens, loss = totals.pop("tokens"), totals.pop("loss")
-    if not (math.isfinite(loss) and math.isfinite(totals["grad_norm"])):
-        raise RunError(
-            it,
-            f"the loss is {loss} and the gradient norm {totals['grad_norm']}: "
-            "the run stops before writing this step; the last checkpoint is "
-            "intact (--resume, perhaps with a lower --learning-rate)",
-        )
+    check_finite(it, loss, totals["grad_norm"])
     log.add(
         seconds=time.perf_counter() - tic, n_tokens=n_tokens, loss=loss, metrics=totals
     )
     if it % settings.log_every == 0 or it == settings.steps:
         return log.write(it, log.flush(learning_rate=optimizer.learning_rate.item()))
     return None
+
+
+def micro_batch(gradients, pieces, single: bool):
+    """One micro-batch's pieces ``(batch, weight)``: their weighted gradient sum,
+    the weighted loss and metrics (plus ``tokens``), and what the loss averages over."""
+    grad, totals, count = None, {"tokens": 0.0}, 0.0
+    for batch, weight in pieces:
+        loss, n, metrics, piece_grad = gradients(
+            batch, None if single else mx.array(weight)
+        )
+        grad = add_trees(grad, piece_grad)
+        mx.eval(loss, n, metrics, grad)  # frees this piece's activations
+        count += count_of(batch, n).item()
+        for name, value in {"loss": loss, **metrics}.items():
+            totals[name] = totals.get(name, 0.0) + weight * value.item()
+        totals["tokens"] += n.item()
+    return grad, totals, count
+
+
+def check_finite(it: int, loss: float, grad_norm: float) -> None:
+    """Stop before step ``it`` is written when its loss or gradient is not finite."""
+    if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+        raise RunError(
+            it,
+            f"the loss is {loss} and the gradient norm {grad_norm}: the run stops "
+            "before writing this step; the last checkpoint is intact (--resume, "
+            "perhaps with a lower --learning-rate)",
+        )
 
 
 def add_trees(total, tree):
