@@ -145,3 +145,22 @@ def test_kto_and_grpo_run_on_two_ranks_and_only_rank_0_writes(tiny_model, tmp_pa
         assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000002"]
     rows = (tmp_path / "g" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == 3 * 2  # rank 0's prompt, two completions, each step
+
+
+def test_pretrain_online_dpo_and_ppo_run_on_two_ranks(tiny_model, tmp_path):
+    """The other trainers under two ranks: each ends, rank 0 alone logs each step."""
+    prompts = [{"prompt": f"Question: What is {a} + {b}?\nAnswer:", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 2), (5, 1)]]  # fmt: skip
+    write_jsonl(tmp_path / "prompts" / "train.jsonl", prompts)
+    texts = [{"text": f"The sum of {a} and {b} is {a + b}."} for a in range(4) for b in range(3)]  # fmt: skip
+    write_jsonl(tmp_path / "text" / "train.jsonl", texts)
+    common = ["--model", str(tiny_model), "--steps", "2", "--log-every", "1", "--save-every", "0", "--max-length", "64"]  # fmt: skip
+    sampled = ["--reward", "math", "--max-completion-tokens", "6", "--batch-size", "1"]
+    runs = {
+        "pretrain": ["--data", str(tmp_path / "text"), "--batch-size", "2"],
+        "online-dpo": ["--data", str(tmp_path / "prompts"), *sampled],
+        "ppo": ["--data", str(tmp_path / "prompts"), *sampled],
+    }
+    for stage, flags in runs.items():
+        out = tmp_path / stage
+        run([str(ALIGN), stage, *common, *flags, "--out", str(out)], 2, tmp_path)
+        assert [m["step"] for m in metrics(out)] == [1, 2], stage
