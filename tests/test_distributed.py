@@ -147,16 +147,21 @@ def test_kto_and_grpo_run_on_two_ranks_and_only_rank_0_writes(tiny_model, tmp_pa
     assert len(rows) == 3 * 2  # rank 0's prompt, two completions, each step
 
 
-def test_pretrain_online_dpo_and_ppo_run_on_two_ranks(tiny_model, tmp_path):
-    """The other trainers under two ranks: each ends, rank 0 alone logs each step."""
+def test_the_other_trainers_run_on_two_ranks(tiny_model, tmp_path):
+    """Pretrain, ORPO, reward, online DPO and PPO under two ranks: each ends,
+    rank 0 alone logs each step."""
     prompts = [{"prompt": f"Question: What is {a} + {b}?\nAnswer:", "answer": str(a + b)} for a, b in [(1, 2), (3, 4), (2, 2), (5, 1)]]  # fmt: skip
     write_jsonl(tmp_path / "prompts" / "train.jsonl", prompts)
     texts = [{"text": f"The sum of {a} and {b} is {a + b}."} for a in range(4) for b in range(3)]  # fmt: skip
     write_jsonl(tmp_path / "text" / "train.jsonl", texts)
     common = ["--model", str(tiny_model), "--steps", "2", "--log-every", "1", "--save-every", "0", "--max-length", "64"]  # fmt: skip
+    pairs = [{"prompt": p["prompt"], "chosen": f" {p['answer']}.", "rejected": " No."} for p in prompts]  # fmt: skip
+    write_jsonl(tmp_path / "pairs" / "train.jsonl", pairs)
     sampled = ["--reward", "math", "--max-completion-tokens", "6", "--batch-size", "1"]
     runs = {
         "pretrain": ["--data", str(tmp_path / "text"), "--batch-size", "2"],
+        "orpo": ["--data", str(tmp_path / "pairs"), "--batch-size", "1"],
+        "reward": ["--data", str(tmp_path / "pairs"), "--batch-size", "1"],
         "online-dpo": ["--data", str(tmp_path / "prompts"), *sampled],
         "ppo": ["--data", str(tmp_path / "prompts"), *sampled],
     }
