@@ -693,6 +693,11 @@ def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
             f"must be 0 (same as --epsilon) or >= --epsilon ({shown(config.epsilon)}), "
             f"got {shown(config.epsilon_high)}",
         )
+    return length_problem(config)
+
+
+def length_problem(config: Any) -> tuple[str, str] | None:
+    """A completion must leave room for its prompt within --max-length."""
     if config.max_completion_tokens >= config.max_length:
         return (
             "--max-completion-tokens",
@@ -886,16 +891,6 @@ def reward_problem(
             GRPOConfig(model="m", data="d"), reward=specs, reward_weights=weights
         )
     )
-
-
-def length_problem(config: Any) -> tuple[str, str] | None:
-    if config.max_completion_tokens >= config.max_length:
-        return (
-            "--max-completion-tokens",
-            f"must be below --max-length ({config.max_length}), which also holds "
-            f"the prompt, got {config.max_completion_tokens}",
-        )
-    return None
 
 
 @clash(OnlineDPOConfig)

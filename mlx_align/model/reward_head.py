@@ -43,12 +43,10 @@ def last_completion_index(loss_mask: mx.array) -> mx.array:
     return (loss_mask * positions).max(axis=1).astype(mx.int32)
 
 
-class RewardModel(nn.Module):
-    """``lm.model`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0).
-
-    The zero head makes every reward 0 at step 0 (BT loss log 2), as
-    ``lora_b = 0`` makes a LoRA policy equal its base.
-    """
+class ScalarHeadModel(nn.Module):
+    """``lm.model`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0):
+    the reward model reads the head at the last completion token, the critic
+    (``value_head.ValueModel``) at every one."""
 
     def __init__(self, lm: nn.Module, hidden_size: int):
         super().__init__()
@@ -63,6 +61,14 @@ class RewardModel(nn.Module):
     @property
     def layers(self):  # the loop's --grad-checkpoint reaches the blocks through this
         return self.lm.layers
+
+
+class RewardModel(ScalarHeadModel):
+    """A reward per sequence, read at its last completion token.
+
+    The zero head makes every reward 0 at step 0 (BT loss log 2), as
+    ``lora_b = 0`` makes a LoRA policy equal its base.
+    """
 
     def __call__(self, tokens: mx.array, loss_mask: mx.array) -> mx.array:
         """(B, T) ids and loss mask -> (B,) float32 rewards at the last completion token."""

@@ -34,27 +34,14 @@ from .adapters import (
     save_adapters,
 )
 from .load import load_model, save_full_model
+from .reward_head import ScalarHeadModel
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 CRITIC_CONFIG = "critic_config.json"
 
 
-class ValueModel(nn.Module):
+class ValueModel(ScalarHeadModel):
     """``lm.model`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0)."""
-
-    def __init__(self, lm: nn.Module, hidden_size: int):
-        super().__init__()
-        if not isinstance(getattr(lm, "model", None), nn.Module):
-            raise ValueError(
-                f"{type(lm).__module__} has no `.model` returning hidden states"
-            )
-        self.lm = lm
-        self.head = nn.Linear(hidden_size, 1, bias=False)
-        self.head.weight = mx.zeros_like(self.head.weight)
-
-    @property
-    def layers(self):
-        return self.lm.layers
 
     def __call__(self, tokens: mx.array) -> mx.array:
         """(B, T) ids -> (B, T) float32 values, one per position."""
