@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .data.formats import FIELD_MAP_HELP, is_field_map
+from .data.source import DataOptions, DataSource
 from .errors import UserError
 from .model.chat_templates import CHAT_TEMPLATES
 
@@ -106,6 +108,10 @@ def stage_defaults(**defaults: Any) -> Callable[[type], type]:
     return make
 
 
+# --field-map: NEW=OLD pairs (data/formats.py parses them), checked before anything loads.
+FIELD_MAP = Rule(is_field_map, FIELD_MAP_HELP)
+
+
 @dataclass
 class RunSettings:
     """Where a stage reads and writes."""
@@ -115,12 +121,43 @@ class RunSettings:
     )
     data: str = setting(
         "",
-        "Directory with train.jsonl (and valid.jsonl), or one .jsonl file.",
+        "Directory with train.jsonl (and valid.jsonl), one .jsonl/.parquet file, "
+        "or a Hugging Face hub dataset ORG/NAME[:CONFIG] (parquet, JSON lines or "
+        "JSON; HF_HUB_OFFLINE=1 reads the cache only). A local path that exists wins.",
         required=True,
+    )
+    data_split: str = setting(
+        "train",
+        "The split to train on: a hub dataset's split name (train, train_prefs, "
+        "...), or DIR/<name>.jsonl.",
+        check=Rule(bool, "a split name"),
+    )
+    valid_split: str = setting(
+        "",
+        "The split evaluated during training; empty: valid.jsonl for a directory, "
+        "for a hub dataset the first present of validation (valid, val, dev) and "
+        "test, printed; 'none': no evaluation split.",
+    )
+    max_samples: int = setting(
+        0, "Read at most N rows of each split (0: all).", check=non_negative
+    )
+    field_map: str = setting(
+        "",
+        "Rename dataset columns: NEW=OLD pairs, e.g. prompt=question,answer=solution "
+        "(the package's 'prompt' is the dataset's 'question').",
+        check=FIELD_MAP,
     )
     out: str = setting(
         "runs/out", "Run directory: results, checkpoints, metrics.jsonl."
     )
+
+    @property
+    def source(self) -> DataSource:
+        """``--data`` with the settings that read it, for ``load_split`` (``data/source.py``)."""
+        options = DataOptions(
+            self.data_split, self.valid_split, self.max_samples, self.field_map
+        )
+        return DataSource(self.data, options)
 
 
 @dataclass
@@ -584,17 +621,33 @@ class EvalMathConfig:
     model: str = setting("", "Model directory or hub id.", required=True)
     data: str = setting(
         "",
-        "Directory with test.jsonl (prompt + answer), or one .jsonl file.",
+        "Directory with test.jsonl (prompt + answer), one .jsonl/.parquet file, or a "
+        "Hugging Face hub dataset ORG/NAME[:CONFIG] (e.g. GSM8K's question + answer).",
         required=True,
     )
     adapter_path: str = setting("", "Optional adapters to load on the model.")
-    split: str = setting("test", "Which split of --data to evaluate.")
+    split: str = setting(
+        "test",
+        "Which split of --data to evaluate: DIR/<split>.jsonl, or a hub dataset's split.",
+        check=Rule(bool, "a split name"),
+    )
     max_tokens: int = setting(64, "Longest greedy completion.", check=at_least(1))
     batch_size: int = setting(32, "Prompts decoded together.", check=at_least(1))
     limit: int = setting(
         0, "Evaluate only the first N problems (0: all).", check=non_negative
     )
+    field_map: str = setting(
+        "",
+        "Rename dataset columns: NEW=OLD pairs, e.g. prompt=problem,answer=solution.",
+        check=FIELD_MAP,
+    )
     out: str = setting("", "Optional JSONL file for per-problem results.")
+
+    @property
+    def source(self) -> DataSource:
+        """eval-math reads one split, whichever role ``load_split`` is asked for."""
+        options = DataOptions(self.split, self.split, self.limit, self.field_map)
+        return DataSource(self.data, options)
 
 
 # Checks across settings (``clash``): each returns (setting, message) or None.
@@ -619,6 +672,17 @@ def same_model(a: str, b: str) -> bool:
         return True
     first, second = Path(a).expanduser(), Path(b).expanduser()
     return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+@clash(RunSettings)
+def splits_differ(config: RunSettings) -> tuple[str, str] | None:
+    if config.valid_split == config.data_split:
+        return (
+            "--valid-split",
+            f"is --data-split itself ({config.data_split!r}): evaluating on the "
+            "training split measures nothing held out",
+        )
+    return None
 
 
 @clash(PreferenceSettings)

@@ -16,13 +16,15 @@ from .rewards.math import math_reward
 
 
 def write_judged(path: Path, records, texts, answers, scores) -> None:
-    """One JSON line per problem: its line, the completion, the answer, correct (1/0/None)."""
+    """One JSON line per problem: its file and line (row), the completion, the
+    reference answer, correct (1/0/None)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         for record, text, answer, score in zip(
             records, texts, answers, scores, strict=True
         ):
             row = {
+                "path": record.path,
                 "line": record.line,
                 "completion": text,
                 "answer": answer,
@@ -33,9 +35,8 @@ def write_judged(path: Path, records, texts, answers, scores) -> None:
 
 def run_eval_math(config: EvalMathConfig) -> float:
     """Greedy completions of every problem, judged by ``math_reward``; returns the accuracy."""
-    records = load_split(config.data, config.split, required=True)
-    if config.limit:
-        records = records[: config.limit]
+    # --limit and --field-map travel with config.source (a DataSource).
+    records = load_split(config.source, config.split, required=True)
     reference = ("answer", "solution")  # the columns math_reward reads
     check_prompt_records(records, needs=[reference])  # before the model loads
     answers = [column_value(r, reference) for r in records]

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from .data.batching import bucket_lengths
 from .data.errors import DataError
+from .data.formats import converter
 from .data.jsonl import Record, read_jsonl
 from .data.prompts import encode_prompts
 from .data.tokenize import Encoded, pad_id_of
@@ -321,7 +322,7 @@ def run_rerank(
     from .train.reward import score_file  # a .jsonl, or a directory's test/valid split
 
     check_settings(k, beta)
-    records = read_jsonl(score_file(data))
+    records = read_jsonl(score_file(data), convert=converter())  # TRL's formats
     for record in records:
         if "prompt" not in record.fields:
             raise DataError(record.path, record.line, "missing field 'prompt'")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,17 +27,15 @@ def split_path(data: str | Path, split: str) -> Path | None:
     return data / f"{split}.jsonl"
 
 
-def load_split(
-    data: str | Path, split: str, required: bool = False
-) -> list[Record] | None:
-    """The records of one split, or None when it is absent and not required."""
-    path = split_path(data, split)
-    if path is None or not path.exists():
-        if required:
-            looked = path if path is not None else Path(data)
-            raise DataError(str(looked), 0, f"no {split} data: file not found")
-        return None
-    return read_jsonl(path)
+def load_split(data, split: str, required: bool = False) -> list[Record] | None:
+    """The records of one split (``train``, ``valid``, ``test``, ...) of ``--data``,
+    or None when it is absent and not required: a local directory or file, or
+    a Hugging Face hub dataset (``source.load_split``, which reads the
+    ``--data-split`` / ``--valid-split`` / ``--max-samples`` / ``--field-map``
+    settings that a ``source.DataSource`` carries)."""
+    from .source import load_split as load
+
+    return load(data, split, required)
 
 
 def decode_line(raw: bytes, path: str, number: int) -> str:
@@ -91,13 +90,21 @@ def parse_line(text: str, path: str, number: int) -> dict:
     return fields
 
 
-def read_jsonl(path: str | Path) -> list[Record]:
+def read_jsonl(
+    path: str | Path,
+    name: str | None = None,
+    limit: int = 0,
+    convert: Callable[[dict, str, int], dict] | None = None,
+) -> list[Record]:
     """Parse every non-blank line as a JSON object; the first bad line raises DataError.
 
     Lines are split on ``\\n`` and decoded one by one, so a byte that is not
     UTF-8 names its line and column; a UTF-8 byte-order mark is ignored.
+    ``name`` is the path errors and records show (default: ``path``);
+    ``limit`` stops after that many records (0: all); ``convert(fields, name,
+    line)`` reshapes each object before it is a Record (``formats.converter``).
     """
-    name, records = str(path), []
+    name, records = str(name or path), []
     try:
         with open(path, "rb") as f:
             for number, raw in enumerate(f, start=1):
@@ -106,7 +113,12 @@ def read_jsonl(path: str | Path) -> list[Record]:
                 text = decode_line(raw, name, number)
                 if not text.strip():
                     continue
-                records.append(Record(name, number, parse_line(text, name, number)))
+                fields = parse_line(text, name, number)
+                if convert is not None:
+                    fields = convert(fields, name, number)
+                records.append(Record(name, number, fields))
+                if limit and len(records) >= limit:
+                    break
     except OSError as e:
         raise DataError(name, 0, f"cannot read: {e.strerror or e}") from None
     if not records:

@@ -22,7 +22,7 @@ def load_batched_splits(
     pad_id = pad_id_of(tokenizer)
     out = []
     for split in ("train", "valid"):
-        records = load_split(settings.data, split, required=split == "train")
+        records = load_split(settings.source, split, required=split == "train")
         items = records and encode(
             tokenizer, records, settings.max_length, report=tqdm.write
         )

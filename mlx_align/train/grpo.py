@@ -59,7 +59,7 @@ def grpo_batch_loss(
 
 def run_grpo(config: GRPOConfig) -> Path:
     """Train with GRPO; adapters in ``out`` (or ``out/model`` with ``--full``), samples in ``out/samples.jsonl``."""
-    records = load_split(config.data, "train", required=True)
+    records = load_split(config.source, "train", required=True)
     check_prompt_records(records, needs=reward_columns(config.reward))
     model, tokenizer, model_config = load_model(config.model)
     if config.quantize:

@@ -213,8 +213,8 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
     judge: Judge = make_judge(
         config.reward_model, config.judge, config.reward, config.reward_weights
     )
-    records = load_split(config.data, "train", required=True)
-    held_out = load_split(config.data, "valid")
+    records = load_split(config.source, "train", required=True)
+    held_out = load_split(config.source, "valid")
     for split in filter(None, (records, held_out)):
         check_prompt_records(split, needs=reward_columns(config.reward))
     model, tokenizer, model_config = load_model(config.model)

@@ -210,8 +210,8 @@ def load_rig(config: PPOConfig) -> Rig:
 def run_ppo(config: PPOConfig) -> Path:
     """Train with PPO; the policy's adapters in ``out`` (``out/model`` with ``--full``),
     the critic in ``out/critic``, samples in ``out/samples.jsonl``."""
-    train_records = load_split(config.data, "train", required=True)
-    valid_records = load_split(config.data, "valid")
+    train_records = load_split(config.source, "train", required=True)
+    valid_records = load_split(config.source, "valid")
     for split in filter(None, (train_records, valid_records)):
         check_prompt_records(split, needs=reward_columns(config.reward))
     rig = load_rig(config)

@@ -29,6 +29,7 @@ from ..batches import PairBatch
 from ..config import RewardConfig
 from ..data.batching import bucket_lengths, local_batches, pad_examples
 from ..data.errors import DataError
+from ..data.formats import converter
 from ..data.jsonl import Record, read_jsonl, split_path
 from ..data.preference import PairBatches, encode_completion, encode_pairs
 from ..data.splits import load_batched_splits
@@ -187,7 +188,7 @@ def run_score(
     Each line is ``{"line", "field", "prompt", "response", "reward"}``; for
     paired data the share of pairs ranked right is reported on stderr.
     """
-    records = read_jsonl(score_file(data))
+    records = read_jsonl(score_file(data), convert=converter())  # implicit prompts too
     targets = [(r, key) for r in records for key in responses_of(r)]
     model, tokenizer = load_reward_model(reward_model)
     examples = [encode_completion(tokenizer, r, key) for r, key in targets]

@@ -56,8 +56,8 @@ class PaddedBatches:
 def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     """Train and write the result: adapters in ``out`` (LoRA/DoRA) or ``out/model`` (full)."""
     # Bad data fails before a large model is loaded.
-    train_records = load_split(config.data, "train", required=True)
-    valid_records = load_split(config.data, "valid")
+    train_records = load_split(config.source, "train", required=True)
+    valid_records = load_split(config.source, "valid")
     model, tokenizer, model_config = load_model(config.model)
     pad_id = pad_id_of(tokenizer)
 
