@@ -1,115 +1,37 @@
 """One small dataclass per stage; precedence is CLI flag > ``--config`` YAML > default.
 
 Each field's ``help`` metadata is the text ``--help`` shows, so the
-dataclass is the single place a setting is described.
+dataclass is the single place a setting is described (``settings.py``: how;
+``config_build.py``: building and checking one; ``clashes.py``: the checks
+across settings).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
-import inspect
-import math
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TypeVar
+from dataclasses import dataclass
 
-import yaml
-
-from .data.formats import FIELD_MAP_HELP, is_field_map
+from .config_build import (  # noqa: F401  (stages and the CLI build configs from here)
+    build_config,
+    check_choices,
+    choices_of,
+)
 from .data.source import DataOptions, DataSource
-from .errors import UserError
 from .model.chat_templates import CHAT_TEMPLATES
-
-
-def setting(default: Any, help: str, **kwargs: Any) -> Any:
-    """A config field. ``choices`` is a tuple, or ``"module:REGISTRY"``: the
-    registry the code calls, read when a value is checked (so the CLI starts
-    without importing MLX, and a registry entry is a CLI choice). ``check``
-    is a ``Rule`` the value must pass (``build_config`` applies it)."""
-    return field(default=default, metadata={"help": help, **kwargs})
-
-
-@dataclass(frozen=True)
-class Rule:
-    """A named predicate on one setting's value: ``text`` completes "must be ...".
-
-    Rules combine with ``|``: ``exactly(-1, "all") | at_least(1)`` reads
-    "must be -1 (all) or >= 1".
-    """
-
-    test: Callable[[Any], bool]
-    text: str
-
-    def __call__(self, value: Any) -> bool:
-        return bool(self.test(value))
-
-    def __or__(self, other: Rule) -> Rule:
-        return Rule(lambda v: self(v) or other(v), f"{self.text} or {other.text}")
-
-
-def at_least(n: float) -> Rule:
-    return Rule(lambda v: v >= n, f">= {n}")
-
-
-def above(n: float) -> Rule:
-    return Rule(lambda v: v > n, f"> {n}")
-
-
-def in_range(low: float, high: float, *, open_low=False, open_high=False) -> Rule:
-    """``[low, high]``, either end open on request: ``in_range(0, 1, open_high=True)`` is [0, 1)."""
-
-    def test(v: Any) -> bool:
-        above_low = v > low if open_low else v >= low
-        below_high = v < high if open_high else v <= high
-        return above_low and below_high
-
-    left, right = "(" if open_low else "[", ")" if open_high else "]"
-    return Rule(test, f"in {left}{low}, {high}{right}")
-
-
-def one_of(*values: Any) -> Rule:
-    return Rule(lambda v: v in values, "one of " + ", ".join(map(str, values)))
-
-
-def exactly(value: Any, meaning: str) -> Rule:
-    return Rule(lambda v: v == value, f"{value} ({meaning})")
-
-
-positive = above(0)
-non_negative = at_least(0)
-fraction = in_range(0, 1, open_high=True)  # [0, 1)
-SEED = in_range(0, 2**32 - 1)  # numpy and MLX take unsigned seeds
-# A byte-level BPE vocabulary holds the 256 bytes and init-model's 5 special
-# tokens before any merge (model/tiny.py: SPECIAL_TOKENS; a test keeps them equal).
-MIN_VOCAB_SIZE = 256 + 5
-
-
-def stage_defaults(**defaults: Any) -> Callable[[type], type]:
-    """``@dataclass``, with the defaults of some inherited settings changed: a
-    stage declares only the value (e.g. its learning rate); the help stays
-    where the setting is declared."""
-
-    def make(cls: type) -> type:
-        annotations = cls.__dict__.get("__annotations__", {})
-        for name, value in defaults.items():
-            inherited = next(
-                base.__dataclass_fields__[name]
-                for base in cls.__mro__[1:]
-                if name in getattr(base, "__dataclass_fields__", {})
-            )
-            annotations[name] = inherited.type
-            setattr(cls, name, field(default=value, metadata=inherited.metadata))
-        cls.__annotations__ = annotations
-        return dataclass(cls)
-
-    return make
-
-
-# --field-map: NEW=OLD pairs (data/formats.py parses them), checked before anything loads.
-FIELD_MAP = Rule(is_field_map, FIELD_MAP_HELP)
+from .settings import (
+    FIELD_MAP,
+    MIN_VOCAB_SIZE,
+    SEED,
+    Rule,
+    at_least,
+    exactly,
+    fraction,
+    in_range,
+    non_negative,
+    one_of,
+    positive,
+    setting,
+    stage_defaults,
+)
 
 
 @dataclass
@@ -289,176 +211,6 @@ class InitModelConfig:
         "Chat template: chatml, or qa (a user turn is 'Question: ...\\nAnswer:').",
         choices=tuple(CHAT_TEMPLATES),
     )
-
-
-C = TypeVar("C")
-
-
-def load_yaml(path: str) -> dict:
-    try:
-        values = yaml.safe_load(Path(path).read_text()) or {}
-    except FileNotFoundError:
-        raise UserError(path, "config file not found") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        raise UserError(where, f"invalid YAML: {e}") from None
-    if not isinstance(values, dict):
-        raise UserError(path, "a config file must be a mapping of setting: value")
-    return values
-
-
-def choices_of(spec: tuple[str, ...] | str) -> tuple[str, ...]:
-    """A field's ``choices``: the tuple, or the keys of the ``"module:REGISTRY"`` it names."""
-    if isinstance(spec, tuple):
-        return spec
-    module, name = spec.split(":")
-    return tuple(getattr(importlib.import_module(module), name))
-
-
-def check_choices(cls: type, values: dict[str, Any], source: str) -> None:
-    """Values given in a config file for enumerated settings (flags are checked by click)."""
-    for f in dataclasses.fields(cls):
-        spec = f.metadata.get("choices")
-        if spec and f.name in values and values[f.name] not in choices_of(spec):
-            allowed = ", ".join(choices_of(spec))
-            raise UserError(
-                source, f"{f.name}: {values[f.name]!r} is not one of {allowed}"
-            )
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def shown(value: Any) -> str:
-    """A value as a message quotes it: numbers plainly (-1, 0.5, 1e-05), others in repr."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return repr(value)
-
-
-KIND_NAMES = {
-    int: "an integer",
-    float: "a number",
-    bool: "true or false",
-    str: "a string",
-}
-
-
-def yaml_value(name: str, kind: type, value: Any, source: str) -> Any:
-    """A config-file value as its setting's type (flags are typed by click).
-
-    A float setting also takes a numeric string: PyYAML reads ``1e-4`` (no
-    dot) as the string '1e-4'. A string setting takes a number as its text.
-    """
-    if value is None:
-        raise UserError(source, f"{name}: no value given")
-    if kind is bool and isinstance(value, bool):
-        return value
-    if kind is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind is float and not isinstance(value, bool):
-        if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    if kind is str and not isinstance(value, bool | list | dict):
-        return str(value)
-    if kind is tuple:  # a repeatable setting: one string or a list of them
-        items = [value] if isinstance(value, str) else value
-        if isinstance(items, list) and all(isinstance(v, str) for v in items):
-            return tuple(items)
-        raise UserError(source, f"{name}: expected a string or a list of strings")
-    got = type(value).__name__
-    raise UserError(
-        source, f"{name}: expected {KIND_NAMES[kind]}, got {got} {shown(value)}"
-    )
-
-
-# Checks across settings: (config class, check). A check returns None, or
-# (setting, message) for the UserError; ``build_config`` runs those whose class
-# the config is an instance of, after every single setting passed its ``Rule``.
-Clash = Callable[[Any], "tuple[str, str] | None"]
-CLASHES: list[tuple[type, Clash]] = []
-
-
-def clash(cls: type) -> Callable[[Clash], Clash]:
-    """Register a check across settings of ``cls`` (and its subclasses)."""
-
-    def register(check: Clash) -> Clash:
-        CLASHES.append((cls, check))
-        return check
-
-    return register
-
-
-def check_settings(config: Any, origin: dict[str, str]) -> None:
-    """Every setting against its ``Rule``, then the clashes; the first failure raises.
-
-    ``origin`` maps a setting given in a config file to that file: its error
-    then names the file and the key, a flag's names the flag.
-    """
-    for f in dataclasses.fields(config):
-        value, rule = getattr(config, f.name), f.metadata.get("check")
-        if isinstance(value, float) and not math.isfinite(value):
-            problem = f"must be a finite number, got {shown(value)}"
-        elif rule is not None and not rule(value):
-            problem = f"must be {rule.text}, got {shown(value)}"
-        else:
-            continue
-        if f.name in origin:
-            raise UserError(origin[f.name], f"{f.name}: {problem}")
-        raise UserError(flag(f.name), problem)
-    for cls, check in CLASHES:
-        if isinstance(config, cls) and (found := check(config)):
-            raise UserError(*found)
-
-
-def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> C:
-    """Defaults, then the YAML file, then flags the user actually gave (non-None).
-
-    The result is checked before anything loads: each setting's ``Rule``,
-    then the ``CLASHES`` between settings; a failure is a ``UserError``.
-    """
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kinds = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    origin: dict[str, str] = {}
-    if config_file:
-        for key, value in load_yaml(config_file).items():
-            key = str(key).replace("-", "_")
-            if key not in fields:
-                raise UserError(config_file, f"unknown setting '{key}'")
-            values[key] = yaml_value(key, kinds[key], value, config_file)
-            origin[key] = config_file
-        check_choices(cls, values, config_file)
-    given = {k: v for k, v in cli.items() if v is not None and v != () and k in fields}
-    values.update(given)
-    for key in given:
-        origin.pop(key, None)
-    missing = [
-        name
-        for name, f in fields.items()
-        if f.metadata.get("required") and not values.get(name)
-    ]
-    if missing:
-        flags = ", ".join(map(flag, missing))
-        raise UserError(
-            config_file or "command line", f"missing required setting {flags}"
-        )
-    for name, f in fields.items():  # a single flag value for a repeatable one
-        if f.metadata.get("multiple") and name in values:
-            value = values[name]
-            values[name] = (value,) if isinstance(value, str) else tuple(value)
-    config = cls(**values)
-    check_settings(config, origin)
-    return config
 
 
 @dataclass
@@ -650,145 +402,6 @@ class EvalMathConfig:
         return DataSource(self.data, options)
 
 
-# Checks across settings (``clash``): each returns (setting, message) or None.
-
-
-@clash(AdapterSettings)
-def quantize_needs_adapters(config: AdapterSettings) -> tuple[str, str] | None:
-    if config.full and config.quantize:
-        return (
-            "--quantize",
-            "QLoRA trains adapters on a frozen quantized base; it cannot be "
-            "combined with --full (drop one of them)",
-        )
-    if config.full and config.dora:
-        return "--dora", "DoRA is an adapter; it cannot be combined with --full"
-    return None
-
-
-def same_model(a: str, b: str) -> bool:
-    """Two --model values naming one model: equal, or local paths to one directory."""
-    if a == b:
-        return True
-    first, second = Path(a).expanduser(), Path(b).expanduser()
-    return first.exists() and second.exists() and first.resolve() == second.resolve()
-
-
-@clash(RunSettings)
-def splits_differ(config: RunSettings) -> tuple[str, str] | None:
-    if config.valid_split == config.data_split:
-        return (
-            "--valid-split",
-            f"is --data-split itself ({config.data_split!r}): evaluating on the "
-            "training split measures nothing held out",
-        )
-    return None
-
-
-@clash(PreferenceSettings)
-def reference_is_not_the_model(config: Any) -> tuple[str, str] | None:
-    if config.ref_model and same_model(config.ref_model, config.model):
-        return (
-            "--ref-model",
-            f"{config.ref_model!r} is --model itself; leave --ref-model out "
-            "(the reference is then --model's weights, without adapters)",
-        )
-    return None
-
-
-@clash(DPOConfig)
-def label_smoothing_needs_a_loss_using_it(config: DPOConfig) -> tuple[str, str] | None:
-    """``--label-smoothing`` reaches a DPO loss only if its signature takes it
-    (``train.dpo.dpo_objective``): the registry is the source."""
-    if not config.label_smoothing:
-        return None
-    from .losses import DPO_LOSSES
-
-    def takes_it(loss: Callable) -> bool:
-        return "label_smoothing" in inspect.signature(loss).parameters
-
-    if takes_it(DPO_LOSSES[config.loss]):
-        return None
-    users = ", ".join(name for name, loss in DPO_LOSSES.items() if takes_it(loss))
-    return (
-        "--label-smoothing",
-        f"the {config.loss!r} loss does not use it (losses that do: {users})",
-    )
-
-
-def split_weights(text: str) -> list[str]:
-    """The comma-separated items of --reward-weights, as ``GroupScorer`` splits them."""
-    return [w.strip() for w in text.split(",") if w.strip()]
-
-
-@clash(GRPOConfig)
-def rewards_resolve_and_match_weights(config: GRPOConfig) -> tuple[str, str] | None:
-    from .rewards.registry import resolve_reward
-
-    if not config.reward:
-        return "--reward", "at least one reward function is needed"
-    for spec in config.reward:
-        try:
-            resolve_reward(spec)
-        except ValueError as error:
-            return "--reward", str(error)
-    weights = split_weights(config.reward_weights)
-    for weight in weights:
-        try:
-            if not math.isfinite(float(weight)):
-                raise ValueError
-        except ValueError:
-            return "--reward-weights", f"{weight!r} is not a finite number"
-    if weights and len(weights) != len(config.reward):
-        return (
-            "--reward-weights",
-            f"{len(weights)} weight{'s' * (len(weights) != 1)} for "
-            f"{len(config.reward)} reward functions "
-            f"({', '.join(config.reward)}): give one per --reward",
-        )
-    return None
-
-
-@clash(GRPOConfig)
-def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
-    if config.epsilon_high and config.epsilon_high < config.epsilon:
-        return (
-            "--epsilon-high",
-            f"must be 0 (same as --epsilon) or >= --epsilon ({shown(config.epsilon)}), "
-            f"got {shown(config.epsilon_high)}",
-        )
-    return length_problem(config)
-
-
-def length_problem(config: Any) -> tuple[str, str] | None:
-    """A completion must leave room for its prompt within --max-length."""
-    if config.max_completion_tokens >= config.max_length:
-        return (
-            "--max-completion-tokens",
-            f"must be below --max-length ({config.max_length}), which also holds "
-            f"the prompt, got {config.max_completion_tokens}",
-        )
-    return None
-
-
-@clash(InitModelConfig)
-def hidden_size_fits_the_heads(config: InitModelConfig) -> tuple[str, str] | None:
-    """Attention splits the hidden size into the preset's heads, and RoPE
-    rotates each head in pairs of dimensions: a multiple of 2 x heads."""
-    if not config.hidden_size:
-        return None
-    from .model.tiny import PRESETS
-
-    heads = PRESETS[config.preset].num_attention_heads
-    if config.hidden_size % (2 * heads):
-        return (
-            "--hidden-size",
-            f"must be a multiple of {2 * heads} (2 x the {config.preset} preset's "
-            f"{heads} attention heads), got {config.hidden_size}",
-        )
-    return None
-
-
 @stage_defaults(learning_rate=5e-5)
 class OnlineDPOConfig(RunSettings, TrainSettings, AdapterSettings):
     """Online DPO: pairs sampled from the policy each step, labelled by a judge."""
@@ -936,50 +549,3 @@ class PPOConfig(RunSettings, TrainSettings, AdapterSettings):
     max_length: int = setting(
         1024, "Longest prompt + completion in tokens.", check=at_least(2)
     )
-
-
-# Clashes of the stages that sample and score: one judge or reward, that
-# resolves; weights that match; room for the prompt.
-
-
-def reward_problem(
-    specs: tuple, weights: str, required: bool
-) -> tuple[str, str] | None:
-    """``--reward`` names that resolve and ``--reward-weights`` that match them."""
-    if not specs:
-        return (
-            ("--reward", "at least one reward function is needed") if required else None
-        )
-    return rewards_resolve_and_match_weights(
-        dataclasses.replace(
-            GRPOConfig(model="m", data="d"), reward=specs, reward_weights=weights
-        )
-    )
-
-
-@clash(OnlineDPOConfig)
-def one_judge(config: OnlineDPOConfig) -> tuple[str, str] | None:
-    named = [f for f, v in (("--reward-model", config.reward_model), ("--judge", config.judge), ("--reward", config.reward)) if v]  # fmt: skip
-    if len(named) != 1:
-        return (
-            "--reward-model / --judge / --reward",
-            f"name exactly one judge, got {', '.join(named) or 'none'}",
-        )
-    smoothing = label_smoothing_needs_a_loss_using_it(config)
-    return (
-        smoothing
-        or reward_problem(config.reward, config.reward_weights, False)
-        or length_problem(config)
-    )
-
-
-@clash(PPOConfig)
-def a_reward(config: PPOConfig) -> tuple[str, str] | None:
-    if not (config.reward_model or config.reward):
-        return (
-            "--reward-model / --reward",
-            "PPO needs a reward model or a reward function",
-        )
-    return reward_problem(
-        config.reward, config.reward_weights, False
-    ) or length_problem(config)
