@@ -90,57 +90,87 @@ def save_checkpoint_weights(model: RewardModel, directory: Path) -> None:
     mx.save_safetensors(str(directory / CHECKPOINT_WEIGHTS), weights)
 
 
-def save_reward_model(
-    model: RewardModel,
+def save_head_model(
+    model: ScalarHeadModel,
     adapters: dict | None,
     out: Path,
+    names: tuple[str, str],
     base_model: str,
     tokenizer,
     model_config: dict,
     quantize: int = 0,
 ) -> Path:
-    """``out/``: mlx-lm adapters (or a full model in ``out/model``), the head, reward_config.json."""
+    """``out/``: mlx-lm adapters (or a full model in ``out/model``), the head and
+    a config naming the base, as ``names`` = (head file, config file)."""
+    head_file, config_file = names
     out.mkdir(parents=True, exist_ok=True)
     if adapters:
         save_adapters(model.lm, adapters, out)  # the inner model: mlx-lm's names
     else:
         save_full_model(out / "model", base_model, model.lm, tokenizer, model_config)
     mx.save_safetensors(
-        str(out / HEAD_WEIGHTS), dict(tree_flatten(model.head.parameters()))
+        str(out / head_file), dict(tree_flatten(model.head.parameters()))
     )
-    reward_config = {
+    config = {
         "base_model": base_model,
         "fine_tune_type": adapters["fine_tune_type"] if adapters else "full",
         "quantize": quantize,
         "hidden_size": model.head.weight.shape[1],
     }
-    (out / REWARD_CONFIG).write_text(json.dumps(reward_config, indent=2))
+    (out / config_file).write_text(json.dumps(config, indent=2))
     return out
+
+
+def load_head_model(
+    path: str | Path,
+    cls: type[ScalarHeadModel],
+    names: tuple[str, str],
+    base_model: str | None = None,
+    backbone: nn.Module | None = None,
+) -> tuple[ScalarHeadModel, object]:
+    """``(model of type cls in eval mode, tokenizer)`` from a ``save_head_model`` directory.
+
+    ``base_model`` overrides the recorded base (e.g. a relative path saved
+    from another working directory). Adapters are attached as mlx-lm's
+    ``load(adapter_path=...)`` does, after quantizing the base if the run did;
+    onto ``backbone`` instead (a model sharing the base's arrays), when given
+    (the tokenizer is then None).
+    """
+    head_file, config_file = names
+    path = Path(path)
+    if not (path / config_file).exists():
+        raise DataError(str(path), 0, f"not a {cls.__name__}: no {config_file}")
+    config = json.loads((path / config_file).read_text())
+    if config["fine_tune_type"] == "full":
+        lm, tokenizer, _ = load_model(str(path / "model"))
+    else:
+        if backbone is not None:
+            lm, tokenizer = backbone, None
+        else:
+            lm, tokenizer, _ = load_model(base_model or config["base_model"])
+            if config.get("quantize"):
+                quantize_base(lm, config["quantize"])
+        attach_adapters(lm, json.loads((path / ADAPTER_CONFIG).read_text()))
+        lm.load_weights(str(path / ADAPTER_WEIGHTS), strict=False)
+    model = cls(lm, config["hidden_size"])
+    model.head.load_weights(str(path / head_file))
+    model.eval()
+    mx.eval(model.parameters())
+    return model, tokenizer
+
+
+REWARD_FILES = (HEAD_WEIGHTS, REWARD_CONFIG)
+
+
+def save_reward_model(
+    model: RewardModel, adapters: dict | None, out: Path, *args, **kwargs
+) -> Path:
+    """``save_head_model`` with the reward model's file names (``reward_head.safetensors``)."""
+    return save_head_model(model, adapters, out, REWARD_FILES, *args, **kwargs)
 
 
 def load_reward_model(
     path: str | Path, base_model: str | None = None
 ) -> tuple[RewardModel, object]:
-    """``(reward model in eval mode, tokenizer)`` from a ``save_reward_model`` directory.
-
-    ``base_model`` overrides the recorded base (e.g. a relative path saved
-    from another working directory). Adapters are attached as mlx-lm's
-    ``load(adapter_path=...)`` does, after quantizing the base if the run did.
-    """
-    path = Path(path)
-    if not (path / REWARD_CONFIG).exists():
-        raise DataError(str(path), 0, f"not a reward model: no {REWARD_CONFIG}")
-    config = json.loads((path / REWARD_CONFIG).read_text())
-    if config["fine_tune_type"] == "full":
-        lm, tokenizer, _ = load_model(str(path / "model"))
-    else:
-        lm, tokenizer, _ = load_model(base_model or config["base_model"])
-        if config.get("quantize"):
-            quantize_base(lm, config["quantize"])
-        attach_adapters(lm, json.loads((path / ADAPTER_CONFIG).read_text()))
-        lm.load_weights(str(path / ADAPTER_WEIGHTS), strict=False)
-    model = RewardModel(lm, config["hidden_size"])
-    model.head.load_weights(str(path / HEAD_WEIGHTS))
-    model.eval()
-    mx.eval(model.parameters())
-    return model, tokenizer
+    """``(reward model in eval mode, tokenizer)`` from a ``save_reward_model`` directory."""
+    return load_head_model(path, RewardModel, REWARD_FILES, base_model)

@@ -17,24 +17,13 @@ parameters.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from ..data.errors import DataError
 from ..layouts import FullRows
-from .adapters import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    attach_adapters,
-    quantize_base,
-    save_adapters,
-)
-from .load import load_model, save_full_model
-from .reward_head import ScalarHeadModel
+from .reward_head import ScalarHeadModel, load_head_model, save_head_model
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 CRITIC_CONFIG = "critic_config.json"
@@ -67,49 +56,16 @@ class ActorCritic(nn.Module):
         return [*self.policy.layers, *self.critic.layers]
 
 
+CRITIC_FILES = (VALUE_HEAD_WEIGHTS, CRITIC_CONFIG)
+
+
 def save_critic(
-    critic: ValueModel,
-    adapters: dict | None,
-    out: Path,
-    base_model: str,
-    tokenizer,
-    model_config: dict,
-    quantize: int = 0,
+    critic: ValueModel, adapters: dict | None, out: Path, *args, **kwargs
 ) -> Path:
     """``out/``: the critic's mlx-lm adapters (or a full model in ``out/model``), head, config."""
-    out.mkdir(parents=True, exist_ok=True)
-    if adapters:
-        save_adapters(critic.lm, adapters, out)
-    else:
-        save_full_model(out / "model", base_model, critic.lm, tokenizer, model_config)
-    weights = dict(tree_flatten(critic.head.parameters()))
-    mx.save_safetensors(str(out / VALUE_HEAD_WEIGHTS), weights)
-    config = {
-        "base_model": base_model,
-        "fine_tune_type": adapters["fine_tune_type"] if adapters else "full",
-        "quantize": quantize,
-        "hidden_size": critic.head.weight.shape[1],
-    }
-    (out / CRITIC_CONFIG).write_text(json.dumps(config, indent=2))
-    return out
+    return save_head_model(critic, adapters, out, CRITIC_FILES, *args, **kwargs)
 
 
 def load_critic(path: str | Path, base_model: str | None = None) -> ValueModel:
     """A ``save_critic`` directory as a ``ValueModel`` in eval mode."""
-    path = Path(path)
-    if not (path / CRITIC_CONFIG).exists():
-        raise DataError(str(path), 0, f"not a critic: no {CRITIC_CONFIG}")
-    config = json.loads((path / CRITIC_CONFIG).read_text())
-    if config["fine_tune_type"] == "full":
-        lm = load_model(str(path / "model"))[0]
-    else:
-        lm = load_model(base_model or config["base_model"])[0]
-        if config.get("quantize"):
-            quantize_base(lm, config["quantize"])
-        attach_adapters(lm, json.loads((path / ADAPTER_CONFIG).read_text()))
-        lm.load_weights(str(path / ADAPTER_WEIGHTS), strict=False)
-    critic = ValueModel(lm, config["hidden_size"])
-    critic.head.load_weights(str(path / VALUE_HEAD_WEIGHTS))
-    critic.eval()
-    mx.eval(critic.parameters())
-    return critic
+    return load_head_model(path, ValueModel, CRITIC_FILES, base_model)[0]

@@ -42,18 +42,17 @@ from ..data.prompts import check_prompt_records
 from ..errors import UserError
 from ..fused_sampler import FusedSampler, should_fuse
 from ..model.adapters import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     attach_adapters,
     count_parameters,
     quantize_base,
 )
 from ..model.load import load_model
 from ..model.reward_head import (
-    HEAD_WEIGHTS,
     REWARD_CONFIG,
+    REWARD_FILES,
     RewardModel,
     hidden_size_of,
+    load_head_model,
     load_reward_model,
 )
 from ..model.value_head import ActorCritic, ValueModel, save_critic
@@ -145,14 +144,9 @@ def reward_model_for(
     )
     if not (adapters and reward_config and shares_base(reward_config, config)):
         return load_reward_model(path)  # raises DataError for a non-reward directory
-    lm = shared_reference(policy, config.model)
-    attach_adapters(lm, json.loads((path / ADAPTER_CONFIG).read_text()))
-    lm.load_weights(str(path / ADAPTER_WEIGHTS), strict=False)
-    model = RewardModel(lm, reward_config["hidden_size"])
-    model.head.load_weights(str(path / HEAD_WEIGHTS))
+    backbone = shared_reference(policy, config.model)
+    model, _ = load_head_model(path, RewardModel, REWARD_FILES, backbone=backbone)
     model.freeze()
-    model.eval()
-    mx.eval(model.parameters())
     tqdm.write(f"reward model {path}: adapters on the policy's base arrays")
     return model, tokenizer
 
