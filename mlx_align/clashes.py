@@ -6,7 +6,6 @@ subclasses); ``build_config`` runs them after every setting passed its rule.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from collections.abc import Callable
@@ -21,7 +20,9 @@ from .config import (
     OnlineDPOConfig,
     PPOConfig,
     PreferenceSettings,
+    RewardSettings,
     RunSettings,
+    SamplingSettings,
 )
 from .config_build import clash, shown
 
@@ -95,11 +96,17 @@ def split_weights(text: str) -> list[str]:
 
 
 @clash(GRPOConfig)
-def rewards_resolve_and_match_weights(config: GRPOConfig) -> tuple[str, str] | None:
-    from .rewards.registry import resolve_reward
-
+def grpo_needs_a_reward(config: GRPOConfig) -> tuple[str, str] | None:
     if not config.reward:
         return "--reward", "at least one reward function is needed"
+    return None
+
+
+@clash(RewardSettings)
+def rewards_resolve_and_match_weights(config: RewardSettings) -> tuple[str, str] | None:
+    """``--reward`` names that resolve and ``--reward-weights`` that match them."""
+    from .rewards.registry import resolve_reward
+
     for spec in config.reward:
         try:
             resolve_reward(spec)
@@ -130,9 +137,10 @@ def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
             f"must be 0 (same as --epsilon) or >= --epsilon ({shown(config.epsilon)}), "
             f"got {shown(config.epsilon_high)}",
         )
-    return length_problem(config)
+    return None
 
 
+@clash(SamplingSettings)
 def length_problem(config: Any) -> tuple[str, str] | None:
     """A completion must leave room for its prompt within --max-length."""
     if config.max_completion_tokens >= config.max_length:
@@ -162,23 +170,7 @@ def hidden_size_fits_the_heads(config: InitModelConfig) -> tuple[str, str] | Non
     return None
 
 
-# Clashes of the stages that sample and score: one judge or reward, that
-# resolves; weights that match; room for the prompt.
-
-
-def reward_problem(
-    specs: tuple, weights: str, required: bool
-) -> tuple[str, str] | None:
-    """``--reward`` names that resolve and ``--reward-weights`` that match them."""
-    if not specs:
-        return (
-            ("--reward", "at least one reward function is needed") if required else None
-        )
-    return rewards_resolve_and_match_weights(
-        dataclasses.replace(
-            GRPOConfig(model="m", data="d"), reward=specs, reward_weights=weights
-        )
-    )
+# The stages that sample and score: one judge, or at least one reward.
 
 
 @clash(OnlineDPOConfig)
@@ -189,12 +181,7 @@ def one_judge(config: OnlineDPOConfig) -> tuple[str, str] | None:
             "--reward-model / --judge / --reward",
             f"name exactly one judge, got {', '.join(named) or 'none'}",
         )
-    smoothing = label_smoothing_needs_a_loss_using_it(config)
-    return (
-        smoothing
-        or reward_problem(config.reward, config.reward_weights, False)
-        or length_problem(config)
-    )
+    return label_smoothing_needs_a_loss_using_it(config)
 
 
 @clash(PPOConfig)
@@ -204,6 +191,4 @@ def a_reward(config: PPOConfig) -> tuple[str, str] | None:
             "--reward-model / --reward",
             "PPO needs a reward model or a reward function",
         )
-    return reward_problem(
-        config.reward, config.reward_weights, False
-    ) or length_problem(config)
+    return None

@@ -295,38 +295,57 @@ class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
     )
 
 
-@stage_defaults(learning_rate=1e-5)
-class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
+@dataclass
+class SamplingSettings:
+    """How the stages that sample from the policy (GRPO, online DPO, PPO) draw completions."""
+
+    max_completion_tokens: int = setting(
+        64, "Longest sampled completion.", check=at_least(1)
+    )
+    temperature: float = setting(1.0, "Sampling temperature.", check=positive)
+    top_p: float = setting(
+        1.0, "Nucleus sampling threshold.", check=in_range(0, 1, open_low=True)
+    )
+    fuse_rollout: str = setting(
+        "auto",
+        "Sample from LoRA-fused weights, a copy held while sampling "
+        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        choices="mlx_align.fused_sampler:FUSE_CHOICES",
+    )
+
+
+@dataclass
+class RewardSettings:
+    """Reward functions with TRL's signature, for the stages that score samples."""
+
+    reward: tuple = setting(
+        (),
+        "Reward function: math, format, or module:function (repeat the flag "
+        "for several).",
+        multiple=True,
+    )
+    reward_weights: str = setting(
+        "", "Comma-separated weights, one per --reward (default: all 1)."
+    )
+
+
+@stage_defaults(
+    learning_rate=1e-5, reward=("math",), max_completion_tokens=256, max_length=1024
+)
+class GRPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
     batch_size: int = setting(
         2,
         "Prompts per micro-batch and rank (N ranks: N x this many per global "
         "batch); each is sampled --group-size times.",
         check=at_least(1),
     )
-    reward: tuple = setting(
-        ("math",),
-        "Reward function: math, format, or module:function (repeat the flag for several).",
-        multiple=True,
-    )
-    reward_weights: str = setting(
-        "", "Comma-separated weights, one per --reward (default: all 1)."
-    )
     group_size: int = setting(
         8,
         "G: completions sampled per prompt (advantages compare a group's "
         "rewards, so at least 2).",
         check=at_least(2),
-    )
-    max_completion_tokens: int = setting(
-        256, "Longest sampled completion.", check=at_least(1)
-    )
-    temperature: float = setting(
-        1.0, "Sampling temperature for rollouts.", check=positive
-    )
-    top_p: float = setting(
-        1.0,
-        "Nucleus sampling threshold for rollouts.",
-        check=in_range(0, 1, open_low=True),
     )
     beta: float = setting(
         0.0,
@@ -356,15 +375,6 @@ class GRPOConfig(RunSettings, TrainSettings, AdapterSettings):
         "group",
         "Advantage scaling: group, batch or none (Dr. GRPO).",
         choices="mlx_align.advantages:ADVANTAGE_SCALES",
-    )
-    fuse_rollout: str = setting(
-        "auto",
-        "Sample from LoRA-fused weights, a copy held during each rollout "
-        "(auto: when the copy is under 10% of memory; never for a quantized base).",
-        choices="mlx_align.fused_sampler:FUSE_CHOICES",
-    )
-    max_length: int = setting(
-        1024, "Longest prompt + completion in tokens.", check=at_least(2)
     )
 
 
@@ -402,9 +412,12 @@ class EvalMathConfig:
         return DataSource(self.data, options)
 
 
-@stage_defaults(learning_rate=5e-5)
-class OnlineDPOConfig(RunSettings, TrainSettings, AdapterSettings):
-    """Online DPO: pairs sampled from the policy each step, labelled by a judge."""
+@stage_defaults(learning_rate=5e-5, temperature=0.9, max_length=1024)
+class OnlineDPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
+    """Online DPO: pairs sampled from the policy each step, labelled by one judge:
+    --reward-model, --judge, or --reward (the higher reward wins)."""
 
     batch_size: int = setting(
         4,
@@ -420,15 +433,6 @@ class OnlineDPOConfig(RunSettings, TrainSettings, AdapterSettings):
         "Judge: module:function with TRL's pairwise-judge signature "
         "judge(prompts, completion_pairs) -> preferred index per pair (-1: tie).",
     )
-    reward: tuple = setting(
-        (),
-        "Judge: reward function(s) with GRPO's signature, e.g. math (the higher "
-        "reward wins; repeat the flag for several).",
-        multiple=True,
-    )
-    reward_weights: str = setting(
-        "", "Comma-separated weights, one per --reward (default: all 1)."
-    )
     beta: float = setting(
         0.1, "β: strength of the KL constraint to the reference.", check=positive
     )
@@ -442,43 +446,18 @@ class OnlineDPOConfig(RunSettings, TrainSettings, AdapterSettings):
         "ε for the robust loss: assumed fraction of flipped labels.",
         check=in_range(0, 0.5, open_high=True),
     )
-    max_completion_tokens: int = setting(
-        64, "Longest sampled completion.", check=at_least(1)
-    )
-    temperature: float = setting(
-        0.9, "Sampling temperature (TRL's default).", check=positive
-    )
-    top_p: float = setting(
-        1.0, "Nucleus sampling threshold.", check=in_range(0, 1, open_low=True)
-    )
-    fuse_rollout: str = setting(
-        "auto",
-        "Sample from LoRA-fused weights, a copy held while sampling "
-        "(auto: when the copy is under 10% of memory; never for a quantized base).",
-        choices="mlx_align.fused_sampler:FUSE_CHOICES",
-    )
-    max_length: int = setting(
-        1024, "Longest prompt + completion in tokens.", check=at_least(2)
-    )
 
 
-@stage_defaults(learning_rate=1e-5)
-class PPOConfig(RunSettings, TrainSettings, AdapterSettings):
+@stage_defaults(learning_rate=1e-5, max_length=1024)
+class PPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
     """PPO with a critic (``mlx-align ppo``): TRL ``PPOTrainer``'s settings, its names."""
 
     reward_model: str = setting(
         "",
         "An `mlx-align reward` output directory: its score of each completion, "
-        "read at the last token, is the reward.",
-    )
-    reward: tuple = setting(
-        (),
-        "Reward function: math, format, or module:function, as grpo's (repeat the "
-        "flag for several); added to --reward-model's score when both are given.",
-        multiple=True,
-    )
-    reward_weights: str = setting(
-        "", "Comma-separated weights, one per --reward (default: all 1)."
+        "read at the last token, is the reward (--reward functions add to it).",
     )
     value_model: str = setting(
         "",
@@ -528,24 +507,4 @@ class PPOConfig(RunSettings, TrainSettings, AdapterSettings):
         0.0,
         "Subtracted from the score of a completion that stops without EOS.",
         check=non_negative,
-    )
-    max_completion_tokens: int = setting(
-        64, "Longest sampled completion.", check=at_least(1)
-    )
-    temperature: float = setting(
-        1.0, "Sampling temperature for rollouts.", check=positive
-    )
-    top_p: float = setting(
-        1.0,
-        "Nucleus sampling threshold for rollouts.",
-        check=in_range(0, 1, open_low=True),
-    )
-    fuse_rollout: str = setting(
-        "auto",
-        "Sample from LoRA-fused weights, a copy held during each rollout "
-        "(auto: when the copy is under 10% of memory; never for a quantized base).",
-        choices="mlx_align.fused_sampler:FUSE_CHOICES",
-    )
-    max_length: int = setting(
-        1024, "Longest prompt + completion in tokens.", check=at_least(2)
     )
