@@ -42,11 +42,10 @@ from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
 from ..rewards.registry import reward_columns
-from ..rollout import Group, sample_groups
+from ..rollout import Group
 from .adapted import prepare_trainable, stage_job, train_and_write
 from .dpo import dpo_loss, dpo_objective
-from .loop import step_seed
-from .rollouts import RANK_SEED_STRIDE
+from .rollouts import draw, seed_for_rank
 
 SAMPLER_STATS = ("judge/ties", "val/contain_eos_token")
 SCORE_STATS = ("objective/scores", "objective/scores_margin")
@@ -76,12 +75,11 @@ class OnlinePairs:
     def micro_batch(self, k: int) -> OnlineDPOBatch:
         config = self.config
         if distributed.size() > 1 and k % config.grad_accumulation == 0:
-            step = k // config.grad_accumulation + 1  # each rank its own draws
-            seed = step_seed(config.seed, step) + RANK_SEED_STRIDE * distributed.rank()
-            mx.random.seed(seed % 2**32)
+            seed_for_rank(config.seed, k // config.grad_accumulation + 1)
         indices = self.plan.local_batch(k)
         with sampling_model(self.model, self.sampler) as model:
-            groups = sample_pairs(model, [self.prompts[i] for i in indices], self)
+            prompts = [self.prompts[i] for i in indices]
+            groups = draw(model, config, prompts, 2, self.eos_ids)
         texts = [tuple(self.decode(c) for c in g.completions) for g in groups]
         tic = time.perf_counter()
         verdicts = self.judge([self.records[i] for i in indices], texts)
@@ -132,19 +130,6 @@ class OnlinePairs:
         return values
 
 
-def sample_pairs(model: nn.Module, prompts: list[list[int]], pairs: OnlinePairs):
-    config = pairs.config
-    return sample_groups(
-        model,
-        prompts,
-        2,
-        config.max_completion_tokens,
-        pairs.eos_ids,
-        config.temperature,
-        config.top_p,
-    )
-
-
 def online_dpo_loss(
     model: nn.Module,
     batch: OnlineDPOBatch,
@@ -176,21 +161,9 @@ def online_dpo_loss(
 
 def one_sample_each(model: nn.Module, prompts, pairs: OnlinePairs) -> list[str]:
     """One sampled completion per prompt, decoded."""
-    config = pairs.config
     model.eval()
-    texts = []
-    for prompt in prompts:
-        (group,) = sample_groups(
-            model,
-            [prompt],
-            1,
-            config.max_completion_tokens,
-            pairs.eos_ids,
-            config.temperature,
-            config.top_p,
-        )
-        texts.append(pairs.decode(group.completions[0]))
-    return texts
+    groups = draw(model, pairs.config, prompts, 1, pairs.eos_ids)
+    return [pairs.decode(g.completions[0]) for g in groups]
 
 
 def win_rate(

@@ -43,10 +43,9 @@ from ..model.reward_head import RewardModel
 from ..model.value_head import ActorCritic
 from ..ppo_loss import gae, kl_shaped_rewards, masked_whiten
 from ..rewards.scoring import GroupScorer
-from ..rollout import Group, sample_groups
-from .loop import step_seed
+from ..rollout import Group
 from .reward import score_examples
-from .rollouts import RANK_SEED_STRIDE, write_samples
+from .rollouts import draw, seed_for_rank, write_samples
 
 ROLLOUT_STATS = (
     "objective/kl",
@@ -241,9 +240,7 @@ class PPORollouts:
         """The RNG as the rollout's first step seeded it (``loop.step_seed``), offset
         by the rank, so a resumed run (checkpoints fall on rollout boundaries)
         samples what the uninterrupted run did."""
-        first_step = rollout_id * self.steps_per_rollout + 1
-        seed = step_seed(self.config.seed, first_step)
-        mx.random.seed((seed + RANK_SEED_STRIDE * distributed.rank()) % 2**32)
+        seed_for_rank(self.config.seed, rollout_id * self.steps_per_rollout + 1)
 
     def eval_batch(self, records: list[Record], prompts: list[list[int]]) -> PPOBatch:
         """A held-out batch: ``prompts`` sampled from the current policy, scored, valued."""
@@ -297,20 +294,9 @@ class PPORollouts:
 
     def sample(self, prompts: list[list[int]]) -> list[Group]:
         """One completion of each prompt from the policy (or its fused twin), decoded together."""
-        config, tic, policy = self.config, time.perf_counter(), self.model.policy
+        policy = self.model.policy
         with evaluating(policy), sampling_model(policy, self.sampler) as model:
-            groups = sample_groups(
-                model,
-                prompts,
-                1,
-                config.max_completion_tokens,
-                self.eos_ids,
-                config.temperature,
-                config.top_p,
-            )
-        lengths = [len(g.completions[0]) for g in groups]
-        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
-        return groups
+            return draw(model, self.config, prompts, 1, self.eos_ids)
 
     def targets(self, inputs: FullRows, scores: mx.array, extra: dict) -> PPOBatch:
         """Log-probs, reference log-probs and values at rollout time; rewards, GAE, statistics."""

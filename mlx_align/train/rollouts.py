@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..advantages import group_advantages
 from ..batches import GRPOBatch
-from ..config import GRPOConfig
+from ..config import GRPOConfig, SamplingSettings
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record
 from ..data.prompts import encode_prompts
@@ -42,6 +42,38 @@ ROLLOUT_STATS = (
     "completion_length_mean",
     "completion_length_max",
 )
+
+
+def seed_for_rank(seed: int, step: int) -> None:
+    """The RNG as ``loop.step_seed`` seeds ``step``, offset by the rank: each
+    rank draws its own completions, and rank 0 (one process) those it drew
+    before ranks existed."""
+    offset = RANK_SEED_STRIDE * distributed.rank()
+    mx.random.seed((step_seed(seed, step) + offset) % 2**32)
+
+
+def draw(
+    model: nn.Module,
+    settings: SamplingSettings,
+    prompts: list[list[int]],
+    group_size: int,
+    eos_ids: set[int],
+) -> list[Group]:
+    """``group_size`` completions of each prompt with the stage's sampling
+    settings (``rollout.sample_groups``); emits ``rollout`` (lengths, seconds)."""
+    tic = time.perf_counter()
+    groups = sample_groups(
+        model,
+        prompts,
+        group_size,
+        settings.max_completion_tokens,
+        eos_ids,
+        settings.temperature,
+        settings.top_p,
+    )
+    lengths = [len(c) for g in groups for c in g.completions]
+    emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+    return groups
 
 
 def rollout_index(micro_batch: int, accumulation: int, passes: int) -> int:
@@ -100,18 +132,14 @@ class Rollouts:
         return self.cache[rollout_id]
 
     def seed_group(self, rollout_id: int) -> None:
-        """Before the first rollout batch of a step's group, the RNG as that
-        step seeded it (``loop.step_seed``), offset by the rank: each rank
-        draws its own completions, and rank 0 (one process) exactly those it
-        drew before ranks existed. Checkpoints fall on group boundaries
+        """Before the first rollout batch of a step's group, ``seed_for_rank`` of
+        that step. Checkpoints fall on group boundaries
         (``TrainJob.checkpoint_multiple``), so a resumed run draws the same.
         """
         accumulation, passes = self.config.grad_accumulation, self.config.iterations
         group, micro = divmod(rollout_id, accumulation)
         if micro == 0:
-            first_step = group * passes + 1
-            seed = step_seed(self.config.seed, first_step)
-            mx.random.seed((seed + RANK_SEED_STRIDE * distributed.rank()) % 2**32)
+            seed_for_rank(self.config.seed, group * passes + 1)
 
     def sample(self, rollout_id: int) -> GRPOBatch:
         """Sample the rollout batch's groups, score them, and batch them for the loss."""
@@ -152,20 +180,11 @@ class Rollouts:
 
     def sample_groups(self, indices: list[int]) -> list[Group]:
         """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
-        config, tic = self.config, time.perf_counter()
+        prompts = [self.prompts[i] for i in indices]
         with sampling_model(self.model, self.sampler) as model:
-            groups = sample_groups(
-                model,
-                [self.prompts[i] for i in indices],
-                config.group_size,
-                config.max_completion_tokens,
-                self.eos_ids,
-                config.temperature,
-                config.top_p,
+            return draw(
+                model, self.config, prompts, self.config.group_size, self.eos_ids
             )
-        lengths = [len(c) for g in groups for c in g.completions]
-        emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
-        return groups
 
     def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
         """The groups as the loss scores them: prompts once per group, or full rows."""
