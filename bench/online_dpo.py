@@ -16,24 +16,31 @@ The judge. mlx-lm-lora's online DPO only takes an LLM judge (``--judge
 MODEL``: `LLMPairwiseJudge`, which renders its pairwise leaderboard prompt
 through the chat template, lets the judge model greedily generate up to 16
 tokens, and reads "0" or "1"; anything else, and "1", train the second
-completion as chosen) or a human at the keyboard. ``--judge llm`` (the
-default) gives both tools that judge on the starting model: mlx-lm-lora its
-own (``--judge MODEL --reference-model-path MODEL``, so its reference copy
-doubles as the judge, no third copy), mlx-align ``--judge
-online_dpo:llm_judge``, this file's port of `LLMPairwiseJudge.judge`: the
-same prompt template (read from mlx-lm-lora by the tokens worker), the same
-rendered prompt text (checked), `mlx_lm.generate` with max_tokens=16 on its
-own copy of the model (loaded as mlx-lm-lora loads it), the same random
-order flip and the same reading of the answer, so it never reports a tie and
-every pair is trained on, as in mlx-lm-lora. With this model's 466-token
-vocabulary that judge prompt is ~870 tokens plus the two completions, so
-judging costs each tool about as much as the rest of a step or more; the
-table reports it apart ("judge s", "steps/s excl. judge"). ``--judge
-length`` instead uses a deterministic judge (the shorter completion text
-wins, equal lengths: the first): mlx-align ``--judge
-online_dpo:length_judge``, mlx-lm-lora the same function in place of
-`LLMPairwiseJudge` (the one thing its worker changes; it still loads its
-reference copy, which the judge then does not use).
+completion as chosen) or a human at the keyboard. With this model's
+466-token vocabulary that judge prompt is ~870 tokens plus the two
+completions, so judging is most of a step; the table reports it apart
+("judge s", "steps/s excl. judge"). Three judges:
+
+- ``--judge llm`` (the default): each tool's own LLM judge on the starting
+  model. mlx-lm-lora: ``--judge MODEL --reference-model-path MODEL`` (its
+  reference copy doubles as the judge, no third copy). mlx-align:
+  ``--judge-model MODEL`` (`mlx_align.llm_judge`): the same prompt text
+  (checked), read as the log-odds of "0" vs "1" as the first answer token,
+  every pair of a step in one batch, the prompt prefix they share cached,
+  on the policy's base weights (no second copy). The two judges may pick
+  differently (greedy text vs first-token log-odds; each its own order
+  flips); both train every pair.
+- ``--judge llm-port``: mlx-lm-lora's judge in both. mlx-align gets
+  ``--judge online_dpo:llm_judge``, this file's port of
+  `LLMPairwiseJudge.judge`: the same rendered prompt text, `mlx_lm.generate`
+  with max_tokens=16 on its own copy of the model (loaded as mlx-lm-lora
+  loads it), the same random order flip and the same reading of the answer.
+  This isolates everything but the judge.
+- ``--judge length``: a deterministic judge (the shorter completion text
+  wins, equal lengths: the first): mlx-align ``--judge
+  online_dpo:length_judge``, mlx-lm-lora the same function in place of
+  `LLMPairwiseJudge` (the one thing its worker changes; it still loads its
+  reference copy, which the judge then does not use).
 
 Same prompts: `recipes/make_data.py`'s ``grpo/train.jsonl`` questions as
 one-message chats (mlx-lm-lora renders a prompt row through the chat
@@ -87,10 +94,11 @@ own row, all steps) and the ``--repeats`` later ones warm (their steps
 pooled, the first ``--warmup`` of each left out), the tools taking turns so
 drift in load hits both alike.
 
-    .venv/bin/python bench/online_dpo.py [--judge llm|length] [--steps 10] [--repeats 2]
+    .venv/bin/python bench/online_dpo.py [--judge llm|llm-port|length] [--steps 10] [--repeats 2]
 
 prints a markdown table and writes it to bench/results/online_dpo.md (with
-``--judge length``: online_dpo-length-judge.md; ``--blas reference``,
+``--judge llm-port``: online_dpo-llm-port.md, ``--judge length``:
+online_dpo-length-judge.md; ``--blas reference``,
 ``--batch-size``, ``--preset`` and ``--align-args`` add their own suffix).
 """
 
@@ -323,6 +331,7 @@ def check_same_tokens(opts, model: Path, data: Path) -> list[int]:
 
     from mlx_align.data.jsonl import read_jsonl
     from mlx_align.data.tokenize import encode_prompt
+    from mlx_align.llm_judge import PAIRWISE_PROMPT
 
     dump = opts.work / "mlx-lm-lora-tokens.json"
     cmd = [opts.lora_python, __file__, "--worker", "tokens", str(dump), "--"]
@@ -344,6 +353,8 @@ def check_same_tokens(opts, model: Path, data: Path) -> list[int]:
         if rendered != text:
             sys.exit(f"row {i}: the judge would see another prompt text")
         lengths.append(len(ids))
+    if theirs["template"] != PAIRWISE_PROMPT:
+        sys.exit("mlx-align's --judge-model prompt is not mlx-lm-lora's judge prompt")
     judge = {"model": str(model), "template": theirs["template"], "seed": opts.seed}
     (opts.work / "judge.json").write_text(json.dumps(judge))
     return lengths
@@ -416,7 +427,11 @@ def to_run(opts, tool: str, label: str, report: Path, wall: float, rss: float) -
 
 def run_mlx_align(opts, label: str, model: Path, data: Path, out: Path, env: dict):
     args = ["online-dpo", "--model", str(model), "--data", str(data)]
-    args += ["--out", str(out), "--judge", f"online_dpo:{opts.judge}_judge"]
+    args += ["--out", str(out)]
+    if opts.judge == "llm":  # mlx-align's own LLM judge: the start model itself
+        args += ["--judge-model", str(model)]
+    else:  # this file's judges: the port of mlx-lm-lora's, or the length judge
+        args += ["--judge", f"online_dpo:{opts.judge.replace('-port', '')}_judge"]
     args += ["--steps", str(opts.steps), "--batch-size", str(opts.batch_size)]
     args += ["--max-completion-tokens", str(opts.max_completion_tokens)]
     args += ["--temperature", str(opts.temperature), "--top-p", "1.0"]
@@ -697,13 +712,18 @@ def table(cold: dict[str, Pooled], warm: dict[str, Pooled], opts) -> str:
 def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> str:
     (trainable,) = {r.trainable for r in runs} or {0}
     blas = sorted({r.blas for r in runs})
-    judge = (
-        "LLM judge: mlx-lm-lora's LLMPairwiseJudge on the starting model (16 "
-        "greedy tokens), mlx-align the same through --judge online_dpo:llm_judge"
-        if opts.judge == "llm"
-        else "deterministic judge: the shorter completion text wins (online_dpo:"
-        "length_judge, in place of mlx-lm-lora's LLMPairwiseJudge)"
-    )
+    judge = {
+        "llm": "LLM judge on the starting model, each tool's own: mlx-lm-lora's "
+        "LLMPairwiseJudge (16 greedy tokens per pair, one pair at a time), "
+        "mlx-align's --judge-model (the same prompt; the log-odds of the first "
+        "answer token, all pairs in one batch, the shared prefix cached, on the "
+        "policy's own base weights)",
+        "llm-port": "LLM judge: mlx-lm-lora's LLMPairwiseJudge on the starting "
+        "model (16 greedy tokens), mlx-align the same through --judge "
+        "online_dpo:llm_judge",
+        "length": "deterministic judge: the shorter completion text wins "
+        "(online_dpo:length_judge, in place of mlx-lm-lora's LLMPairwiseJudge)",
+    }[opts.judge]
     return (
         f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
         f"{stats['prompts']} of the split's {stats['split']} prompts, spread over "
@@ -737,10 +757,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
     p.add_argument(
         "--judge",
-        choices=["llm", "length"],
+        choices=["llm", "llm-port", "length"],
         default="llm",
-        help="llm: mlx-lm-lora's LLM judge on the starting model (and its port "
-        "for mlx-align); length: shorter completion wins, in both",
+        help="llm: each tool's own LLM judge on the starting model (mlx-align: "
+        "--judge-model); llm-port: mlx-lm-lora's LLM judge in both (ported for "
+        "mlx-align); length: shorter completion wins, in both",
     )
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=4, help="prompts per step")
@@ -831,7 +852,7 @@ def main() -> None:
     text = describe(opts, stats, every, (load_before, os.getloadavg()[0]))
     text += "\n" + table(cold, warm, opts)
     print(text)
-    suffix = "-length-judge" if opts.judge == "length" else ""
+    suffix = {"llm": "", "llm-port": "-llm-port", "length": "-length-judge"}[opts.judge]
     suffix += "-reference-blas" if opts.blas == "reference" else ""
     suffix += f"-batch{opts.batch_size}" if opts.batch_size != 4 else ""
     suffix += f"-{opts.preset}" if opts.preset != "small" else ""

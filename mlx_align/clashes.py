@@ -25,6 +25,7 @@ from .config import (
     SamplingSettings,
 )
 from .config_build import clash, shown
+from .judges import JUDGE_FLAGS, judges_named
 
 
 @clash(AdapterSettings)
@@ -175,12 +176,14 @@ def hidden_size_fits_the_heads(config: InitModelConfig) -> tuple[str, str] | Non
 
 @clash(OnlineDPOConfig)
 def one_judge(config: OnlineDPOConfig) -> tuple[str, str] | None:
-    named = [f for f, v in (("--reward-model", config.reward_model), ("--judge", config.judge), ("--reward", config.reward)) if v]  # fmt: skip
+    named = judges_named(config)
     if len(named) != 1:
         return (
-            "--reward-model / --judge / --reward",
+            " / ".join(JUDGE_FLAGS),
             f"name exactly one judge, got {', '.join(named) or 'none'}",
         )
+    if config.judge_prompt and not config.judge_model:
+        return "--judge-prompt", "is the prompt of --judge-model's LLM judge; name one"
     return label_smoothing_needs_a_loss_using_it(config)
 
 

@@ -256,7 +256,8 @@ def grpo_command(config: GRPOConfig) -> None:
     OnlineDPOConfig,
     "Examples:\n\n  mlx-align online-dpo --model runs/sft-fused --data data/prompts --out runs/odpo --reward-model runs/rm\n\n"
     "  mlx-align online-dpo --model M --data D --out R --reward math --loss ipo\n\n"
-    "  mlx-align online-dpo --model M --data D --out R --judge my_pkg.judges:rubric   # RLAIF\n\n"
+    "  mlx-align online-dpo --model M --data D --out R --judge-model M   # RLAIF: M judges its samples\n\n"
+    "  mlx-align online-dpo --model M --data D --out R --judge my_pkg.judges:rubric\n\n"
     "D holds prompts (train.jsonl; valid.jsonl for the held-out win rate), as for grpo.",
 )
 def online_dpo_command(config: OnlineDPOConfig) -> None:

@@ -417,7 +417,7 @@ class OnlineDPOConfig(
     RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
 ):
     """Online DPO: pairs sampled from the policy each step, labelled by one judge:
-    --reward-model, --judge, or --reward (the higher reward wins)."""
+    --reward-model, --judge, --judge-model, or --reward (the higher reward wins)."""
 
     batch_size: int = setting(
         4,
@@ -432,6 +432,17 @@ class OnlineDPOConfig(
         "",
         "Judge: module:function with TRL's pairwise-judge signature "
         "judge(prompts, completion_pairs) -> preferred index per pair (-1: tie).",
+    )
+    judge_model: str = setting(
+        "",
+        "Judge: an LLM (path or hub id) reads both completions in TRL's pairwise "
+        'prompt and names the better one (its log-odds of "0" vs "1"); the --model '
+        "value itself judges with the starting weights, sharing them (RLAIF).",
+    )
+    judge_prompt: str = setting(
+        "",
+        "With --judge-model: a prompt file with {prompt}, {response0} and "
+        "{response1} (other braces doubled); default: TRL's pairwise prompt.",
     )
     beta: float = setting(
         0.1, "β: strength of the KL constraint to the reference.", check=positive

@@ -9,7 +9,9 @@ cannot tell them apart) with the scores it based that on, if any:
   reward such as ``math``, with the dataset's columns), higher wins;
 - ``FunctionJudge``: any ``module:function`` with TRL's pairwise-judge
   signature ``judge(prompts, completions) -> list[int]`` (``completions`` a
-  list of pairs; -1 for no preference), e.g. a rubric or another model.
+  list of pairs; -1 for no preference), e.g. a rubric or another model;
+- ``llm_judge.LLMPairwiseJudge``: a language model reads both completions
+  in TRL's pairwise prompt and names the better one (``--judge-model``).
 """
 
 from __future__ import annotations
@@ -92,18 +94,44 @@ class FunctionJudge:
         return Verdicts([None if p in (-1, None) else int(p) for p in picks], None)
 
 
-def make_judge(
-    reward_model: str, judge: str, reward: Sequence[str], weights: str
-) -> Judge:
-    """The one judge the flags name (exactly one of the three)."""
-    given = [name for name, v in (("--reward-model", reward_model), ("--judge", judge), ("--reward", reward)) if v]  # fmt: skip
-    if len(given) != 1:
-        raise UserError(
-            "--reward-model / --judge / --reward",
-            f"name exactly one judge, got {', '.join(given) or 'none'}",
-        )
-    if reward_model:
-        return RewardModelJudge(reward_model)
-    if judge:
-        return FunctionJudge(judge)
-    return RewardJudge(reward, weights)
+# The flags that each name a judge, and the config field behind each.
+JUDGE_FLAGS = {
+    "--reward-model": "reward_model",
+    "--judge": "judge",
+    "--judge-model": "judge_model",
+    "--reward": "reward",
+}
+
+
+def judges_named(config) -> list[str]:
+    """The judge flags a config gives (online DPO takes exactly one)."""
+    return [flag for flag, field in JUDGE_FLAGS.items() if getattr(config, field)]
+
+
+def make_judge(config, start: Callable[[], tuple] | None = None) -> Judge:
+    """The one judge the config names.
+
+    ``start()`` gives ``(model, tokenizer)`` of the starting weights, which
+    judge when ``--judge-model`` names the ``--model`` itself.
+    """
+    from .clashes import one_judge, same_model
+
+    clash = one_judge(config)  # build_config ran it; a config built in code may not
+    if clash:
+        raise UserError(*clash)
+    if config.reward_model:
+        return RewardModelJudge(config.reward_model)
+    if config.judge:
+        return FunctionJudge(config.judge)
+    if config.judge_model:
+        from .llm_judge import LLMPairwiseJudge, read_prompt_template
+        from .model.load import load_model
+
+        template = read_prompt_template(config.judge_prompt)
+        if start is not None and same_model(config.judge_model, config.model):
+            model, tokenizer = start()
+        else:
+            model, tokenizer, _ = load_model(config.judge_model)
+            model.freeze()
+        return LLMPairwiseJudge(model, tokenizer, template, seed=config.seed)
+    return RewardJudge(config.reward, config.reward_weights)

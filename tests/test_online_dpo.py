@@ -51,7 +51,9 @@ def test_function_judge_follows_trl_contract_and_refuses_bad_answers():
 def test_pairs_are_batched_chosen_first_and_ties_are_filler(tiny_model):
     """Prompt 0: completion 1 preferred (order flipped); prompt 1: a tie (index -1)."""
     model, tokenizer = mlx_lm.load(str(tiny_model))
-    config = OnlineDPOConfig(model="m", data="d", max_completion_tokens=8)
+    config = OnlineDPOConfig(
+        model="m", data="d", max_completion_tokens=8, reward_model="rm"
+    )
     records = [Record("t", i + 1, {"prompt": f"Question {i}?"}) for i in range(2)]
     pairs = OnlinePairs(config, model, tokenizer, records, judge=None)
     pairs.reference = model

@@ -3,8 +3,8 @@
 Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback";
 TRL's ``OnlineDPOTrainer``. Each micro-batch samples two completions of
 each prompt from the current policy (the compiled sampler GRPO uses), asks
-the judge (``judges.py``: a reward model, a verifiable reward, or any
-``module:function``) which is better, and takes the DPO-family loss
+the judge (``judges.py``: a reward model, a verifiable reward, an LLM
+reading both, or any ``module:function``) which is better, and takes the DPO-family loss
 (``train/dpo.py:dpo_loss``, any of ``losses.DPO_LOSSES``) on the pairs
 against the reference: the base with the adapters off, sharing its arrays,
 scored once at sampling time. Pairs the judge cannot separate are not
@@ -35,7 +35,7 @@ from ..data.prompts import check_prompt_records, encode_prompts
 from ..data.tokenize import Encoded, pad_id_of
 from ..events import emit
 from ..fused_sampler import FusedSampler, sampling_model, should_fuse
-from ..judges import Judge, Verdicts, make_judge
+from ..judges import Verdicts, make_judge
 from ..layouts import FullRows, SharedPrompt
 from ..logprobs import supports_shared_prompts
 from ..model.adapters import quantize_base
@@ -69,7 +69,7 @@ class OnlinePairs:
         self.shared_prompts = supports_shared_prompts(model)
         self.reference: nn.Module | None = None  # the start: adapters off
         self.sampler: FusedSampler | None = None
-        self.scored = not config.judge  # reward models and rewards give scores
+        self.scored = bool(config.reward_model or config.reward)  # they give scores
         self.stat_names = [*SAMPLER_STATS, *(SCORE_STATS if self.scored else ())]
 
     def micro_batch(self, k: int) -> OnlineDPOBatch:
@@ -183,9 +183,6 @@ def win_rate(
 
 def run_online_dpo(config: OnlineDPOConfig) -> Path:
     """Train with online DPO; adapters in ``out`` (or ``out/model`` with ``--full``)."""
-    judge: Judge = make_judge(
-        config.reward_model, config.judge, config.reward, config.reward_weights
-    )
     records = load_split(config.source, "train", required=True)
     held_out = load_split(config.source, "valid")
     for split in filter(None, (records, held_out)):
@@ -193,7 +190,7 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
     model, tokenizer, model_config = load_model(config.model)
     if config.quantize:
         quantize_base(model, config.quantize)
-    pairs = OnlinePairs(config, model, tokenizer, records, judge)
+    pairs = OnlinePairs(config, model, tokenizer, records, judge=None)
     adapters = prepare_trainable(model, config, config.seed)
     if should_fuse(model, config.fuse_rollout):
         pairs.sampler = FusedSampler(model)
@@ -202,6 +199,7 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
         if adapters
         else load_model(config.model)[0]
     )
+    pairs.judge = make_judge(config, start=lambda: (pairs.reference, tokenizer))
     tqdm.write(
         f"online DPO: {len(records)} prompts, {config.batch_size} pairs per micro-batch"
     )

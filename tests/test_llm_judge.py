@@ -1,0 +1,183 @@
+"""The LLM pairwise judge (``--judge-model``): what it reads equals a plain forward of
+each judge text, it undoes its order flip, and online DPO runs with it on shared weights."""
+
+import json
+
+import mlx.core as mx
+import mlx_lm
+import numpy as np
+import pytest
+from conftest import write_jsonl
+
+import mlx_align.llm_judge as llm_judge
+from mlx_align.cli import main
+from mlx_align.config import OnlineDPOConfig
+from mlx_align.data.jsonl import Record
+from mlx_align.errors import UserError
+from mlx_align.judges import make_judge
+from mlx_align.llm_judge import (
+    PAIRWISE_PROMPT,
+    LLMPairwiseJudge,
+    common_prefix,
+    read_prompt_template,
+    verdicts_from,
+)
+
+CHATS = [
+    [{"role": "user", "content": "What is 2 + 2?"}],
+    [{"role": "user", "content": "Name a green thing."}],
+    "A plain prompt, no chat",
+]
+PAIRS = [("4", "It is four, I think."), ("grass", "a red apple"), ("yes", "no")]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    return model.freeze(), tokenizer
+
+
+def plain_margin(model, ids: list[int], answers: list[int]) -> float:
+    """log p("1") - log p("0") after the whole text, from one unbatched, uncached forward."""
+    logits = model(mx.array(ids)[None])[0, -1].astype(mx.float32)
+    logps = logits - mx.logsumexp(logits)
+    return (logps[answers[1]] - logps[answers[0]]).item()
+
+
+def test_batched_cached_chunked_margins_equal_a_plain_forward_of_each_text(
+    model_and_tokenizer, monkeypatch
+):
+    """Rows of unequal length, ending in different chunks; the second call reuses the prefix."""
+    model, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    judge = LLMPairwiseJudge(model, tokenizer, seed=0)
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
+    rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
+    assert len({len(r) for r in rows}) == 3
+    expected = [plain_margin(model, r, judge.answers) for r in rows]
+    for call in range(2):
+        got = judge.answer_margins(rows if call == 0 else rows[::-1]).tolist()
+        want = expected if call == 0 else expected[::-1]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+    shared = judge.shared_prefix(rows)
+    assert shared > 16 and rows[0][:shared] == judge.prefix[:shared]
+    assert len(set(expected)) == 3  # the rows really differ
+
+
+def test_verdicts_undo_the_order_flip_and_tie_on_equal_log_probs():
+    # shown order: "1" wins, "0" wins, a tie, "1" wins; flipped: pairs 1 and 3
+    margins, flips = [2.0, -1.0, 0.0, 3.0], [False, True, False, True]
+    assert verdicts_from(margins, flips).preferred == [1, 1, None, 0]
+
+
+def test_judge_shows_each_pair_in_its_seeded_order(model_and_tokenizer):
+    """The same seed flips the same pairs; a judge without shuffling reads them as given."""
+    model, tokenizer = model_and_tokenizer
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)] * 3
+    pairs = PAIRS * 3
+    flips = np.random.default_rng(7).integers(0, 2, len(pairs)).astype(bool)
+    assert 0 < flips.sum() < len(pairs)
+    plain = LLMPairwiseJudge(model, tokenizer, shuffle=False)
+    shown = [p[::-1] if f else p for p, f in zip(pairs, flips, strict=True)]
+    margins = [plain_margin(model, plain.encode(plain.render(r.fields["prompt"], p)), plain.answers) for r, p in zip(records, shown, strict=True)]  # fmt: skip
+    expected = [int(m > 0) ^ int(f) for m, f in zip(margins, flips, strict=True)]
+    assert (
+        LLMPairwiseJudge(model, tokenizer, seed=7)(records, pairs).preferred == expected
+    )
+
+
+def test_judge_text_is_trl_prompt_in_the_chat_template(model_and_tokenizer):
+    _, tokenizer = model_and_tokenizer
+    judge = LLMPairwiseJudge(*model_and_tokenizer)
+    text = judge.render(CHATS[0], ("A", "B"))
+    rendered = tokenizer.apply_chat_template(CHATS[0], add_generation_prompt=True, tokenize=False)  # fmt: skip
+    content = PAIRWISE_PROMPT.format(prompt=rendered, response0="A", response1="B")
+    assert content in text and '"output": """B"""' in text
+    assert text.endswith(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}],
+            add_generation_prompt=True,
+            tokenize=False,
+        ).split("x")[-1]  # fmt: skip
+    )
+
+
+def test_common_prefix():
+    assert common_prefix([[1, 2, 3], [1, 2, 4], [1, 2]]) == [1, 2]
+    assert common_prefix([[5], [6]]) == []
+
+
+def test_prompt_file_needs_its_three_places(tmp_path):
+    bad = tmp_path / "p.txt"
+    bad.write_text("Which is better, {response0} or {response1}?")
+    with pytest.raises(UserError, match=r"--judge-prompt .*: lacks \{prompt\}"):
+        read_prompt_template(str(bad))
+    good = tmp_path / "q.txt"
+    good.write_text("Q: {prompt}\nA0: {response0}\nA1: {response1}\nBetter:")
+    assert read_prompt_template(str(good)).startswith("Q: {prompt}")
+
+
+def test_the_model_itself_judges_on_the_start_weights_not_a_second_copy(tiny_model):
+    config = OnlineDPOConfig(
+        model=str(tiny_model), data="d", judge_model=str(tiny_model)
+    )
+    start = mlx_lm.load(str(tiny_model))
+    judge = make_judge(config, start=lambda: start)
+    assert judge.model is start[0]
+    other = OnlineDPOConfig(model="elsewhere", data="d", judge_model=str(tiny_model))
+    assert make_judge(other, start=lambda: start).model is not start[0]
+
+
+def test_judge_prompt_without_a_judge_model_is_refused(tmp_path, capsys):
+    args = ["online-dpo", "--model", "m", "--data", str(tmp_path), "--out", str(tmp_path / "o")]  # fmt: skip
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--reward", "math", "--judge-prompt", "p.txt"])
+    assert stop.value.code == 2
+    assert "--judge-prompt: is the prompt of --judge-model" in capsys.readouterr().err
+
+
+def test_online_dpo_with_its_own_model_as_judge(tiny_model, tmp_path):
+    """RLAIF end to end: every pair judged (no ties), trained on, and the held-out win rate written."""
+    data = tmp_path / "prompts"
+    questions = [f"What is {i} + {i}?" for i in range(8)]
+    write_jsonl(data / "train.jsonl", [{"prompt": q} for q in questions])
+    write_jsonl(data / "valid.jsonl", [{"prompt": q} for q in questions[:3]])
+    out = tmp_path / "odpo"
+    main(["online-dpo", "--model", str(tiny_model), "--data", str(data), "--out", str(out),
+          "--judge-model", str(tiny_model), "--steps", "2", "--batch-size", "4",
+          "--max-completion-tokens", "6", "--log-every", "1", "--save-every", "0",
+          "--eval-every", "0", "--no-compile"])  # fmt: skip
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    train = [x for x in lines if "loss" in x]
+    assert len(train) == 2 and all(x["judge/ties"] == 0 for x in train)
+    assert "objective/scores" not in train[0]  # an LLM judge gives no scores
+    assert 0 <= lines[-1]["val_win_rate"] <= 1
+    assert (out / "adapters.safetensors").exists()
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
+def test_other_families_read_whole_logits_and_sliding_windows_share_no_prefix(
+    model_and_tokenizer, family, monkeypatch
+):
+    """gemma2 (softcapped logits, no head split) and gemma3 (sliding-window caches) judge alike."""
+    import importlib
+
+    _, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    arch = importlib.import_module(f"mlx_lm.models.{family}")
+    extra = {"sliding_window": 8, "sliding_window_pattern": 2} if family == "gemma3_text" else {}  # fmt: skip
+    args = arch.ModelArgs(
+        model_type=family, hidden_size=64, num_hidden_layers=2, intermediate_size=96,
+        num_attention_heads=4, head_dim=16, rms_norm_eps=1e-6,
+        vocab_size=len(tokenizer.vocab), num_key_value_heads=2, **extra,
+    )  # fmt: skip
+    mx.random.seed(0)
+    model = arch.Model(args)
+    mx.eval(model.parameters())
+    judge = LLMPairwiseJudge(model, tokenizer)
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
+    rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
+    got = judge.answer_margins(rows).tolist()
+    want = [plain_margin(model, r, judge.answers) for r in rows]
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert (judge.prefix_cache is False) == (family == "gemma3_text")
