@@ -34,6 +34,7 @@ from .logprobs import (
     grouped_completion_logps,
     packed_completion_logps,
     sequence_logps,
+    sequence_logps_and_entropy,
     supports_packing,
     supports_shared_prompts,
 )
@@ -69,6 +70,13 @@ class FullRows(NamedTuple):
         """(per-token log-probs, mask), (n, T-1) each, 0 off the completions."""
         per_token, _, mask = sequence_logps(model, self.tokens, self.loss_mask)
         return per_token, mask
+
+    def token_logps_and_entropy(
+        self, model: nn.Module
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """``token_logps`` and the entropy of each scored position's whole next-token
+        distribution (no gradient; PPO's ``policy/entropy_avg``), (n, T-1) each."""
+        return sequence_logps_and_entropy(model, self.tokens, self.loss_mask)
 
     def logps(self, model: nn.Module) -> tuple[mx.array, mx.array]:
         """(summed log-probs, completion lengths), (n,) each, in row order."""

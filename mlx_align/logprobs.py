@@ -149,12 +149,58 @@ def sequence_logps(
         off the mask, their sum per row (B,), and the shifted mask (B, T-1).
     """
     mask = loss_mask[:, 1:]  # (B, T-1)
-    if supports_shared_prompts(model):  # llama family: logits = head(backbone)
-        per_token = head_logps(model, model.model(tokens[:, :-1]), tokens[:, 1:])
-    else:
-        per_token = token_logps(model(tokens[:, :-1]), tokens[:, 1:])  # (B, T-1)
-    per_token = per_token * mask
+    per_token = next_token_logps(model, tokens, entropy=False)[0] * mask
     return per_token, per_token.sum(axis=-1), mask
+
+
+def sequence_logps_and_entropy(
+    model: nn.Module, tokens: mx.array, loss_mask: mx.array
+) -> tuple[mx.array, mx.array, mx.array]:
+    """``sequence_logps``'s per-token log-probs and mask, and the entropy of the model's
+    whole next-token distribution at each scored position (no gradient), all (B, T-1), 0 off the mask."""
+    mask = loss_mask[:, 1:]
+    per_token, entropy = next_token_logps(model, tokens, entropy=True)
+    return per_token * mask, mask, entropy * mask
+
+
+def next_token_logps(
+    model: nn.Module, tokens: mx.array, entropy: bool
+) -> tuple[mx.array, mx.array | None]:
+    """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked the entropy of that distribution), (B, T-1) each."""
+    targets = tokens[:, 1:]
+    if supports_shared_prompts(model):  # llama family: logits = head(backbone)
+        hidden = model.model(tokens[:, :-1])
+        return head_logps(model, hidden, targets), (
+            head_entropy(model, hidden) if entropy else None
+        )
+    logits = model(tokens[:, :-1])
+    return token_logps(logits, targets), (token_entropy(logits) if entropy else None)
+
+
+def token_entropy(logits: mx.array) -> mx.array:
+    """−Σ p log p of softmax(logits) per position, float32, no gradient: (..., V) -> (...)."""
+    logits = mx.stop_gradient(logits).astype(mx.float32)
+    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+    probs = mx.exp(logits - lse)
+    return lse[..., 0] - (probs * logits).sum(axis=-1)
+
+
+def head_entropy(model: nn.Module, hidden: mx.array) -> mx.array:
+    """``token_entropy(head(hidden))``: (..., D) -> (...); above LOGITS_IN_ONE_PIECE
+    the logits are formed a chunk of positions at a time, one chunk after another."""
+    owner, head = output_layer(model)
+    flat = mx.stop_gradient(hidden).reshape(-1, hidden.shape[-1])
+    vocab = owner["weight"].shape[0]  # (V, D), or (V, packed D) when quantized
+    if flat.shape[0] * vocab <= LOGITS_IN_ONE_PIECE:
+        return token_entropy(head(flat)).reshape(hidden.shape[:-1])
+    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
+    parts: list[mx.array] = []
+    for i in range(0, flat.shape[0], rows):
+        chunk = flat[i : i + rows]
+        if parts:  # in turn: one chunk's logits alive at a time
+            chunk = mx.depends([chunk], [parts[-1]])[0]
+        parts.append(token_entropy(head(chunk)))
+    return mx.concatenate(parts).reshape(hidden.shape[:-1])
 
 
 class _PromptCache:

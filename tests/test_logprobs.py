@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_align.logprobs import sequence_logps, token_logps
+import mlx_align.logprobs as logprobs
+from mlx_align.logprobs import (
+    head_entropy,
+    sequence_logps,
+    sequence_logps_and_entropy,
+    token_entropy,
+    token_logps,
+)
 
 
 def lora_model(model_dir):
@@ -343,3 +350,39 @@ def test_linear_logps_equal_mlx_autodiff_of_the_logits(tiny_model, monkeypatch):
         np.testing.assert_allclose(
             np.array(grads[name]), np.array(grad), atol=1e-5, err_msg=name
         )
+
+
+def test_token_entropy_by_hand():
+    uniform = mx.zeros((1, 4))
+    assert token_entropy(uniform).item() == pytest.approx(math.log(4), abs=1e-6)
+    half_quarter_quarter = mx.log(mx.array([[0.5, 0.25, 0.25]])) + 3.0  # shift-free
+    assert token_entropy(half_quarter_quarter).item() == pytest.approx(
+        1.5 * math.log(2), abs=1e-6
+    )
+    certain = mx.array([[0.0, -1e9, -1e9]])
+    assert token_entropy(certain).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("one_piece", [1 << 24, 64])
+def test_entropy_beside_the_log_probs_equals_one_from_the_whole_logits(
+    tiny_model, monkeypatch, one_piece
+):
+    """Whole and chunked (LOGITS_IN_ONE_PIECE forced down) alike; no gradient flows through it."""
+    monkeypatch.setattr(logprobs, "LOGITS_IN_ONE_PIECE", one_piece)
+    monkeypatch.setattr(logprobs, "MIN_CHUNK_ROWS", 3)  # 10 positions: 4 chunks
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 1)
+    model = lora_model(tiny_model)
+    tokens = mx.array([[1, 5, 9, 13, 17, 21], [2, 6, 10, 0, 0, 0]])
+    mask = mx.array([[0, 0, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=mx.float32)
+    per_token, shifted, entropy = sequence_logps_and_entropy(model, tokens, mask)
+    want_logps, _, want_mask = sequence_logps(model, tokens, mask)
+    want = token_entropy(model(tokens[:, :-1])) * want_mask
+    np.testing.assert_allclose(np.array(per_token), np.array(want_logps), atol=1e-5)
+    np.testing.assert_allclose(np.array(entropy), np.array(want), atol=1e-4)
+    assert mx.array_equal(shifted, want_mask).item()
+
+    def summed(hidden):
+        return head_entropy(model, hidden).sum()
+
+    hidden = model.model(tokens)
+    assert mx.all(mx.grad(summed)(hidden) == 0).item()

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import shutil
 
 import mlx.core as mx
@@ -294,6 +295,10 @@ def test_ppo_raises_a_verifiable_reward_on_held_out_prompts(tiny_model, tmp_path
     # Step 1: the zero head predicts 0, so the value loss is ½·E[return²] (~0.43);
     # the critic then tracks the returns although their mean moves from −0.7 to +0.7.
     assert mean(last, "loss/value_avg") < 0.85 * train[0]["loss/value_avg"]
+    # The policy's whole next-token distribution narrows onto the rewarded answer.
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    assert all(0 < m["policy/entropy_avg"] <= math.log(vocab) for m in train)
+    assert mean(last, "policy/entropy_avg") < mean(first, "policy/entropy_avg")
     for m in train:  # TRL's bookkeeping: rlhf reward = score + non-score reward
         assert m["objective/rlhf_reward"] == pytest.approx(
             m["objective/scores"] + m["objective/non_score_reward"], abs=1e-4

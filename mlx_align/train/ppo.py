@@ -56,7 +56,7 @@ from ..model.reward_head import (
     load_reward_model,
 )
 from ..model.value_head import ActorCritic, ValueModel, save_critic
-from ..ppo_loss import clipped_value_loss, ppo_policy_loss
+from ..ppo_loss import clipped_value_loss, masked_mean, ppo_policy_loss
 from ..reference import model_fingerprint, shared_reference
 from ..rewards.registry import reward_columns
 from .adapted import prepare_trainable, stage_job, write_result
@@ -70,7 +70,7 @@ def ppo_batch_loss(
     model: ActorCritic, batch: PPOBatch, *, config: PPOConfig, stat_names
 ):
     """A mini-batch's completions -> (policy loss + vf_coef · value loss, n_tokens, metrics)."""
-    logps, mask = batch.inputs.token_logps(model.policy)  # (N, T-1)
+    logps, mask, entropy = batch.inputs.token_logps_and_entropy(model.policy)
     values, _ = model.critic.token_values(batch.inputs)  # (N, T-1)
     policy_loss, policy_metrics = ppo_policy_loss(
         logps, batch.old_logps, batch.advantages, mask, config.cliprange
@@ -84,6 +84,10 @@ def ppo_batch_loss(
     # means' denominators) breaks mx.compile of value_and_grad in MLX 0.32
     # ("IndexError: _Map_base::at"); row sums first is another graph.
     n_tokens = mask.sum(axis=-1).sum()
+    # The whole next-token distribution's entropy (at temperature 1, as the
+    # log-probs); TRL means it over all response positions, padding too, here
+    # over the real tokens.
+    policy_metrics["policy/entropy_avg"] = masked_mean(entropy, mask)
     return loss, n_tokens, {**policy_metrics, **value_metrics, **rollout}
 
 
