@@ -19,17 +19,21 @@ after another:
 
 The two completions are shown in a seeded random order per pair (TRL's
 ``shuffle_order``), so a judge that favours a position does not favour one
-sample slot.
+sample slot. The order is a seeded hash of the prompt and the two texts
+(not of their slots), so the same pair is shown alike in any call, on any
+rank and after a resume, and swapping a pair's slots swaps the verdict.
+Two identical completions are a tie, not judged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import numpy as np
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .data.jsonl import Record
@@ -111,21 +115,34 @@ class LLMPairwiseJudge:
     ):
         self.model, self.tokenizer, self.template = model, tokenizer, template
         self.answers = [answer_token(tokenizer, d) for d in "01"]
-        self.rng = np.random.default_rng(seed)
-        self.shuffle = shuffle
+        self.seed, self.shuffle = seed, shuffle
         self.prefix: list[int] = []  # the cached token prefix ...
         self.prefix_cache: list | None = None  # ... and its keys/values per layer
 
     def __call__(self, records: Sequence[Record], pairs) -> Verdicts:
-        flips = self.rng.integers(0, 2, len(pairs)).astype(bool)
-        if not self.shuffle:
-            flips[:] = False
+        judged = [i for i, (a, b) in enumerate(pairs) if a != b]
+        flips = [self.flipped(records[i].fields["prompt"], pairs[i]) for i in judged]
         texts = [
-            self.render(r.fields["prompt"], pair[::-1] if flip else pair)
-            for r, pair, flip in zip(records, pairs, flips, strict=True)
+            self.render(records[i].fields["prompt"], pairs[i][::-1] if f else pairs[i])
+            for i, f in zip(judged, flips, strict=True)
         ]
-        margins = self.answer_margins([self.encode(t) for t in texts])
-        return verdicts_from(margins.tolist(), flips.tolist())
+        rows = [self.encode(t) for t in texts]
+        margins = self.answer_margins(rows).tolist() if rows else []
+        verdicts = verdicts_from(margins, flips)
+        preferred: list[int | None] = [None] * len(pairs)  # identical texts: a tie
+        for i, p in zip(judged, verdicts.preferred, strict=True):
+            preferred[i] = p
+        return Verdicts(preferred, None)
+
+    def flipped(self, prompt: str | list, pair: Sequence[str]) -> bool:
+        """Whether the pair is shown second completion first: a seeded hash of the
+        prompt and the two texts in sorted order, so either slot order shows alike."""
+        if not self.shuffle:
+            return False
+        low, high = sorted(pair)
+        key = json.dumps([self.seed, prompt, low, high]).encode()
+        heads = hashlib.blake2b(key, digest_size=1).digest()[0] & 1
+        return pair[0] != (low if heads else high)
 
     def render(self, prompt: str | list, pair: Sequence[str]) -> str:
         """The judge's chat text for one pair (the prompt rendered as the policy saw it)."""

@@ -70,20 +70,31 @@ def test_verdicts_undo_the_order_flip_and_tie_on_equal_log_probs():
     assert verdicts_from(margins, flips).preferred == [1, 1, None, 0]
 
 
-def test_judge_shows_each_pair_in_its_seeded_order(model_and_tokenizer):
-    """The same seed flips the same pairs; a judge without shuffling reads them as given."""
+def test_swapping_a_pairs_slots_swaps_the_verdict_and_same_texts_tie(
+    model_and_tokenizer,
+):
+    """The shown order hangs on the texts, not the slots: a wrong un-flip breaks the swap."""
     model, tokenizer = model_and_tokenizer
     records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)] * 3
-    pairs = PAIRS * 3
-    flips = np.random.default_rng(7).integers(0, 2, len(pairs)).astype(bool)
-    assert 0 < flips.sum() < len(pairs)
-    plain = LLMPairwiseJudge(model, tokenizer, shuffle=False)
-    shown = [p[::-1] if f else p for p, f in zip(pairs, flips, strict=True)]
-    margins = [plain_margin(model, plain.encode(plain.render(r.fields["prompt"], p)), plain.answers) for r, p in zip(records, shown, strict=True)]  # fmt: skip
-    expected = [int(m > 0) ^ int(f) for m, f in zip(margins, flips, strict=True)]
-    assert (
-        LLMPairwiseJudge(model, tokenizer, seed=7)(records, pairs).preferred == expected
-    )
+    pairs = [(f"{a} {k}", f"{b} {k}") for k in range(3) for a, b in PAIRS]
+    judge = LLMPairwiseJudge(model, tokenizer, seed=7)
+    flips = {judge.flipped(r.fields["prompt"], p) for r, p in zip(records, pairs, strict=True)}  # fmt: skip
+    assert flips == {True, False}  # both orders are shown
+    given = judge(records, pairs).preferred
+    swapped = judge(records, [p[::-1] for p in pairs]).preferred
+    assert None not in given and swapped == [1 - p for p in given]
+    again = LLMPairwiseJudge(model, tokenizer, seed=7)  # e.g. after a resume
+    assert again(records, pairs).preferred == given
+    same = judge(records[:2], [("x", "x"), pairs[1]]).preferred
+    assert same == [None, given[1]]
+
+
+def test_without_shuffling_the_pair_is_read_as_given(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
+    judge = LLMPairwiseJudge(model, tokenizer, shuffle=False)
+    margins = [plain_margin(model, judge.encode(judge.render(r.fields["prompt"], p)), judge.answers) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
+    assert judge(records, PAIRS).preferred == [int(m > 0) for m in margins]
 
 
 def test_judge_text_is_trl_prompt_in_the_chat_template(model_and_tokenizer):
