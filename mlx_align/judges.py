@@ -131,7 +131,7 @@ def make_judge(config, start: Callable[[], tuple] | None = None) -> Judge:
         if start is not None and same_model(config.judge_model, config.model):
             model, tokenizer = start()
         else:
-            model, tokenizer, _ = load_model(config.judge_model)
+            model, tokenizer, _ = load_model(config.judge_model, "--judge-model")
             model.freeze()
         return LLMPairwiseJudge(model, tokenizer, template, seed=config.seed)
     return RewardJudge(config.reward, config.reward_weights)

@@ -207,7 +207,9 @@ def prepare_reference(settings, model: nn.Module, splits: list) -> Reference:
     ``--ref-model``, or a model sharing the policy's base arrays
     (``shared_reference``), or with full training a second copy.
     """
-    ref_model = load_model(settings.ref_model)[0] if settings.ref_model else None
+    ref_model = (
+        load_model(settings.ref_model, "--ref-model")[0] if settings.ref_model else None
+    )
     if settings.quantize:  # the reference scores with the same quantized base
         for m in filter(None, (model, ref_model)):
             quantize_base(m, settings.quantize)

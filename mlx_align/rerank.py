@@ -289,7 +289,7 @@ def load_models(
         rm, rm_tokenizer = load_reward_model(reward_model)
         return policy, tokenizer, Scorers(None, beta, rm, rm_tokenizer)
     if ref_model:
-        reference, ref_tokenizer, _ = load_model(ref_model)
+        reference, ref_tokenizer, _ = load_model(ref_model, "--ref-model")
         if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError(
                 f"--ref-model {ref_model}",

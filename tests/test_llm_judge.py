@@ -192,3 +192,9 @@ def test_other_families_read_whole_logits_and_sliding_windows_share_no_prefix(
     want = [plain_margin(model, r, judge.answers) for r in rows]
     np.testing.assert_allclose(got, want, atol=1e-4)
     assert (judge.prefix_cache is False) == (family == "gemma3_text")
+
+
+def test_a_judge_model_that_is_nowhere_is_named_by_its_flag(tmp_path):
+    config = OnlineDPOConfig(model="m", data="d", judge_model=str(tmp_path / "none"))
+    with pytest.raises(UserError, match=r"--judge-model .*none: not a local model"):
+        make_judge(config)

@@ -11,8 +11,11 @@ from mlx_lm.utils import save as mlx_lm_save
 from ..errors import UserError
 
 
-def load_model(path_or_hub_id: str) -> tuple[nn.Module, object, dict]:
-    """``(model, tokenizer, config)`` via ``mlx_lm.load``, which also resolves hub ids."""
+def load_model(
+    path_or_hub_id: str, flag: str = "--model"
+) -> tuple[nn.Module, object, dict]:
+    """``(model, tokenizer, config)`` via ``mlx_lm.load``, which also resolves hub ids;
+    ``flag`` names the setting in the error when neither finds it."""
     try:
         return mlx_lm.load(path_or_hub_id, return_config=True)
     except Exception as e:  # mlx-lm raises hub, file and config errors of many types
@@ -20,7 +23,7 @@ def load_model(path_or_hub_id: str) -> tuple[nn.Module, object, dict]:
             raise
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"--model {path_or_hub_id}",
+            f"{flag} {path_or_hub_id}",
             f"not a local model directory, and loading it from the hub failed: {reason}",
         ) from None
 

@@ -102,7 +102,9 @@ def build_critic(
     """
     source, model_config = config.value_model or config.model, {}
     if config.value_model:
-        lm, value_tokenizer, model_config = load_model(config.value_model)
+        lm, value_tokenizer, model_config = load_model(
+            config.value_model, "--value-model"
+        )
         if value_tokenizer.get_vocab() != tokenizer.get_vocab():
             raise UserError(
                 f"--value-model {config.value_model}",
