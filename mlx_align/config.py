@@ -489,8 +489,15 @@ class PPOConfig(
     )
     kl_coef: float = setting(
         0.05,
-        "β: the per-token penalty β·(log π − log π_ref) taken from the reward.",
+        "β: the per-token penalty β·KL estimate taken from the reward.",
         check=non_negative,
+    )
+    kl_estimator: str = setting(
+        "k1",
+        "Per-token KL(π ‖ π_ref) estimate (Schulman 2020), TRL's kl_estimator: "
+        "k1 = log π − log π_ref (unbiased, can be negative); k3 = (r − 1) − log r "
+        "with r = π_ref / π (unbiased, never negative, lower variance).",
+        choices=("k1", "k3"),
     )
     gamma: float = setting(
         1.0, "γ: discount factor of the returns.", check=in_range(0, 1)

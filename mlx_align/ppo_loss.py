@@ -70,13 +70,16 @@ def kl_shaped_rewards(
     scores: mx.array,
     mask: mx.array,
     kl_coef: float,
+    kl_estimator: str = "k1",
 ) -> tuple[mx.array, mx.array]:
-    """Per-token rewards r_t = −β·(log π − log π_ref)_t, plus the score at the last token.
+    """Per-token rewards r_t = −β·KL_t, plus the score at the last token.
 
     InstructGPT eq. 2 spread over tokens (Ziegler et al. 2019, §2.2; TRL
-    ``PPOTrainer``, step "4. compute rewards"): the k1 estimate of KL(π ‖
-    π_ref) of each sampled token is the per-token penalty, and the sequence's
-    score arrives at its last real token. Deviation from TRL: TRL adds the
+    ``PPOTrainer``, step "4. compute rewards"): an estimate of KL(π ‖ π_ref)
+    at each sampled token is the per-token penalty, and the sequence's score
+    arrives at its last real token. With log r = log π_ref − log π (TRL's
+    ``logr``; Schulman 2020, "Approximating KL divergence"): k1 = −log r,
+    k3 = (r − 1) − log r. Deviation from TRL: TRL adds the
     score one position after the last token (its ``sequence_lengths_p1``,
     a padding slot when the completion is short) and trains the value there
     too; here the episode ends at the last real token.
@@ -87,11 +90,13 @@ def kl_shaped_rewards(
         scores: one score per completion, (B,).
         mask: 1.0 on completion tokens, (B, T).
         kl_coef: β.
+        kl_estimator: "k1" or "k3".
 
     Returns:
-        rewards (B, T), 0 off the mask; the per-token k1 (B, T), 0 off the mask.
+        rewards (B, T), 0 off the mask; the per-token KL estimate (B, T), 0 off the mask.
     """
-    kl = (logps - ref_logps) * mask  # (B, T)
+    log_r = (ref_logps - logps) * mask  # (B, T); 0 off the mask, so no junk overflows
+    kl = -log_r if kl_estimator == "k1" else mx.expm1(log_r) - log_r
     at_last = mx.arange(mask.shape[1])[None] == last_token_index(mask)[:, None]
     rewards = -kl_coef * kl + at_last * scores[:, None]  # (B, T)
     return rewards * mask, kl

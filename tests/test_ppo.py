@@ -133,6 +133,19 @@ def test_kl_shaped_rewards_penalise_every_token_and_pay_the_score_last():
     assert sorted(picked) == pytest.approx(sorted(by_hand.tolist()), abs=1e-5)
 
 
+def test_k3_is_never_negative_and_matches_its_formula_by_hand():
+    """log r = log π_ref − log π = (−0.5, 0.2, −1.0) and (−2.0); k3 = (r − 1) − log r:
+    e^−0.5 − 0.5 = 0.10653, e^0.2 − 1.2 = 0.02140, e^−1 = 0.36788, e^−2 + 1 = 1.13534.
+    Junk off the mask (log r = +100 there) counts nowhere and overflows nothing."""
+    logps = mx.array([[-100.0, -1.0, -2.0, -0.5], [-1.0, -100.0, -100.0, -100.0]])
+    ref = mx.array([[0.0, -1.5, -1.8, -1.5], [-3.0, 0.0, 0.0, 0.0]])
+    mask = mx.array([[0.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]])
+    rewards, kl = kl_shaped_rewards(logps, ref, mx.array([0.0, 0.0]), mask, 1.0, "k3")
+    assert kl.tolist()[0] == pytest.approx([0.0, 0.10653, 0.02140, 0.36788], abs=1e-5)
+    assert kl.tolist()[1] == pytest.approx([1.13534, 0.0, 0.0, 0.0], abs=1e-5)
+    assert mx.allclose(rewards, -kl).item()  # zero scores: the penalty alone
+
+
 def test_policy_loss_ratio_one_is_the_policy_gradient_and_clips_beyond():
     """ρ = 1: loss −mean A; ρ = e^0.5 > 1.2 with A > 0: clipped, no gradient."""
     advantages, mask = mx.array([[1.0, -2.0]]), mx.ones((1, 2))
@@ -381,9 +394,10 @@ def test_ppo_on_a_reward_model_raises_its_score_and_shortens_answers(
 
 
 def test_resume_at_a_rollout_boundary_ends_with_the_same_weights(tiny_model, tmp_path):
-    """8 steps, rollouts of 4 steps, a checkpoint at each; drop step 8 and resume."""
-    config = toy_config(tiny_model, tmp_path, steps=8, save_every=4)
+    """8 steps, rollouts of 4 steps, a checkpoint at each; drop step 8 and resume (k3 KL)."""
+    config = toy_config(tiny_model, tmp_path, steps=8, save_every=4, kl_estimator="k3")
     out = run_ppo(config)
+    assert all(m["objective/kl"] >= 0 for m in read_metrics(out) if "objective/kl" in m)
 
     def result():
         files = ("adapters.safetensors", "critic/adapters.safetensors", "critic/value_head.safetensors")  # fmt: skip

@@ -312,7 +312,7 @@ class PPORollouts:
         )
         mask = inputs.loss_mask[:, 1:]
         rewards, kl = kl_shaped_rewards(
-            old_logps, ref_logps, scores, mask, config.kl_coef
+            old_logps, ref_logps, scores, mask, config.kl_coef, config.kl_estimator
         )
         if config.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
