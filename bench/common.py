@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -197,6 +198,45 @@ def add_working_set(mx) -> None:
 
 
 # ------------------------------------------------------------------ report
+
+
+class PooledSteps:
+    """A tool's steps over its runs, the first ``warmup`` of each left out.
+
+    Mixed into a bench's ``Pooled`` dataclass, which holds ``runs`` (each with
+    ``steps``, ``peak_mb``, ``max_rss_mb`` and ``wall_s``) and ``warmup``.
+    """
+
+    runs: list
+    warmup: int
+
+    @property
+    def steps(self) -> list:
+        return [s for r in self.runs for s in r.steps[self.warmup :]]
+
+    def total(self, name: str) -> float:
+        return sum(getattr(s, name) for s in self.steps)
+
+    def median(self, name: str) -> float:
+        return statistics.median(getattr(s, name) for s in self.steps)
+
+    def completions_per_s(self) -> float:
+        return self.total("completions") / self.total("step_s")
+
+    def first_step_s(self) -> float:
+        return statistics.median(r.steps[0].step_s for r in self.runs)
+
+    @property
+    def peak_mb(self) -> float:
+        return max(r.peak_mb for r in self.runs)
+
+    @property
+    def max_rss_mb(self) -> float:
+        return max(r.max_rss_mb for r in self.runs)
+
+    @property
+    def wall_s(self) -> float:
+        return statistics.median(r.wall_s for r in self.runs)
 
 
 def table_head(columns: list[str], left: int = 1) -> list[str]:

@@ -116,6 +116,7 @@ from pathlib import Path
 
 from common import (
     RESULTS_DIR,
+    PooledSteps,
     add_working_set,
     blas_env,
     blas_in_use,
@@ -176,7 +177,7 @@ class Run:
 
 
 @dataclass
-class Pooled:
+class Pooled(PooledSteps):
     """A tool's steps over its runs (the first ``warmup`` of each left out)."""
 
     tool: str
@@ -184,42 +185,14 @@ class Pooled:
     runs: list[Run]
     warmup: int
 
-    @property
-    def steps(self) -> list[Step]:
-        return [s for r in self.runs for s in r.steps[self.warmup :]]
-
-    def total(self, name: str) -> float:
-        return sum(getattr(s, name) for s in self.steps)
-
-    def median(self, name: str) -> float:
-        return statistics.median(getattr(s, name) for s in self.steps)
-
     def steps_per_s(self) -> float:
         return len(self.steps) / self.total("step_s")
 
     def steps_per_s_without_judge(self) -> float:
         return len(self.steps) / self.total("rest_s")
 
-    def completions_per_s(self) -> float:
-        return self.total("completions") / self.total("step_s")
-
     def tokens_per_s(self) -> float:
         return self.total("tokens") / self.total("step_s")
-
-    def first_step_s(self) -> float:
-        return statistics.median(r.steps[0].step_s for r in self.runs)
-
-    @property
-    def peak_mb(self) -> float:
-        return max(r.peak_mb for r in self.runs)
-
-    @property
-    def max_rss_mb(self) -> float:
-        return max(r.max_rss_mb for r in self.runs)
-
-    @property
-    def wall_s(self) -> float:
-        return statistics.median(r.wall_s for r in self.runs)
 
 
 def run_steps_per_s(run: Run, warmup: int) -> float:

@@ -117,7 +117,9 @@ class LLMPairwiseJudge:
         self.answers = [answer_token(tokenizer, d) for d in "01"]
         self.seed, self.shuffle = seed, shuffle
         self.prefix: list[int] = []  # the cached token prefix ...
-        self.prefix_cache: list | None = None  # ... and its keys/values per layer
+        self.prefix_cache: list | None = (
+            None  # ... its keys/values per layer (None: not yet)
+        )
 
     def __call__(self, records: Sequence[Record], pairs) -> Verdicts:
         judged = [i for i, (a, b) in enumerate(pairs) if a != b]
@@ -203,16 +205,16 @@ class LLMPairwiseJudge:
         if self.prefix_cache is None:
             self.prefix = common_prefix(rows)[: min(map(len, rows)) - 1]
             self.prefix_cache = self.run_prefix(self.prefix)
-        if self.prefix_cache is False:
-            return 0
+            if not self.prefix_cache:  # this model's cache can't be shared
+                self.prefix = []
         shared = common_prefix([self.prefix, *rows])
         return min(len(shared), min(map(len, rows)) - 1)
 
-    def run_prefix(self, prefix: list[int]) -> list | bool:
-        """Each layer's keys and values for the prefix (False: this model's cache can't be shared)."""
+    def run_prefix(self, prefix: list[int]) -> list:
+        """Each layer's keys and values for the prefix (none: this model's cache can't be shared)."""
         cache = make_prompt_cache(self.model)
         if not prefix or any(type(c) is not KVCache for c in cache):
-            return False  # sliding windows, recurrent state: no shared prefix
+            return []  # sliding windows, recurrent state: no shared prefix
         self.model(mx.array(prefix)[None], cache=cache)
         kept = [
             (c.keys[..., : c.offset, :], c.values[..., : c.offset, :]) for c in cache

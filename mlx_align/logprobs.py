@@ -55,9 +55,18 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     hidden, flat_targets = hidden.reshape(n, -1), targets.reshape(n)
     if n * vocab <= LOGITS_IN_ONE_PIECE:
         return linear_logps(weight, hidden, flat_targets).reshape(targets.shape)
-    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
-    flat = chunked_linear_logps(weight, hidden, flat_targets, rows)
+    flat = chunked_linear_logps(weight, hidden, flat_targets, chunk_rows(vocab))
     return flat.reshape(targets.shape)
+
+
+def chunk_rows(vocab: int) -> int:
+    """Positions per chunk when logits are formed a chunk at a time."""
+    return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
+
+
+def in_turn(x: mx.array, previous: list[mx.array]) -> mx.array:
+    """``x`` once the last of ``previous`` is computed (``mx.depends``): chunks one after another."""
+    return mx.depends([x], [previous[-1]])[0] if previous else x
 
 
 def linear_logps(weight: mx.array, hidden: mx.array, targets: mx.array) -> mx.array:
@@ -105,9 +114,6 @@ def chunked_linear_logps(
     saving needs many chunks (``bench/logits_memory.py``).
     """
     starts = range(0, targets.shape[0], rows)
-
-    def in_turn(x: mx.array, previous: list[mx.array]) -> mx.array:
-        return mx.depends([x], [previous[-1]])[0] if previous else x
 
     @mx.custom_function
     def logps(weight, hidden, targets):
@@ -193,13 +199,9 @@ def head_entropy(model: nn.Module, hidden: mx.array) -> mx.array:
     vocab = owner["weight"].shape[0]  # (V, D), or (V, packed D) when quantized
     if flat.shape[0] * vocab <= LOGITS_IN_ONE_PIECE:
         return token_entropy(head(flat)).reshape(hidden.shape[:-1])
-    rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
-    parts: list[mx.array] = []
+    rows, parts = chunk_rows(vocab), []
     for i in range(0, flat.shape[0], rows):
-        chunk = flat[i : i + rows]
-        if parts:  # in turn: one chunk's logits alive at a time
-            chunk = mx.depends([chunk], [parts[-1]])[0]
-        parts.append(token_entropy(head(chunk)))
+        parts.append(token_entropy(head(in_turn(flat[i : i + rows], parts))))
     return mx.concatenate(parts).reshape(hidden.shape[:-1])
 
 

@@ -191,7 +191,7 @@ def test_other_families_read_whole_logits_and_sliding_windows_share_no_prefix(
     got = judge.answer_margins(rows).tolist()
     want = [plain_margin(model, r, judge.answers) for r in rows]
     np.testing.assert_allclose(got, want, atol=1e-4)
-    assert (judge.prefix_cache is False) == (family == "gemma3_text")
+    assert (judge.prefix == []) == (family == "gemma3_text")
 
 
 def test_a_judge_model_that_is_nowhere_is_named_by_its_flag(tmp_path):
