@@ -15,7 +15,10 @@ after another:
 - the token prefix every judge text shares (the chat template's start and
   the prompt's first paragraph) runs once per judge and stays cached: its
   keys and values are reused, broadcast over the batch, by every later call;
-- for mlx-lm's llama family, logits are formed at the answer position only.
+- for mlx-lm's llama family, the top block runs at the answer position
+  alone (below it every token is needed; in it only the keys and values of
+  the others), and logits are formed there only: a 4-block judge call takes
+  ~35% less time on the CPU.
 
 The two completions are shown in a seeded random order per pair (TRL's
 ``shuffle_order``), so a judge that favours a position does not favour one
@@ -34,6 +37,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
 from .data.jsonl import Record
@@ -69,7 +73,9 @@ Here are the unordered outputs from the models. Each output is associated with a
 
 Evaluate the models on the basis of the quality and relevance of their results, and select the model that generated the best result. Reply with the identifier of the best model. Our evaluation will only take into account the first character of your answer, so make sure it contains only one of the identifiers and nothing else (no quotation marks, no spaces, no new lines, ...).
 '''
-CHUNK = 128  # judge-text tokens per forward (bench/online_dpo.py: 32-256 alike)
+CHUNK = (
+    32  # judge-text tokens per forward (32 and 64 alike; 128: ~15% slower on the CPU)
+)
 PLACES = ("{prompt}", "{response0}", "{response1}")
 
 
@@ -180,17 +186,11 @@ class LLMPairwiseJudge:
         tokens = mx.array([s + [0] * (width - len(s)) for s in suffixes])
         last = mx.array([len(s) - 1 for s in suffixes])
         cache = self.batch_cache(shared, len(rows))
-        llama = supports_shared_prompts(self.model)  # logits at the answer only
-        forward = self.model.model if llama else self.model
-        answer = None
-        for start in range(0, width, CHUNK):
-            out = forward(tokens[:, start : start + CHUNK], cache=cache)
-            here = mx.clip(last - start, 0, out.shape[1] - 1)
-            picked = mx.take_along_axis(out, here[:, None, None], axis=1)[:, 0]
-            inside = ((last >= start) & (last < start + CHUNK))[:, None]
-            answer = picked if answer is None else mx.where(inside, picked, answer)
-            mx.eval(answer, [c.state for c in cache])
-        logits = output_layer(self.model)[1](answer) if llama else answer
+        if splits_top_layer(self.model, cache):
+            hidden = answer_hidden(self.model.model, tokens, last, cache)
+            logits = output_layer(self.model)[1](hidden)
+        else:
+            logits = answer_logits(self.model, tokens, last, cache)
         logps = logits.astype(mx.float32)
         logps = logps - mx.logsumexp(logps, axis=-1, keepdims=True)
         margin = logps[:, self.answers[1]] - logps[:, self.answers[0]]
@@ -237,6 +237,102 @@ class LLMPairwiseJudge:
             cache.offset = shared
             caches.append(cache)
         return caches
+
+
+def answer_logits(
+    model: nn.Module, tokens: mx.array, last: mx.array, cache: list
+) -> mx.array:
+    """Each row's logits at its answer position (index ``last``): whole-model forwards, CHUNK tokens each."""
+    answer = None
+    for start in range(0, tokens.shape[1], CHUNK):
+        out = model(tokens[:, start : start + CHUNK], cache=cache)
+        answer = pick_answer(out, last, start, answer)
+        mx.eval(answer, [c.state for c in cache])
+    return answer
+
+
+def splits_top_layer(model: nn.Module, cache: list) -> bool:
+    """Whether `answer_hidden` serves: an mlx-lm llama-family model (blocks with
+    input_layernorm, self_attn, post_attention_layernorm, mlp), plain KV caches."""
+    if not supports_shared_prompts(model) or len(model.model.layers) < 2:
+        return False
+    parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
+    top = model.model.layers[-1]
+    return all(hasattr(top, p) for p in parts) and all(
+        type(c) is KVCache for c in cache
+    )
+
+
+def answer_hidden(
+    backbone: nn.Module, tokens: mx.array, last: mx.array, cache: list
+) -> mx.array:
+    """Each row's final hidden state at its answer position, the top block run there alone.
+
+    Every block below the top runs on every token, CHUNK at a time through
+    the cache, as the backbone's own forward does. The top block's output
+    matters only at the answer, so on the other tokens it forms just its
+    keys and values (its attention there sees one key, and its output is
+    dropped); its attention over all keys, MLP and norm then run for the
+    answer position alone. That skips a 1/layers share of the attention's
+    exponentials and of the MLP: on the CPU the judge's bulk.
+    """
+    *body, top = backbone.layers
+    stored = cache[-1]
+    answer = None
+    for start in range(0, tokens.shape[1], CHUNK):
+        h = backbone.embed_tokens(tokens[:, start : start + CHUNK])
+        mask = create_attention_mask(h, cache[0])
+        for block, c in zip(body, cache, strict=False):
+            h = block(h, mask, c)
+        top.self_attn(top.input_layernorm(h), None, _KeysOnly(stored))
+        answer = pick_answer(h, last, start, answer)
+        mx.eval(answer, [c.state for c in cache])
+    where = stored.offset - tokens.shape[1] + last  # each answer's absolute position
+    seen = mx.arange(stored.offset)[None] <= where[:, None]
+    x = answer[:, None]
+    h = x + top.self_attn(
+        top.input_layernorm(x), seen[:, None, None], _Stored(stored, where)
+    )
+    h = h + top.mlp(top.post_attention_layernorm(h))
+    return backbone.norm(h)[:, 0]
+
+
+class _KeysOnly:
+    """A block's cache that stores its keys and values and hands its attention one key.
+
+    The attention's output is then wrong and is not used: only the keys and
+    values are wanted."""
+
+    def __init__(self, cache: KVCache):
+        self.cache, self.offset = cache, cache.offset
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        self.cache.update_and_fetch(keys, values)
+        return keys[..., :1, :], values[..., :1, :]
+
+
+class _Stored:
+    """The top block's cache for the answer queries: every stored key and value,
+    at per-row positions ``where`` (the answer's key is stored already)."""
+
+    def __init__(self, cache: KVCache, where: mx.array):
+        self.cache, self.offset = cache, where
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        end = self.cache.offset
+        return self.cache.keys[..., :end, :], self.cache.values[..., :end, :]
+
+
+def pick_answer(
+    out: mx.array, last: mx.array, start: int, answer: mx.array | None
+) -> mx.array:
+    """Each row's vector at position ``last`` if it lies in this chunk (at ``start``), else the earlier pick."""
+    here = mx.clip(last - start, 0, out.shape[1] - 1)
+    picked = mx.take_along_axis(out, here[:, None, None], axis=1)[:, 0]
+    if answer is None:
+        return picked
+    inside = ((last >= start) & (last < start + out.shape[1]))[:, None]
+    return mx.where(inside, picked, answer)
 
 
 def verdicts_from(margins: Sequence[float], flips: Sequence[bool]) -> Verdicts:

@@ -4,6 +4,7 @@ each judge text, it undoes its order flip, and online DPO runs with it on shared
 import json
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx_lm
 import numpy as np
 import pytest
@@ -166,32 +167,79 @@ def test_online_dpo_with_its_own_model_as_judge(tiny_model, tmp_path):
     assert (out / "adapters.safetensors").exists()
 
 
+def family_model(family: str, vocab: int, **extra):
+    """A random 2-layer mlx-lm model of ``family`` (hidden 64, GQA 4/2 heads)."""
+    import importlib
+
+    arch = importlib.import_module(f"mlx_lm.models.{family}")
+    args = arch.ModelArgs(
+        model_type=family, hidden_size=64, num_hidden_layers=2, intermediate_size=96,
+        num_attention_heads=4, head_dim=16, rms_norm_eps=1e-6,
+        vocab_size=vocab, num_key_value_heads=2, **extra,
+    )  # fmt: skip
+    mx.random.seed(0)
+    model = arch.Model(args)
+    mx.eval(model.parameters())
+    return model
+
+
+def judged_against_plain(model, tokenizer) -> tuple[LLMPairwiseJudge, list[list[int]]]:
+    """Margins of the three PAIRS checked against a plain forward of each text."""
+    judge = LLMPairwiseJudge(model, tokenizer)
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
+    rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
+    want = [plain_margin(model, r, judge.answers) for r in rows]
+    got = judge.answer_margins(rows).tolist()
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    return judge, rows
+
+
 @pytest.mark.parametrize("family", ["gemma2", "gemma3_text"])
 def test_other_families_read_whole_logits_and_sliding_windows_share_no_prefix(
     model_and_tokenizer, family, monkeypatch
 ):
     """gemma2 (softcapped logits, no head split) and gemma3 (sliding-window caches) judge alike."""
-    import importlib
-
     _, tokenizer = model_and_tokenizer
     monkeypatch.setattr(llm_judge, "CHUNK", 16)
-    arch = importlib.import_module(f"mlx_lm.models.{family}")
     extra = {"sliding_window": 8, "sliding_window_pattern": 2} if family == "gemma3_text" else {}  # fmt: skip
-    args = arch.ModelArgs(
-        model_type=family, hidden_size=64, num_hidden_layers=2, intermediate_size=96,
-        num_attention_heads=4, head_dim=16, rms_norm_eps=1e-6,
-        vocab_size=len(tokenizer.vocab), num_key_value_heads=2, **extra,
-    )  # fmt: skip
-    mx.random.seed(0)
-    model = arch.Model(args)
-    mx.eval(model.parameters())
-    judge = LLMPairwiseJudge(model, tokenizer)
-    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
-    rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
-    got = judge.answer_margins(rows).tolist()
-    want = [plain_margin(model, r, judge.answers) for r in rows]
-    np.testing.assert_allclose(got, want, atol=1e-4)
+    model = family_model(family, len(tokenizer.vocab), **extra)
+    judge, _ = judged_against_plain(model, tokenizer)
     assert (judge.prefix == []) == (family == "gemma3_text")
+
+
+class Positions(nn.Module):
+    """Wraps a module and records how many positions per row it was called on."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def __call__(self, x: mx.array) -> mx.array:
+        self.seen.append(x.shape[:2])
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_llama_family_runs_its_top_block_at_the_answer_alone(
+    model_and_tokenizer, family, monkeypatch
+):
+    """The top block's MLP sees one position per row, and the margins still equal
+    a plain forward (qwen3: query/key norms inside the attention)."""
+    _, tokenizer = model_and_tokenizer
+    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    extra = {"max_position_embeddings": 4096, "tie_word_embeddings": False} if family == "qwen3" else {}  # fmt: skip
+    model = family_model(family, len(tokenizer.vocab), rope_theta=10000.0, **extra)
+    top, below = model.model.layers[-1], model.model.layers[0]
+    top.mlp, below.mlp = Positions(top.mlp), Positions(below.mlp)
+    _, rows = judged_against_plain(model, tokenizer)  # plain forwards first
+    judged = len(rows)
+    prefix, answers = top.mlp.seen[judged:]  # the shared prefix (once per judge), then
+    assert prefix[0] == 1 and answers == (len(rows), 1)  # one position per row
+    chunks = below.mlp.seen[judged + 1 :]  # below the top: every token, 16 at a time
+    width = max(map(len, rows)) - prefix[1]
+    assert [c[1] for c in chunks] == [16] * (width // 16) + [width % 16] * (
+        width % 16 > 0
+    )
 
 
 def test_a_judge_model_that_is_nowhere_is_named_by_its_flag(tmp_path):
