@@ -45,18 +45,35 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     ``linear_logps``, or above ``LOGITS_IN_ONE_PIECE`` through
     ``chunked_linear_logps``.
     """
+    return _head_logps(model, hidden, targets, entropy=False)[0]
+
+
+def _head_logps(
+    model: nn.Module, hidden: mx.array, targets: mx.array, entropy: bool
+) -> tuple[mx.array, mx.array | None]:
+    """``head_logps``, and with ``entropy`` the entropy of each position's whole
+    next-token distribution (no gradient), from the same logits where they are
+    formed whole."""
     owner, head = output_layer(model)
     weight = owner.get("weight")
     # A weight matrix and nothing else: not quantized, no LoRA, no bias.
     plain = type(owner) in (nn.Linear, nn.Embedding) and "bias" not in owner
     n, vocab = targets.size, weight.shape[0]
     if not plain:
-        return token_logps(head(hidden), targets)
-    hidden, flat_targets = hidden.reshape(n, -1), targets.reshape(n)
+        logits = head(hidden)
+        return token_logps(logits, targets), (
+            token_entropy(logits) if entropy else None
+        )
+    flat_hidden, flat_targets = hidden.reshape(n, -1), targets.reshape(n)
     if n * vocab <= LOGITS_IN_ONE_PIECE:
-        return linear_logps(weight, hidden, flat_targets).reshape(targets.shape)
-    flat = chunked_linear_logps(weight, hidden, flat_targets, chunk_rows(vocab))
-    return flat.reshape(targets.shape)
+        out = _linear_logps(weight, flat_hidden, flat_targets, entropy)
+    else:
+        rows = chunk_rows(vocab)
+        out = _chunked_linear_logps(weight, flat_hidden, flat_targets, rows, entropy)
+    logps, entropies = out
+    if entropies is not None:
+        entropies = entropies.reshape(targets.shape)
+    return logps.reshape(targets.shape), entropies
 
 
 def chunk_rows(vocab: int) -> int:
@@ -79,15 +96,37 @@ def linear_logps(weight: mx.array, hidden: mx.array, targets: mx.array) -> mx.ar
     backward in place of the logits (the same size), so the backward has no
     ``exp`` at all: d logits = g (onehot - softmax).
     """
+    return _linear_logps(weight, hidden, targets, entropy=False)[0]
+
+
+def softmax_parts(
+    logits: mx.array, targets: mx.array
+) -> tuple[mx.array, mx.array, mx.array]:
+    """(log p(target), softmax, logsumexp) per row of float32 (N, V) logits, one ``exp`` per logit.
+
+    The entropy is then ``logsumexp - (softmax * logits).sum(-1)``.
+    """
+    top = logits.max(axis=-1, keepdims=True)
+    exps = mx.exp(logits - top)
+    total = exps.sum(axis=-1, keepdims=True)
+    lse = top + mx.log(total)
+    picked = mx.take_along_axis(logits, targets[:, None], axis=-1)
+    return (picked - lse)[:, 0], exps / total, lse[:, 0]
+
+
+def _linear_logps(
+    weight: mx.array, hidden: mx.array, targets: mx.array, entropy: bool
+) -> tuple[mx.array, mx.array | None]:
+    """``linear_logps``, and with ``entropy`` each row's −Σ p log p from the same
+    softmax (a third output whose cotangent the backward drops: no gradient)."""
 
     @mx.custom_function
     def logps(weight, hidden, targets):
         logits = (hidden @ weight.T).astype(mx.float32)
-        top = logits.max(axis=-1, keepdims=True)
-        exps = mx.exp(logits - top)
-        total = exps.sum(axis=-1, keepdims=True)
-        picked = mx.take_along_axis(logits, targets[:, None], axis=-1)
-        return (picked - top - mx.log(total))[:, 0], exps / total
+        picked, softmax, lse = softmax_parts(logits, targets)
+        if not entropy:
+            return picked, softmax
+        return picked, softmax, lse - (softmax * logits).sum(axis=-1)
 
     @logps.vjp
     def logps_vjp(primals, cotangents, outputs):
@@ -98,7 +137,8 @@ def linear_logps(weight: mx.array, hidden: mx.array, targets: mx.array) -> mx.ar
         # d weight is not evaluated when the head is frozen
         return d_logits.T @ hidden, d_logits @ weight, mx.zeros_like(targets)
 
-    return logps(weight, hidden, targets)[0]
+    out = logps(weight, hidden, targets)
+    return out[0], (out[2] if entropy else None)
 
 
 def chunked_linear_logps(
@@ -113,19 +153,36 @@ def chunked_linear_logps(
     logits are alive at once with the chain, twice that without), so the
     saving needs many chunks (``bench/logits_memory.py``).
     """
+    return _chunked_linear_logps(weight, hidden, targets, rows, entropy=False)[0]
+
+
+def _chunked_linear_logps(
+    weight: mx.array, hidden: mx.array, targets: mx.array, rows: int, entropy: bool
+) -> tuple[mx.array, mx.array | None]:
+    """``chunked_linear_logps``, and with ``entropy`` each row's −Σ p log p from
+    the same chunk's logits (a second output whose cotangent the backward drops)."""
     starts = range(0, targets.shape[0], rows)
 
     @mx.custom_function
     def logps(weight, hidden, targets):
-        parts = []
+        parts, spreads = [], []
         for i in starts:
             logits = in_turn(hidden[i : i + rows], parts) @ weight.T
-            parts.append(token_logps(logits, targets[i : i + rows]))
-        return mx.concatenate(parts)
+            if not entropy:
+                parts.append(token_logps(logits, targets[i : i + rows]))
+                continue
+            logits = logits.astype(mx.float32)
+            picked, softmax, lse = softmax_parts(logits, targets[i : i + rows])
+            parts.append(picked)
+            spreads.append(lse - (softmax * logits).sum(axis=-1))
+        if not entropy:
+            return mx.concatenate(parts)
+        return mx.concatenate(parts), mx.concatenate(spreads)
 
     @logps.vjp
-    def logps_vjp(primals, cotangent, output):
+    def logps_vjp(primals, cotangents, outputs):
         weight, hidden, targets = primals
+        cotangent = cotangents[0] if entropy else cotangents
         d_hidden, d_weight = [], None
         for i in starts:
             h, g = in_turn(hidden[i : i + rows], d_hidden), cotangent[i : i + rows]
@@ -137,7 +194,8 @@ def chunked_linear_logps(
             d_weight = part if d_weight is None else d_weight + part
         return d_weight, mx.concatenate(d_hidden), mx.zeros_like(targets)
 
-    return logps(weight, hidden, targets)
+    out = logps(weight, hidden, targets)
+    return (out[0], out[1]) if entropy else (out, None)
 
 
 def sequence_logps(
@@ -175,10 +233,7 @@ def next_token_logps(
     """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked the entropy of that distribution), (B, T-1) each."""
     targets = tokens[:, 1:]
     if supports_shared_prompts(model):  # llama family: logits = head(backbone)
-        hidden = model.model(tokens[:, :-1])
-        return head_logps(model, hidden, targets), (
-            head_entropy(model, hidden) if entropy else None
-        )
+        return _head_logps(model, model.model(tokens[:, :-1]), targets, entropy)
     logits = model(tokens[:, :-1])
     return token_logps(logits, targets), (token_entropy(logits) if entropy else None)
 
@@ -189,20 +244,6 @@ def token_entropy(logits: mx.array) -> mx.array:
     lse = mx.logsumexp(logits, axis=-1, keepdims=True)
     probs = mx.exp(logits - lse)
     return lse[..., 0] - (probs * logits).sum(axis=-1)
-
-
-def head_entropy(model: nn.Module, hidden: mx.array) -> mx.array:
-    """``token_entropy(head(hidden))``: (..., D) -> (...); above LOGITS_IN_ONE_PIECE
-    the logits are formed a chunk of positions at a time, one chunk after another."""
-    owner, head = output_layer(model)
-    flat = mx.stop_gradient(hidden).reshape(-1, hidden.shape[-1])
-    vocab = owner["weight"].shape[0]  # (V, D), or (V, packed D) when quantized
-    if flat.shape[0] * vocab <= LOGITS_IN_ONE_PIECE:
-        return token_entropy(head(flat)).reshape(hidden.shape[:-1])
-    rows, parts = chunk_rows(vocab), []
-    for i in range(0, flat.shape[0], rows):
-        parts.append(token_entropy(head(in_turn(flat[i : i + rows], parts))))
-    return mx.concatenate(parts).reshape(hidden.shape[:-1])
 
 
 class _PromptCache:

@@ -1,6 +1,7 @@
 import math
 
 import mlx.core as mx
+import mlx.nn as nn
 import mlx_lm
 import numpy as np
 import pytest
@@ -8,7 +9,6 @@ from mlx.utils import tree_flatten
 
 import mlx_align.logprobs as logprobs
 from mlx_align.logprobs import (
-    head_entropy,
     sequence_logps,
     sequence_logps_and_entropy,
     token_entropy,
@@ -317,26 +317,22 @@ def test_chunked_head_logps_compile(tiny_model, monkeypatch):
 def test_linear_logps_equal_mlx_autodiff_of_the_logits(tiny_model, monkeypatch):
     """The head's custom VJP (softmax kept from the forward) == MLX differentiating
     ``token_logps(hidden @ W.T)``: values and every weight's gradient, tied head."""
-    import mlx.nn as nn
-
-    from mlx_align import logprobs
-
     model, tokenizer = mlx_lm.load(str(tiny_model))
     ids = tokenizer.encode("Question: What is 2 + 3?\nAnswer: 5")
     tokens, mask = mx.array([ids, ids[::-1]]), mx.ones((2, len(ids)))
     calls = []
-    custom = logprobs.linear_logps
+    custom = logprobs._linear_logps
 
     def counted(*args):
         calls.append(1)
         return custom(*args)
 
-    def by_autodiff(weight, hidden, targets):
-        return token_logps(hidden @ weight.T, targets)
+    def by_autodiff(weight, hidden, targets, entropy):
+        return token_logps(hidden @ weight.T, targets), None
 
     results = []
     for linear_logps in (counted, by_autodiff):
-        monkeypatch.setattr(logprobs, "linear_logps", linear_logps)
+        monkeypatch.setattr(logprobs, "_linear_logps", linear_logps)
         value, grads = nn.value_and_grad(
             model, lambda m: -sequence_logps(m, tokens, mask)[1].sum()
         )(model)
@@ -381,8 +377,13 @@ def test_entropy_beside_the_log_probs_equals_one_from_the_whole_logits(
     np.testing.assert_allclose(np.array(entropy), np.array(want), atol=1e-4)
     assert mx.array_equal(shifted, want_mask).item()
 
-    def summed(hidden):
-        return head_entropy(model, hidden).sum()
+    def entropy_sum(m):
+        return sequence_logps_and_entropy(m, tokens, mask)[2].sum()
 
-    hidden = model.model(tokens)
-    assert mx.all(mx.grad(summed)(hidden) == 0).item()
+    def logps_sum(m):
+        return sequence_logps_and_entropy(m, tokens, mask)[0].sum()
+
+    no_grads = dict(tree_flatten(nn.value_and_grad(model, entropy_sum)(model)[1]))
+    assert no_grads and all(mx.all(g == 0).item() for g in no_grads.values())
+    grads = dict(tree_flatten(nn.value_and_grad(model, logps_sum)(model)[1]))
+    assert any(mx.any(g != 0).item() for g in grads.values())  # the test can fail
