@@ -15,16 +15,18 @@ from typing import Any
 from .config import (
     AdapterSettings,
     DPOConfig,
-    GRPOConfig,
     InitModelConfig,
-    OnlineDPOConfig,
-    PPOConfig,
     PreferenceSettings,
-    RewardSettings,
     RunSettings,
-    SamplingSettings,
 )
 from .config_build import clash, shown
+from .config_online import (
+    GRPOConfig,
+    OnlineDPOConfig,
+    PPOConfig,
+    RewardSettings,
+    SamplingSettings,
+)
 from .judges import JUDGE_FLAGS, judges_named
 
 

@@ -15,12 +15,9 @@ from .cli_tools import fuse_command, plot_command, rerank_command, score_command
 from .config import (
     DPOConfig,
     EvalMathConfig,
-    GRPOConfig,
     InitModelConfig,
     KTOConfig,
-    OnlineDPOConfig,
     ORPOConfig,
-    PPOConfig,
     PretrainConfig,
     RewardConfig,
     SFTConfig,
@@ -28,6 +25,7 @@ from .config import (
     build_config,
     choices_of,
 )
+from .config_online import GRPOConfig, OnlineDPOConfig, PPOConfig
 from .data.errors import DataError
 from .errors import RunError, UserError
 

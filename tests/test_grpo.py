@@ -8,7 +8,8 @@ import pytest
 from conftest import write_jsonl
 from mlx_lm.generate import generate_step
 
-from mlx_align.config import EvalMathConfig, GRPOConfig
+from mlx_align.config import EvalMathConfig
+from mlx_align.config_online import GRPOConfig
 from mlx_align.eval_math import run_eval_math
 from mlx_align.rollout import sample_group, trim_at_eos
 from mlx_align.train.grpo import run_grpo

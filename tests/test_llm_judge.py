@@ -12,7 +12,7 @@ from conftest import write_jsonl
 
 import mlx_align.llm_judge as llm_judge
 from mlx_align.cli import main
-from mlx_align.config import OnlineDPOConfig
+from mlx_align.config_online import OnlineDPOConfig
 from mlx_align.data.jsonl import Record
 from mlx_align.errors import UserError
 from mlx_align.judges import make_judge

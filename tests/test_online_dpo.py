@@ -10,7 +10,8 @@ from conftest import write_jsonl
 from test_reward import HELD_OUT_THINGS, TRAIN_THINGS, shorter_is_better
 
 from mlx_align.cli import main
-from mlx_align.config import OnlineDPOConfig, RewardConfig, SFTConfig
+from mlx_align.config import RewardConfig, SFTConfig
+from mlx_align.config_online import OnlineDPOConfig
 from mlx_align.data.jsonl import Record
 from mlx_align.errors import UserError
 from mlx_align.judges import FunctionJudge, Verdicts, by_score

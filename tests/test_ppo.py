@@ -14,7 +14,8 @@ from mlx.utils import tree_flatten
 from test_reward import HELD_OUT_THINGS, TRAIN_THINGS, shorter_is_better
 
 from mlx_align.cli import main
-from mlx_align.config import PPOConfig, RewardConfig, SFTConfig
+from mlx_align.config import RewardConfig, SFTConfig
+from mlx_align.config_online import PPOConfig
 from mlx_align.fuse import fuse_adapters
 from mlx_align.layouts import FullRows
 from mlx_align.model.adapters import attach_adapters

@@ -24,7 +24,6 @@ from mlx_align.cli import main
 from mlx_align.config import (
     DPOConfig,
     EvalMathConfig,
-    GRPOConfig,
     InitModelConfig,
     KTOConfig,
     ORPOConfig,
@@ -33,6 +32,7 @@ from mlx_align.config import (
     SFTConfig,
     build_config,
 )
+from mlx_align.config_online import GRPOConfig
 from mlx_align.data.errors import DataError
 from mlx_align.data.jsonl import Record, read_jsonl
 from mlx_align.data.kto import encode_kto

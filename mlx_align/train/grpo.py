@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..batches import GRPOBatch
-from ..config import GRPOConfig
+from ..config_online import GRPOConfig
 from ..data.jsonl import load_split
 from ..data.prompts import check_prompt_records
 from ..fused_sampler import FusedSampler, should_fuse

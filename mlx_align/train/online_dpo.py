@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .. import distributed
 from ..batches import OnlineDPOBatch
-from ..config import OnlineDPOConfig
+from ..config_online import OnlineDPOConfig
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record, load_split
 from ..data.prompts import check_prompt_records, encode_prompts

@@ -35,7 +35,7 @@ from mlx.utils import tree_flatten
 from tqdm import tqdm
 
 from .. import distributed
-from ..config import PPOConfig
+from ..config_online import PPOConfig
 from ..data.batching import BatchPlan
 from ..data.jsonl import load_split
 from ..data.prompts import check_prompt_records

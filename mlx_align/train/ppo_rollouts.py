@@ -30,7 +30,7 @@ import mlx.nn as nn
 import numpy as np
 
 from .. import distributed
-from ..config import PPOConfig
+from ..config_online import PPOConfig
 from ..data.batching import BatchPlan, bucket_lengths
 from ..data.jsonl import Record
 from ..data.preference import encode_completion

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .. import distributed
 from ..advantages import group_advantages
 from ..batches import GRPOBatch
-from ..config import GRPOConfig, SamplingSettings
+from ..config_online import GRPOConfig, SamplingSettings
 from ..data.batching import BatchPlan, bucket_for, bucket_lengths
 from ..data.jsonl import Record
 from ..data.prompts import encode_prompts

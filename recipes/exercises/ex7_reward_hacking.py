@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import mlx.core as mx
     import mlx_lm
 
-    from mlx_align.config import GRPOConfig
+    from mlx_align.config_online import GRPOConfig
 
     def flags(parser):
         parser.add_argument("--anchor-beta", type=float, default=ANCHOR_BETA)
