@@ -13,7 +13,7 @@ Where the rows come from:
   reads ``X.jsonl``) reads exactly as it always has: the validation split is
   ``valid.jsonl`` or none. A directory without those, holding a hub
   dataset's files (a ``hf download`` of one), is read by the hub's rules
-  (``hub.py``). A single ``.jsonl`` / ``.parquet`` / ``.json`` file is the
+  (``hub.py``, ``hub_layout.py``). A single ``.jsonl`` / ``.parquet`` / ``.json`` file is the
   train split (or the split eval-math evaluates), with no validation split.
 * ``ORG/NAME`` or ``ORG/NAME:CONFIG`` that is not a local path: a hub
   dataset (``hub.py``), through the hub cache (``HF_HUB_OFFLINE=1`` reads the
@@ -35,11 +35,11 @@ from tqdm import tqdm
 from ..errors import UserError
 from .errors import DataError
 from .formats import Convert, converter
-from .hub import (
+from .hub import hub_dataset
+from .hub_layout import (
     DATA_SUFFIXES,
     VALID_SPLITS,
     Layout,
-    hub_dataset,
     is_data_file,
     layout_of,
     parse_hub_id,
