@@ -30,14 +30,12 @@ import numpy as np
 from .data.batching import pad_examples
 from .data.tokenize import Encoded
 from .logprobs import (
-    enable_packing,
     grouped_completion_logps,
-    packed_completion_logps,
     sequence_logps,
     sequence_logps_and_entropy,
-    supports_packing,
     supports_shared_prompts,
 )
+from .packing import enable_packing, packed_completion_logps, supports_packing
 
 
 class FullRows(NamedTuple):

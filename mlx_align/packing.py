@@ -8,7 +8,7 @@ completion right after its prompt's other completions::
     row: [ prompt_0 | chosen_0 | rejected_0 | prompt_1 | chosen_1 | ... | pad ]
 
 A completion token sees its own prompt and the tokens of its own completion
-before it, nothing else (``logprobs.PackedCache.make_mask``), and carries the
+before it, nothing else (``PackedCache.make_mask``), and carries the
 position it would have in the unpacked ``prompt + completion`` row (RoPE), so
 every log-prob equals scoring that row alone. No compute is spent on padding
 except the tail of a row, and logits are formed only where a completion token
@@ -26,9 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 
 from .data.batching import bucket_for, bucket_lengths
+from .logprobs import head_logps, supports_shared_prompts
 
 ROW_CAPACITY = 512  # tokens per packed row: attention is quadratic in it
 
@@ -127,3 +129,84 @@ def pack_trees(
         membership,
     )
     return tuple(mx.array(a) for a in arrays)
+
+
+# ---------------------------------------------------------------- the packed forward
+
+
+class PositionalRoPE(nn.Module):
+    """A layer's RoPE that also takes one position per token: ``offset`` of shape (B, L).
+
+    ``mx.fast.rope`` takes a scalar or per-row offset; a (B, H, L, D) input is
+    viewed as B*L one-token rows so each token gets its own. Any other offset
+    goes to the wrapped RoPE unchanged (generation, the KV cache).
+    """
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.rope = rope
+
+    def __call__(self, x: mx.array, offset=0) -> mx.array:
+        if not isinstance(offset, mx.array) or offset.ndim < 2:
+            return self.rope(x, offset=offset)
+        b, h, n, d = x.shape
+        rows = x.transpose(0, 2, 1, 3).reshape(b * n, h, 1, d)
+        rows = self.rope(rows, offset=offset.reshape(-1))
+        return rows.reshape(b, n, h, d).transpose(0, 2, 1, 3)
+
+
+PACKABLE_ROPES = {"RoPE", "Llama3RoPE", "YarnRoPE", "PositionalRoPE"}
+
+
+def supports_packing(model: nn.Module) -> bool:
+    """Llama-family models whose RoPE is a plain ``mx.fast.rope`` call (llama 3, yarn too)."""
+    return supports_shared_prompts(model) and all(
+        type(layer.self_attn.rope).__name__ in PACKABLE_ROPES
+        for layer in model.model.layers
+    )
+
+
+def enable_packing(model: nn.Module) -> None:
+    """Give each attention of ``model`` (this instance only) a ``PositionalRoPE``; idempotent."""
+    for layer in model.model.layers:
+        if not isinstance(layer.self_attn.rope, PositionalRoPE):
+            layer.self_attn.rope = PositionalRoPE(layer.self_attn.rope)
+
+
+class PackedCache:
+    """Stands in for a KV cache over packed rows: per-token positions and a tree mask."""
+
+    def __init__(self, positions: mx.array, tree_ids: mx.array, branches: mx.array):
+        self.offset = positions  # (R, W): read by the layer's (Positional)RoPE
+        self.tree_ids, self.branches = tree_ids, branches
+
+    def make_mask(
+        self, n: int, return_array: bool = False, window_size=None
+    ) -> mx.array:
+        """(R, 1, W, W): earlier tokens of the same tree, in its prompt or the query's own branch."""
+        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))[None]
+        same_tree = self.tree_ids[:, :, None] == self.tree_ids[:, None, :]
+        key_branch, query_branch = self.branches[:, None, :], self.branches[:, :, None]
+        visible = (key_branch == 0) | (key_branch == query_branch)
+        return (causal & same_tree & visible)[:, None]
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        return keys, values
+
+
+def packed_completion_logps(
+    model: nn.Module, packed: tuple
+) -> tuple[mx.array, mx.array]:
+    """Summed log-probs and token counts per slot, (S,) each, of a ``packing.pack_trees`` batch.
+
+    One forward over the packed rows; logits only at the T positions that
+    predict a completion token. Equal to scoring each prompt + completion
+    row on its own (tested).
+    """
+    tokens, positions, tree_ids, branches, sources, targets, membership = packed
+    enable_packing(model)
+    caches = [PackedCache(positions, tree_ids, branches) for _ in model.model.layers]
+    hidden = model.model(tokens, cache=caches)  # (R, W, D)
+    hidden = hidden.reshape(-1, hidden.shape[-1])[sources]  # (T, D)
+    logps = head_logps(model, hidden, targets)  # (T,)
+    return membership @ logps, membership.sum(axis=-1)

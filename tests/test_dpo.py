@@ -396,7 +396,7 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
         )
     )
     if layout == "packed":
-        from mlx_align.logprobs import enable_packing
+        from mlx_align.packing import enable_packing
 
         enable_packing(model)
     ref = mx.array(-20.0 - np.arange(32, dtype=np.float32).reshape(16, 2))

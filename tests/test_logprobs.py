@@ -139,8 +139,12 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_align.logprobs import packed_completion_logps, supports_packing
-    from mlx_align.packing import Tree, pack_trees
+    from mlx_align.packing import (
+        Tree,
+        pack_trees,
+        packed_completion_logps,
+        supports_packing,
+    )
 
     model = lora_model(tiny_model)
     model.update(
@@ -190,7 +194,7 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     ):
         assert mx.allclose(a, b, atol=1e-4, rtol=1e-3).item(), name
     # the wrapped RoPE leaves ordinary (generation) calls unchanged
-    from mlx_align.logprobs import enable_packing
+    from mlx_align.packing import enable_packing
 
     plain, _ = mlx_lm.load(str(tiny_model))
     ids = mx.array([list(range(5, 17))])
