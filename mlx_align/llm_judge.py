@@ -73,9 +73,8 @@ Here are the unordered outputs from the models. Each output is associated with a
 
 Evaluate the models on the basis of the quality and relevance of their results, and select the model that generated the best result. Reply with the identifier of the best model. Our evaluation will only take into account the first character of your answer, so make sure it contains only one of the identifiers and nothing else (no quotation marks, no spaces, no new lines, ...).
 '''
-CHUNK = (
-    32  # judge-text tokens per forward (32 and 64 alike; 128: ~15% slower on the CPU)
-)
+# Judge-text tokens per forward: 32 and 64 alike, 128 ~15% slower on the CPU.
+CHUNK = 32
 PLACES = ("{prompt}", "{response0}", "{response1}")
 
 
@@ -271,9 +270,9 @@ def answer_hidden(
     Every block below the top runs on every token, CHUNK at a time through
     the cache, as the backbone's own forward does. The top block's output
     matters only at the answer, so on the other tokens it forms just its
-    keys and values (its attention there sees one key, and its output is
-    dropped); its attention over all keys, MLP and norm then run for the
-    answer position alone. That skips a 1/layers share of the attention's
+    keys and values (its attention there sees one key, and its output,
+    never evaluated, costs nothing); its attention over all keys, MLP and
+    norm then run for the answer position alone. That skips a 1/layers share of the attention's
     exponentials and of the MLP: on the CPU the judge's bulk.
     """
     *body, top = backbone.layers
