@@ -20,6 +20,7 @@ What is preloaded, first found wins (`preload_library`):
 `python -m mlx_align.blas --library` prints the choice for the Makefile.
 """
 
+import ctypes
 import hashlib
 import importlib.util
 import os
@@ -29,6 +30,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 DISABLE_ENV = "MLX_ALIGN_NO_OPENBLAS"
@@ -205,6 +208,36 @@ def loaded_openblas() -> str | None:
 def preloaded_openblas() -> str | None:
     entries = os.environ.get("LD_PRELOAD", "").replace(":", " ").split()
     return next((e for e in entries if "libopenblas" in os.path.basename(e)), None)
+
+
+def openblas_threads_calls() -> tuple | None:
+    """(get, set) of the thread count of the OpenBLAS mlx calls in this process:
+    the system library's, or the scipy-openblas32 wheel's behind the shim; None without one."""
+    scope = ctypes.CDLL(None)  # the global symbols: LD_PRELOAD's libraries among them
+    for prefix in ("", "scipy_"):
+        get = getattr(scope, f"{prefix}openblas_get_num_threads", None)
+        put = getattr(scope, f"{prefix}openblas_set_num_threads", None)
+        if get is not None and put is not None:
+            return get, put
+    return None
+
+
+@contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """OpenBLAS runs ``n`` threads inside the block (restored after); nothing
+    changes without an OpenBLAS. For work spread over several CPU streams,
+    whose concurrent threaded BLAS calls would fight over the cores."""
+    calls = openblas_threads_calls()
+    if calls is None:
+        yield
+        return
+    get, put = calls
+    before = get()
+    put(n)
+    try:
+        yield
+    finally:
+        put(before)
 
 
 def ensure_fast_blas(argv: list[str] | None = None) -> None:

@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
@@ -40,6 +43,7 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache, make_prompt_cache
 
+from .blas import blas_threads
 from .data.jsonl import Record
 from .errors import UserError
 from .judges import Verdicts
@@ -75,6 +79,8 @@ Evaluate the models on the basis of the quality and relevance of their results, 
 '''
 # Judge-text tokens per forward: 32 and 64 alike, 128 ~15% slower on the CPU.
 CHUNK = 32
+# On the CPU backend, the most streams a call's rows are shared out over.
+CPU_STREAMS = os.cpu_count() or 1
 PLACES = ("{prompt}", "{response0}", "{response1}")
 
 
@@ -125,6 +131,7 @@ class LLMPairwiseJudge:
         self.prefix_cache: list | None = (
             None  # ... its keys/values per layer (None: not yet)
         )
+        self.streams: list = []  # CPU streams, made on first need
 
     def __call__(self, records: Sequence[Record], pairs) -> Verdicts:
         judged = [i for i, (a, b) in enumerate(pairs) if a != b]
@@ -178,23 +185,48 @@ class LLMPairwiseJudge:
         The rows' own tokens run CHUNK at a time through the cache, so a chunk
         attends only to the keys before it (a causal mask computes, and on the
         CPU exponentiates, every score of a square block, half of them masked).
+        On the CPU the rows are shared out over one stream per core, OpenBLAS
+        on one thread meanwhile: MLX's CPU kernels other than BLAS (the
+        attention's ``exp`` above all) run on their stream's thread alone.
         """
         shared = self.shared_prefix(rows)
+        shares = [
+            self.share(part, shared, stream)
+            for part, stream in zip(*self.shared_out(rows), strict=True)
+        ]
+        blas = blas_threads(1) if len(shares) > 1 else nullcontext()
+        with blas:
+            if splits_top_layer(self.model, shares[0].cache):
+                hidden = answer_hidden(self.model.model, shares)
+                logits = output_layer(self.model)[1](hidden)
+            else:
+                logits = answer_logits(self.model, shares)
+            logps = logits.astype(mx.float32)
+            logps = logps - mx.logsumexp(logps, axis=-1, keepdims=True)
+            margin = logps[:, self.answers[1]] - logps[:, self.answers[0]]
+            mx.eval(margin)
+        return margin
+
+    def shared_out(self, rows: list[list[int]]) -> tuple[list, list]:
+        """The rows in contiguous parts, and a stream for each: one part on the
+        default stream, or on the CPU up to ``CPU_STREAMS`` parts."""
+        device = mx.default_device()
+        if device != mx.cpu or CPU_STREAMS < 2 or len(rows) < 2:
+            return [rows], [mx.default_stream(device)]
+        n = min(CPU_STREAMS, len(rows))
+        while len(self.streams) < n:  # made once: each CPU stream is a thread
+            self.streams.append(mx.new_stream(mx.cpu))
+        bounds = [len(rows) * i // n for i in range(n + 1)]
+        parts = [rows[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+        return parts, self.streams[:n]
+
+    def share(self, rows: list[list[int]], shared: int, stream) -> Share:
+        """Some rows past the ``shared`` prefix, right-padded, with their caches."""
         suffixes = [r[shared:] for r in rows]
         width = max(map(len, suffixes))
         tokens = mx.array([s + [0] * (width - len(s)) for s in suffixes])
         last = mx.array([len(s) - 1 for s in suffixes])
-        cache = self.batch_cache(shared, len(rows))
-        if splits_top_layer(self.model, cache):
-            hidden = answer_hidden(self.model.model, tokens, last, cache)
-            logits = output_layer(self.model)[1](hidden)
-        else:
-            logits = answer_logits(self.model, tokens, last, cache)
-        logps = logits.astype(mx.float32)
-        logps = logps - mx.logsumexp(logps, axis=-1, keepdims=True)
-        margin = logps[:, self.answers[1]] - logps[:, self.answers[0]]
-        mx.eval(margin)
-        return margin
+        return Share(tokens, last, self.batch_cache(shared, len(rows)), stream)
 
     def shared_prefix(self, rows: list[list[int]]) -> int:
         """How many leading tokens every row shares with the cached prefix (caching it the first time).
@@ -238,16 +270,38 @@ class LLMPairwiseJudge:
         return caches
 
 
-def answer_logits(
-    model: nn.Module, tokens: mx.array, last: mx.array, cache: list
-) -> mx.array:
-    """Each row's logits at its answer position (index ``last``): whole-model forwards, CHUNK tokens each."""
-    answer = None
-    for start in range(0, tokens.shape[1], CHUNK):
-        out = model(tokens[:, start : start + CHUNK], cache=cache)
-        answer = pick_answer(out, last, start, answer)
-        mx.eval(answer, [c.state for c in cache])
-    return answer
+@dataclass
+class Share:
+    """Some of a call's rows, run on one stream: suffix tokens (right-padded),
+    each row's answer index, its caches, and the answer vectors picked so far."""
+
+    tokens: mx.array
+    last: mx.array
+    cache: list
+    stream: mx.Stream
+    answer: mx.array | None = None
+
+
+def run_chunks(shares: list[Share], forward: Callable) -> None:
+    """Every share's tokens CHUNK at a time through ``forward(share, tokens)``,
+    each on its stream, all shares' chunks evaluated together; picks each
+    row's output at its answer index into ``share.answer``."""
+    for start in range(0, max(s.tokens.shape[1] for s in shares), CHUNK):
+        pending = []
+        for share in shares:
+            if start >= share.tokens.shape[1]:
+                continue
+            with mx.stream(share.stream):
+                out = forward(share, share.tokens[:, start : start + CHUNK])
+                share.answer = pick_answer(out, share.last, start, share.answer)
+            pending += [share.answer, [c.state for c in share.cache]]
+        mx.eval(pending)
+
+
+def answer_logits(model: nn.Module, shares: list[Share]) -> mx.array:
+    """Each row's logits at its answer position: whole-model forwards, CHUNK tokens each."""
+    run_chunks(shares, lambda share, tokens: model(tokens, cache=share.cache))
+    return mx.concatenate([s.answer for s in shares])
 
 
 def splits_top_layer(model: nn.Module, cache: list) -> bool:
@@ -262,9 +316,7 @@ def splits_top_layer(model: nn.Module, cache: list) -> bool:
     )
 
 
-def answer_hidden(
-    backbone: nn.Module, tokens: mx.array, last: mx.array, cache: list
-) -> mx.array:
+def answer_hidden(backbone: nn.Module, shares: list[Share]) -> mx.array:
     """Each row's final hidden state at its answer position, the top block run there alone.
 
     Every block below the top runs on every token, CHUNK at a time through
@@ -272,28 +324,34 @@ def answer_hidden(
     matters only at the answer, so on the other tokens it forms just its
     keys and values (its attention there sees one key, and its output,
     never evaluated, costs nothing); its attention over all keys, MLP and
-    norm then run for the answer position alone. That skips a 1/layers share of the attention's
-    exponentials and of the MLP: on the CPU the judge's bulk.
+    norm then run for the answer position alone. That skips a 1/layers
+    share of the attention's exponentials and of the MLP: on the CPU the
+    judge's bulk.
     """
     *body, top = backbone.layers
-    stored = cache[-1]
-    answer = None
-    for start in range(0, tokens.shape[1], CHUNK):
-        h = backbone.embed_tokens(tokens[:, start : start + CHUNK])
-        mask = create_attention_mask(h, cache[0])
-        for block, c in zip(body, cache, strict=False):
+
+    def below_top(share: Share, tokens: mx.array) -> mx.array:
+        h = backbone.embed_tokens(tokens)
+        mask = create_attention_mask(h, share.cache[0])
+        for block, c in zip(body, share.cache, strict=False):
             h = block(h, mask, c)
-        top.self_attn(top.input_layernorm(h), None, _KeysOnly(stored))
-        answer = pick_answer(h, last, start, answer)
-        mx.eval(answer, [c.state for c in cache])
-    where = stored.offset - tokens.shape[1] + last  # each answer's absolute position
-    seen = mx.arange(stored.offset)[None] <= where[:, None]
-    x = answer[:, None]
-    h = x + top.self_attn(
-        top.input_layernorm(x), seen[:, None, None], _Stored(stored, where)
-    )
-    h = h + top.mlp(top.post_attention_layernorm(h))
-    return backbone.norm(h)[:, 0]
+        top.self_attn(top.input_layernorm(h), None, _KeysOnly(share.cache[-1]))
+        return h
+
+    run_chunks(shares, below_top)
+    hidden = []
+    for share in shares:
+        with mx.stream(share.stream):
+            stored = share.cache[-1]
+            where = stored.offset - share.tokens.shape[1] + share.last  # absolute
+            seen = mx.arange(stored.offset)[None] <= where[:, None]
+            x = share.answer[:, None]
+            h = x + top.self_attn(
+                top.input_layernorm(x), seen[:, None, None], _Stored(stored, where)
+            )
+            h = h + top.mlp(top.post_attention_layernorm(h))
+            hidden.append(backbone.norm(h)[:, 0])
+    return mx.concatenate(hidden)
 
 
 class _KeysOnly:

@@ -156,6 +156,45 @@ def test_shim_uses_one_thread_unless_asked(
     assert int(done.stdout) == threads
 
 
+THREADS_PROBE = """
+from mlx_align.blas import blas_threads, openblas_threads_calls
+calls = openblas_threads_calls()
+if calls is None:
+    with blas_threads(1):
+        print("none")
+else:
+    get = calls[0]
+    before = get()
+    with blas_threads(1):
+        inside = get()
+    print(before, inside, get())
+"""
+
+
+@pytest.mark.parametrize("library", ["system", "shim", "none"])
+def test_blas_threads_sets_one_thread_inside_and_restores(
+    library: str, request: pytest.FixtureRequest
+) -> None:
+    """The judge's CPU streams run BLAS on one thread each: set inside, restored
+    after, for the system OpenBLAS and the shim alike; without one, nothing."""
+    env = clean_env(OPENBLAS_NUM_THREADS="2")
+    if library == "system":
+        if sys.platform != "linux" or blas.openblas_path() is None:
+            pytest.skip("needs Linux with a system OpenBLAS")
+        env["LD_PRELOAD"] = blas.openblas_path()
+    elif library == "shim":
+        cache = request.getfixturevalue("shim_cache")
+        env["LD_PRELOAD"] = blas.cblas_shim(cache / "mlx-align", build=False)
+    cmd = [sys.executable, "-c", THREADS_PROBE]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    want = (
+        "none"
+        if library == "none"
+        else f"{min(2, os.cpu_count())} 1 {min(2, os.cpu_count())}"
+    )
+    assert done.stdout.strip() == want
+
+
 @needs_linux
 def test_shim_forwards_what_libmlx_imports() -> None:
     """MLX_BLAS_SYMBOLS is exactly what libmlx.so takes from its bundled

@@ -45,12 +45,15 @@ def plain_margin(model, ids: list[int], answers: list[int]) -> float:
     return (logps[answers[1]] - logps[answers[0]]).item()
 
 
+@pytest.mark.parametrize("streams", [1, 2, 3])
 def test_batched_cached_chunked_margins_equal_a_plain_forward_of_each_text(
-    model_and_tokenizer, monkeypatch
+    model_and_tokenizer, monkeypatch, streams
 ):
-    """Rows of unequal length, ending in different chunks; the second call reuses the prefix."""
+    """Rows of unequal length, ending in different chunks; the second call reuses the
+    prefix; on the CPU the rows shared out over 1, 2 (rows 1 + 2) or 3 streams."""
     model, tokenizer = model_and_tokenizer
     monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    monkeypatch.setattr(llm_judge, "CPU_STREAMS", streams)
     judge = LLMPairwiseJudge(model, tokenizer, seed=0)
     records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
     rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
@@ -63,6 +66,7 @@ def test_batched_cached_chunked_margins_equal_a_plain_forward_of_each_text(
     shared = judge.shared_prefix(rows)
     assert shared > 16 and rows[0][:shared] == judge.prefix[:shared]
     assert len(set(expected)) == 3  # the rows really differ
+    assert len(judge.streams) == (streams if streams > 1 else 0)
 
 
 def test_verdicts_undo_the_order_flip_and_tie_on_equal_log_probs():
@@ -227,6 +231,7 @@ def test_llama_family_runs_its_top_block_at_the_answer_alone(
     a plain forward (qwen3: query/key norms inside the attention)."""
     _, tokenizer = model_and_tokenizer
     monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    monkeypatch.setattr(llm_judge, "CPU_STREAMS", 1)  # one share: one top-block call
     extra = {"max_position_embeddings": 4096, "tie_word_embeddings": False} if family == "qwen3" else {}  # fmt: skip
     model = family_model(family, len(tokenizer.vocab), rope_theta=10000.0, **extra)
     top, below = model.model.layers[-1], model.model.layers[0]
