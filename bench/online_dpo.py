@@ -27,8 +27,9 @@ completions, so judging is most of a step; the table reports it apart
   ``--judge-model MODEL`` (`mlx_align.llm_judge`): the same prompt text
   (checked), read as the log-odds of "0" vs "1" as the first answer token,
   every pair of a step in one batch, the prompt prefix they share cached,
-  the top block run at the answer position alone, on the policy's base
-  weights (no second copy). The two judges may pick
+  the top block run at the answer position alone, on the CPU the rows
+  shared out over one stream per core, on the policy's base weights (no
+  second copy). The two judges may pick
   differently (greedy text vs first-token log-odds; each its own order
   flips); both train every pair.
 - ``--judge llm-port``: mlx-lm-lora's judge in both. mlx-align gets
