@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
+import mlx_align.judge_forward as judge_forward
 import mlx_align.llm_judge as llm_judge
 from mlx_align.cli import main
 from mlx_align.config_online import OnlineDPOConfig
@@ -52,7 +53,7 @@ def test_batched_cached_chunked_margins_equal_a_plain_forward_of_each_text(
     """Rows of unequal length, ending in different chunks; the second call reuses the
     prefix; on the CPU the rows shared out over 1, 2 (rows 1 + 2) or 3 streams."""
     model, tokenizer = model_and_tokenizer
-    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    monkeypatch.setattr(judge_forward, "CHUNK", 16)
     monkeypatch.setattr(llm_judge, "CPU_STREAMS", streams)
     judge = LLMPairwiseJudge(model, tokenizer, seed=0)
     records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
@@ -204,7 +205,7 @@ def test_other_families_read_whole_logits_and_sliding_windows_share_no_prefix(
 ):
     """gemma2 (softcapped logits, no head split) and gemma3 (sliding-window caches) judge alike."""
     _, tokenizer = model_and_tokenizer
-    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    monkeypatch.setattr(judge_forward, "CHUNK", 16)
     extra = {"sliding_window": 8, "sliding_window_pattern": 2} if family == "gemma3_text" else {}  # fmt: skip
     model = family_model(family, len(tokenizer.vocab), **extra)
     judge, _ = judged_against_plain(model, tokenizer)
@@ -230,7 +231,7 @@ def test_llama_family_runs_its_top_block_at_the_answer_alone(
     """The top block's MLP sees one position per row, and the margins still equal
     a plain forward (qwen3: query/key norms inside the attention)."""
     _, tokenizer = model_and_tokenizer
-    monkeypatch.setattr(llm_judge, "CHUNK", 16)
+    monkeypatch.setattr(judge_forward, "CHUNK", 16)
     monkeypatch.setattr(llm_judge, "CPU_STREAMS", 1)  # one share: one top-block call
     extra = {"max_position_embeddings": 4096, "tie_word_embeddings": False} if family == "qwen3" else {}  # fmt: skip
     model = family_model(family, len(tokenizer.vocab), rope_theta=10000.0, **extra)
