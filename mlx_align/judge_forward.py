@@ -16,7 +16,8 @@ import mlx.nn as nn
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.cache import KVCache
 
-from .logprobs import supports_shared_prompts
+from .model.caches import all_plain_kv
+from .shared_prompts import supports_shared_prompts
 
 # Judge-text tokens per forward: 32 and 64 alike, 128 ~15% slower on the CPU.
 CHUNK = 32
@@ -56,16 +57,22 @@ def answer_logits(model: nn.Module, shares: list[Share]) -> mx.array:
     return mx.concatenate([s.answer for s in shares])
 
 
+# ``answer_hidden`` re-writes the top block as llama's (pre-norm attention,
+# pre-norm MLP, both residual): it serves the mlx-lm classes whose block is
+# exactly that. A name list, unlike the probed fast paths, because a block
+# with the same parts in another order (olmo, gemma) would pass any check of
+# its parts and compute something else.
+LLAMA_BLOCK_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
+
+
 def splits_top_layer(model: nn.Module, cache: list) -> bool:
-    """Whether `answer_hidden` serves: an mlx-lm llama-family model (blocks with
-    input_layernorm, self_attn, post_attention_layernorm, mlp), plain KV caches."""
+    """Whether `answer_hidden` serves: a llama-block model (``LLAMA_BLOCK_MODELS``)
+    whose attention takes shared prompts, with plain KV caches."""
+    if getattr(model, "model_type", None) not in LLAMA_BLOCK_MODELS:
+        return False
     if not supports_shared_prompts(model) or len(model.model.layers) < 2:
         return False
-    parts = ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp")
-    top = model.model.layers[-1]
-    return all(hasattr(top, p) for p in parts) and all(
-        type(c) is KVCache for c in cache
-    )
+    return all_plain_kv(cache)
 
 
 def answer_hidden(backbone: nn.Module, shares: list[Share]) -> mx.array:

@@ -29,13 +29,9 @@ import numpy as np
 
 from .data.batching import pad_examples
 from .data.tokenize import Encoded
-from .logprobs import (
-    grouped_completion_logps,
-    sequence_logps,
-    sequence_logps_and_entropy,
-    supports_shared_prompts,
-)
+from .logprobs import sequence_logps, sequence_logps_and_entropy
 from .packing import enable_packing, packed_completion_logps, supports_packing
+from .shared_prompts import grouped_completion_logps, supports_shared_prompts
 
 
 class FullRows(NamedTuple):

@@ -51,6 +51,7 @@ from .errors import UserError
 from .judge_forward import Share, answer_hidden, answer_logits, splits_top_layer
 from .judges import Verdicts
 from .logprobs import output_layer
+from .model.caches import all_plain_kv
 
 # TRL's trl/trainer/judges.py DEFAULT_PAIRWISE_SYSTEM_PROMPT, word for word.
 PAIRWISE_PROMPT = '''I require a leaderboard for various large language models. I'll provide you with prompts given to these models and their corresponding outputs. Your task is to assess these responses, and select the model that produces the best output from a human perspective.
@@ -251,7 +252,7 @@ class LLMPairwiseJudge:
     def run_prefix(self, prefix: list[int]) -> list:
         """Each layer's keys and values for the prefix (none: this model's cache can't be shared)."""
         cache = make_prompt_cache(self.model)
-        if not prefix or any(type(c) is not KVCache for c in cache):
+        if not prefix or not all_plain_kv(cache):
             return []  # sliding windows, recurrent state: no shared prefix
         self.model(mx.array(prefix)[None], cache=cache)
         kept = [

@@ -1,4 +1,7 @@
-"""The one place that turns logits into log-probs."""
+"""The one place that turns logits into log-probs.
+
+Scoring a prompt once for its group lives in ``shared_prompts.py``.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,9 @@ from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
+
+from .model.probes import differs, probe_tokens, probed
 
 
 def token_logps(logits: mx.array, targets: mx.array) -> mx.array:
@@ -230,12 +236,80 @@ def sequence_logps_and_entropy(
 def next_token_logps(
     model: nn.Module, tokens: mx.array, entropy: bool
 ) -> tuple[mx.array, mx.array | None]:
-    """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked the entropy of that distribution), (B, T-1) each."""
-    targets = tokens[:, 1:]
-    if supports_shared_prompts(model):  # llama family: logits = head(backbone)
-        return _head_logps(model, model.model(tokens[:, :-1]), targets, entropy)
-    logits = model(tokens[:, :-1])
+    """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked the entropy of that distribution), (B, T-1) each.
+
+    The forward is the one generation runs: through a fresh prompt cache
+    where the model computes another function without one (gemma3n's
+    KV-shared layers), so the loss trains the model that samples.
+    """
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    if not scores_without_cache(model):
+        logits = model(inputs, cache=make_prompt_cache(model))
+    elif splits_head(model):  # logits = head(backbone): chunked at a large vocabulary
+        return _head_logps(model, model.model(inputs), targets, entropy)
+    else:
+        logits = model(inputs)
     return token_logps(logits, targets), (token_entropy(logits) if entropy else None)
+
+
+def generation_logps(model: nn.Module, rows: list[list[int]]) -> list[mx.array]:
+    """Each row's next-token log-probs as generation computes them: the row alone
+    through a fresh mlx-lm prompt cache. (T-1,) per row; the probes' reference."""
+    out = []
+    for row in rows:
+        logits = model(mx.array(row)[None, :-1], cache=make_prompt_cache(model))
+        out.append(token_logps(logits, mx.array(row)[None, 1:])[0])
+    return out
+
+
+def vocab_size(model: nn.Module) -> int:
+    """The width of ``model``'s logits."""
+    return model(mx.array([[0]]), cache=make_prompt_cache(model)).shape[-1]
+
+
+def _probe_rows(model: nn.Module) -> list[list[int]]:
+    return probe_tokens(vocab_size(model), rows=2, length=9)
+
+
+def probe_scoring(model: nn.Module) -> None:
+    """Decide, outside any compiled function, how ``next_token_logps`` runs ``model``."""
+    scores_without_cache(model)
+    splits_head(model)
+
+
+def scores_without_cache(model: nn.Module) -> bool:
+    """Whether the model's forward without a cache computes what it computes with
+    one (not so for gemma3n, whose KV-shared layers share only through a cache)."""
+
+    def check(model):
+        rows = _probe_rows(model)
+        expected = mx.stack(generation_logps(model, rows))
+        tokens = mx.array(rows)
+        return differs(
+            token_logps(model(tokens[:, :-1]), tokens[:, 1:]), expected, model
+        )
+
+    return probed(
+        model,
+        "scoring without a prompt cache",
+        check,
+        "scoring through a fresh one, as generation does",
+    )
+
+
+def splits_head(model: nn.Module) -> bool:
+    """Whether logits are ``output_layer(model)(model.model(x))``, so log-probs can
+    be formed from the backbone's hidden states a chunk at a time."""
+
+    def check(model):
+        rows = _probe_rows(model)
+        expected = mx.stack(generation_logps(model, rows))
+        tokens = mx.array(rows)
+        hidden = model.model(tokens[:, :-1])
+        return differs(head_logps(model, hidden, tokens[:, 1:]), expected, model)
+
+    # Not announced: the fallback (whole logits) is the model's own forward.
+    return probed(model, "log-probs from the backbone", check, fallback=None)
 
 
 def token_entropy(logits: mx.array) -> mx.array:
@@ -244,101 +318,3 @@ def token_entropy(logits: mx.array) -> mx.array:
     lse = mx.logsumexp(logits, axis=-1, keepdims=True)
     probs = mx.exp(logits - lse)
     return lse[..., 0] - (probs * logits).sum(axis=-1)
-
-
-class _PromptCache:
-    """Stands in for a KV cache while the prompts run: keeps each layer's keys/values
-    (with their gradient) and masks left padding."""
-
-    def __init__(self, key_is_real: mx.array):
-        self.offset, self.key_is_real = 0, key_is_real  # (P, Lp) bool
-
-    def make_mask(
-        self, n: int, return_array: bool = False, window_size=None
-    ) -> mx.array:
-        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))
-        allowed = causal[None] & self.key_is_real[:, None, :]  # (P, Lp, Lp)
-        return (allowed | mx.eye(n, dtype=mx.bool_)[None])[
-            :, None
-        ]  # a pad query sees itself
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array):
-        self.keys, self.values = keys, values
-        return keys, values
-
-
-class _PrefixCache:
-    """The completions' view: each prompt's keys/values repeated G times, then their own."""
-
-    def __init__(self, prompt: _PromptCache, group_size: int):
-        self.offset = prompt.keys.shape[2]
-        self.keys = mx.repeat(prompt.keys, group_size, axis=0)
-        self.values = mx.repeat(prompt.values, group_size, axis=0)
-        self.prompt_is_real = mx.repeat(
-            prompt.key_is_real, group_size, axis=0
-        )  # (N, Lp)
-
-    def make_mask(
-        self, n: int, return_array: bool = False, window_size=None
-    ) -> mx.array:
-        causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))
-        prompt = mx.broadcast_to(
-            self.prompt_is_real[:, None, :],
-            (self.prompt_is_real.shape[0], n, self.offset),
-        )
-        own = mx.broadcast_to(causal[None], (prompt.shape[0], n, n))
-        return mx.concatenate([prompt, own], axis=-1)[:, None]  # (N, 1, n, Lp + n)
-
-    def update_and_fetch(self, keys: mx.array, values: mx.array):
-        return mx.concatenate([self.keys, keys], axis=2), mx.concatenate(
-            [self.values, values], axis=2
-        )
-
-
-def supports_shared_prompts(model: nn.Module) -> bool:
-    """mlx-lm llama-family models: a ``.model`` backbone that takes a per-layer cache."""
-    backbone = getattr(model, "model", None)
-    return getattr(model, "model_type", None) in SHARED_PROMPT_MODELS and hasattr(
-        backbone, "layers"
-    )
-
-
-SHARED_PROMPT_MODELS = {"llama", "mistral", "qwen2", "qwen3"}
-
-
-def grouped_completion_logps(
-    model: nn.Module,
-    prompts: mx.array,
-    prompt_mask: mx.array,
-    completions: mx.array,
-    completion_mask: mx.array,
-) -> mx.array:
-    """Per-token log-probs of G completions per prompt, each prompt run through the model ONCE.
-
-    The prompt's keys and values (kept with their gradient) are repeated for
-    its G completions, which attend to them like a KV cache; logits are
-    formed only at completion positions. Equal to scoring every
-    prompt + completion row in full (tested), at a fraction of the compute
-    and memory when prompts are long.
-
-    Args:
-        prompts: (P, Lp) ids, LEFT-padded so every prompt ends at Lp - 1.
-        prompt_mask: (P, Lp), 1 on real prompt tokens.
-        completions: (P*G, C) ids, right-padded; rows of one prompt contiguous.
-        completion_mask: (P*G, C), 1 on real completion tokens.
-
-    Returns:
-        (P*G, C) log-probs, 0 off the mask.
-    """
-    group_size = completions.shape[0] // prompts.shape[0]
-    backbone = model.model
-    prompt_caches = [
-        _PromptCache(prompt_mask.astype(mx.bool_)) for _ in backbone.layers
-    ]
-    prompt_hidden = backbone(prompts, cache=prompt_caches)  # (P, Lp, D)
-    hidden = mx.repeat(prompt_hidden[:, -1:], group_size, axis=0)  # predicts token 0
-    if completions.shape[1] > 1:
-        prefix = [_PrefixCache(c, group_size) for c in prompt_caches]
-        rest = backbone(completions[:, :-1], cache=prefix)  # (N, C-1, D)
-        hidden = mx.concatenate([hidden, rest], axis=1)
-    return head_logps(model, hidden, completions) * completion_mask  # (N, C)

@@ -30,7 +30,9 @@ import mlx.nn as nn
 import numpy as np
 
 from .data.batching import bucket_for, bucket_lengths
-from .logprobs import head_logps, supports_shared_prompts
+from .logprobs import generation_logps, head_logps, vocab_size
+from .model.probes import differs, probe_tokens, probed
+from .shared_prompts import supports_shared_prompts
 
 ROW_CAPACITY = 512  # tokens per packed row: attention is quadratic in it
 
@@ -159,11 +161,33 @@ PACKABLE_ROPES = {"RoPE", "Llama3RoPE", "YarnRoPE", "PositionalRoPE"}
 
 
 def supports_packing(model: nn.Module) -> bool:
-    """Llama-family models whose RoPE is a plain ``mx.fast.rope`` call (llama 3, yarn too)."""
-    return supports_shared_prompts(model) and all(
-        type(layer.self_attn.rope).__name__ in PACKABLE_ROPES
-        for layer in model.model.layers
+    """Whether packed rows score as ``model`` does: every layer's attention takes a
+    plain RoPE (``mx.fast.rope``, llama 3 and yarn too) that ``PositionalRoPE``
+    can wrap, and a packed probe (two trees, two completions each) gives the
+    model's own log-probs (``model/probes.py``)."""
+    return supports_shared_prompts(model) and probed(
+        model, "packing", _check, "padded rows"
     )
+
+
+def _check(model: nn.Module) -> str | None:
+    layers = model.model.layers
+    ropes = [type(getattr(layer.self_attn, "rope", None)).__name__ for layer in layers]
+    if not set(ropes) <= PACKABLE_ROPES:
+        return f"a layer's RoPE is {sorted(set(ropes) - PACKABLE_ROPES)[0]}"
+    enable_packing(model)
+    tokens = probe_tokens(vocab_size(model), rows=3, length=5)
+    trees = [
+        Tree(tokens[0][:3], [tokens[1][:4], tokens[2][:2]], [0, 2]),
+        Tree(tokens[2][:2], [tokens[0][1:4], tokens[1][3:5]], [1, 3]),
+    ]
+    summed, _ = packed_completion_logps(model, pack_trees(trees, 4, 0))
+    rows = [t.prompt + c for t in trees for c in t.completions]
+    spans = [len(c) for t in trees for c in t.completions]
+    expected = [
+        e[-n:].sum() for e, n in zip(generation_logps(model, rows), spans, strict=True)
+    ]
+    return differs(summed[mx.array([0, 2, 1, 3])], mx.stack(expected), model)
 
 
 def enable_packing(model: nn.Module) -> None:
@@ -185,6 +209,9 @@ class PackedCache:
     ) -> mx.array:
         """(R, 1, W, W): earlier tokens of the same tree, in its prompt or the query's own branch."""
         causal = mx.tril(mx.ones((n, n), dtype=mx.bool_))[None]
+        if window_size is not None:  # keys fewer than window_size positions back
+            distance = self.offset[:, :, None] - self.offset[:, None, :]  # (R, W, W)
+            causal = causal & (distance < window_size)
         same_tree = self.tree_ids[:, :, None] == self.tree_ids[:, None, :]
         key_branch, query_branch = self.branches[:, None, :], self.branches[:, :, None]
         visible = (key_branch == 0) | (key_branch == query_branch)

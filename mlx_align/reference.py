@@ -38,6 +38,7 @@ from .events import emit
 from .layouts import choose_layout
 from .model.adapters import quantize_base
 from .model.load import load_model
+from .model.probes import share_probes
 from .train.adapted import prepare_trainable
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
@@ -132,6 +133,7 @@ def shared_reference(policy: nn.Module, model_path: str) -> nn.Module:
     reference.load_weights(base, strict=True)
     reference.freeze()
     reference.eval()
+    share_probes(policy, reference)
     return reference
 
 

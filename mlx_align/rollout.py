@@ -39,10 +39,11 @@ from dataclasses import dataclass
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
-from mlx_lm.models.rope_utils import Llama3RoPE, SuScaledRoPE, YarnRoPE
 
 from .data.batching import bucket_for, bucket_lengths
-from .logprobs import supports_shared_prompts
+from .logprobs import vocab_size
+from .model.caches import all_plain_kv, cache_kinds, repeat_rows
+from .model.probes import differs, probe_tokens, probed
 
 # Rows that are all done are noticed within this many steps; the extra
 # columns are EOS and trimmed.
@@ -50,9 +51,6 @@ CHECK_EVERY = 8
 # Prompts share a few KV buffer lengths (the batching ladder), so compiled
 # shapes stay few; a longer prompt gets a buffer of its own length.
 PROMPT_BUCKETS = bucket_lengths(4096)
-# RoPE variants that take the position offset as an array of one offset per
-# row (DynamicNTK does not).
-ARRAY_OFFSET_ROPES = (nn.RoPE, Llama3RoPE, SuScaledRoPE, YarnRoPE)
 
 
 @dataclass
@@ -92,14 +90,31 @@ def _pick_tokens(
 
 
 def supports_compiled_decode(model: nn.Module) -> bool:
-    """Llama-family models with full attention and a RoPE that takes an array offset."""
-    if not supports_shared_prompts(model):
-        return False
-    return all(
-        not getattr(layer, "use_sliding", False)
-        and isinstance(getattr(layer.self_attn, "rope", None), ARRAY_OFFSET_ROPES)
-        for layer in model.model.layers
+    """Whether the compiled decoder's fixed buffers decode as mlx-lm does: every
+    layer keeps plain keys and values (``KVCache``: no window, no recurrent
+    state), its RoPE takes one offset per row, and one step of two
+    left-padded prompts gives mlx-lm's own logits (``model/probes.py``)."""
+    return probed(
+        model, "compiled decoding", _check_compiled_decode, "decoding eagerly"
     )
+
+
+def _check_compiled_decode(model: nn.Module) -> str | None:
+    cache = make_prompt_cache(model)
+    if not all_plain_kv(cache):
+        return f"its layers cache {cache_kinds(cache)}, not plain keys and values"
+    prompts = probe_tokens(vocab_size(model), rows=2, length=5)
+    prompts, fed = [prompts[0][:4], prompts[1][:2]], mx.array([7, 11])
+    caches = [make_prompt_cache(model) for _ in prompts]  # batch 1 each, as decoded
+    for prompt, cache in zip(prompts, caches, strict=True):
+        model(mx.array(prompt)[None], cache=cache)
+    keys, values, pad, column = _slot_buffers(caches, 1, max_tokens=2)
+    logits, *_ = _slot_logits(model, fed, column, pad, keys, values)
+    expected = [  # mlx-lm's own next step on each prompt's cache
+        model(token.reshape(1, 1), cache=cache)[0, -1]
+        for token, cache in zip(fed, caches, strict=True)
+    ]
+    return differs(logits, mx.stack(expected), model)
 
 
 def sample_group(
@@ -174,9 +189,7 @@ def _prefill(model, prompts, group_size, eos, temperature, top_p):
 def _decode_eager(model, caches, token, done, eos, max_tokens, temperature, top_p):
     """Token by token on mlx-lm's cache of one prompt, evaluated each step; returns the (G,) columns."""
     (cache,) = caches
-    for layer in cache:  # one prefill, G copies of its keys and values
-        layer.keys = mx.repeat(layer.keys, token.shape[0], axis=0)
-        layer.values = mx.repeat(layer.values, token.shape[0], axis=0)
+    repeat_rows(cache, token.shape[0])  # one prefill, G copies of its state
     columns = [token]
     for _ in range(max_tokens - 1):
         mx.eval(token, done)
@@ -217,7 +230,25 @@ class _SlotCache:
 
 def _decode_compiled(model, caches, token, done, eos, max_tokens, temperature, top_p):
     """The eager loop's tokens from one compiled fixed-shape step; returns the (B * G,) columns."""
-    group_size = token.shape[0] // len(caches)
+    keys, values, pad, column = _slot_buffers(
+        caches, token.shape[0] // len(caches), max_tokens
+    )
+    step = _compiled_step(model, temperature, top_p)
+    columns = [token]
+    for i in range(1, max_tokens):
+        if i % CHECK_EVERY == 0 and done.all().item():
+            break
+        token, done, column, keys, values = step(
+            token, done, column, pad, eos, keys, values
+        )
+        columns.append(token)
+    return columns
+
+
+def _slot_buffers(caches: list, group_size: int, max_tokens: int):
+    """Each layer's (B * G, kv_heads, L, head_dim) key and value buffers from the
+    prompts' batch-1 mlx-lm caches, every prompt left-padded to end at the
+    same column; the (B * G,) pads and the first decode column."""
     lengths = [cache[0].offset for cache in caches]
     start = max(lengths)  # every prompt ends here; the first fed token goes here
     bucket = bucket_for(start, PROMPT_BUCKETS) if start <= PROMPT_BUCKETS[-1] else start
@@ -238,16 +269,14 @@ def _decode_compiled(model, caches, token, done, eos, max_tokens, temperature, t
         for layer in layers
     ]
     pad = mx.repeat(mx.array([start - n for n in lengths], dtype=mx.int32), group_size)
-    step = _compiled_step(model, temperature, top_p)
-    column, columns = mx.array(start, dtype=mx.int32), [token]
-    for i in range(1, max_tokens):
-        if i % CHECK_EVERY == 0 and done.all().item():
-            break
-        token, done, column, keys, values = step(
-            token, done, column, pad, eos, keys, values
-        )
-        columns.append(token)
-    return columns
+    return keys, values, pad, mx.array(start, dtype=mx.int32)
+
+
+def _slot_logits(model, token, column, pad, keys, values):
+    """Feed (rows,) tokens at ``column``: their (rows, V) logits and the updated buffers."""
+    caches = [_SlotCache(k, v, column, pad) for k, v in zip(keys, values, strict=True)]
+    logits = model(token[:, None], cache=caches)[:, -1, :]  # (rows, V)
+    return logits, [c.keys for c in caches], [c.values for c in caches]
 
 
 # Compiled steps of the latest model only: each holds its model, so the id
@@ -270,12 +299,8 @@ def _compiled_step(model: nn.Module, temperature: float, top_p: float) -> Callab
             _compiled_steps.clear()
 
         def step(token, done, column, pad, eos, keys, values):
-            caches = [
-                _SlotCache(k, v, column, pad) for k, v in zip(keys, values, strict=True)
-            ]
-            logits = model(token[:, None], cache=caches)[:, -1, :]  # (rows, V)
+            logits, keys, values = _slot_logits(model, token, column, pad, keys, values)
             token, done = _pick_tokens(logits, done, eos, temperature, top_p)
-            keys, values = [c.keys for c in caches], [c.values for c in caches]
             return token, done, column + 1, keys, values
 
         state = [model.state, mx.random.state]

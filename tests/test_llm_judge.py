@@ -24,6 +24,7 @@ from mlx_align.llm_judge import (
     read_prompt_template,
     verdicts_from,
 )
+from mlx_align.shared_prompts import supports_shared_prompts
 
 CHATS = [
     [{"role": "user", "content": "What is 2 + 2?"}],
@@ -235,6 +236,7 @@ def test_llama_family_runs_its_top_block_at_the_answer_alone(
     monkeypatch.setattr(llm_judge, "CPU_STREAMS", 1)  # one share: one top-block call
     extra = {"max_position_embeddings": 4096, "tie_word_embeddings": False} if family == "qwen3" else {}  # fmt: skip
     model = family_model(family, len(tokenizer.vocab), rope_theta=10000.0, **extra)
+    assert supports_shared_prompts(model)  # probed now: the spies see the judge alone
     top, below = model.model.layers[-1], model.model.layers[0]
     top.mlp, below.mlp = Positions(top.mlp), Positions(below.mlp)
     _, rows = judged_against_plain(model, tokenizer)  # plain forwards first

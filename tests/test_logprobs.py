@@ -77,7 +77,10 @@ def test_grouped_completion_logps_equals_scoring_full_rows(tiny_model):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_align.logprobs import grouped_completion_logps, supports_shared_prompts
+    from mlx_align.shared_prompts import (
+        grouped_completion_logps,
+        supports_shared_prompts,
+    )
 
     model = lora_model(tiny_model)
     model.update(

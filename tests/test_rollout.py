@@ -149,9 +149,12 @@ def test_compiled_decode_reads_the_weights_after_an_optimizer_update(tiny_model)
     assert after == greedy(model, prompt, 2, 10, NO_EOS, compiled=False)
 
 
-def test_other_models_use_the_eager_loop(tiny_model):
+def test_models_without_plain_kv_caches_use_the_eager_loop(tiny_model):
+    from mlx_lm.models.cache import RotatingKVCache
+
     model, tokenizer = mlx_lm.load(str(tiny_model))
-    model.model_type = "gpt2"  # not llama-family: no shared-prompt cache hooks
+    # A sliding-window cache is no fixed KV buffer: the probe says no.
+    model.make_cache = lambda: [RotatingKVCache(max_size=64) for _ in model.layers]
     assert not supports_compiled_decode(model)
     prompts = [tokenizer.encode("The cat"), tokenizer.encode("Green grass")]
     groups = sample_groups(model, prompts, 2, 5, NO_EOS, 0.0)

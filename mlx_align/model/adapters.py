@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
+import re
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
 from ..config import AdapterSettings
+from ..errors import UserError
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -49,15 +54,80 @@ def quantize_base(model: nn.Module, bits: int, group_size: int = 64) -> None:
     )
 
 
-def attach_adapters(model: nn.Module, config: dict) -> None:
-    """Freeze the base and add trainable adapters (``lora_b`` starts at 0: policy == base)."""
+def attach_adapters(model: nn.Module, config: dict) -> dict:
+    """Freeze the base and add trainable adapters (``lora_b`` starts at 0: policy == base).
+
+    Returns ``config``, with the LoRA keys written out when this model's
+    default differs from mlx-lm's (``default_lora_keys``), so that
+    ``mlx_lm.load(..., adapter_path=...)`` wraps the same layers.
+    """
+    parameters = dict(config["lora_parameters"])
+    if "keys" not in parameters and (keys := default_lora_keys(model)) is not None:
+        parameters["keys"] = keys
+    dora = config["fine_tune_type"] == "dora"
+    if dora and (experts := _expert_layers(model, parameters.get("keys"))):
+        raise UserError(
+            "--dora",
+            f"mlx-lm has no DoRA for mixture-of-experts layers ({experts[0]} is a "
+            f"{experts[1]}): train with LoRA, or set --lora-keys to non-expert layers",
+        )
     model.freeze()
-    linear_to_lora_layers(
-        model,
-        config["num_layers"],
-        config["lora_parameters"],
-        use_dora=config["fine_tune_type"] == "dora",
-    )
+    linear_to_lora_layers(model, config["num_layers"], parameters, use_dora=dora)
+    return {**config, "lora_parameters": parameters}
+
+
+LORA_TYPES = (
+    nn.Linear,
+    nn.QuantizedLinear,
+    SwitchLinear,
+    QuantizedSwitchLinear,
+    nn.Embedding,
+    nn.QuantizedEmbedding,
+)
+
+
+def _adaptable(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
+    """(key within its block, layer, owner's class) of every layer mlx-lm's LoRA
+    would wrap by default, in each block of ``model.layers``."""
+    found = []
+    for block in model.layers:
+        modules = dict(block.named_modules())
+        for key, module in modules.items():
+            if hasattr(module, "to_lora") or isinstance(module, LORA_TYPES):
+                owner = modules[key.rpartition(".")[0]] if "." in key else block
+                found.append((key, module, type(owner)))
+    return found
+
+
+@functools.cache
+def _reads_weight(owner: type, name: str) -> bool:
+    """Whether ``owner``'s code reads ``self.<name>.weight`` instead of calling the layer."""
+    try:
+        source = inspect.getsource(owner)
+    except (OSError, TypeError):
+        return False
+    return re.search(rf"self\.{name}\.weight\b", source) is not None
+
+
+def default_lora_keys(model: nn.Module) -> list[str] | None:
+    """mlx-lm's default LoRA keys less the layers whose ``.weight`` the model reads
+    itself (gemma3n's AltUp coefficients: a LoRA layer has no ``.weight``);
+    None when nothing is left out, so mlx-lm's own default stands."""
+    found = _adaptable(model)
+    kept = {
+        k for k, _, owner in found if not _reads_weight(owner, k.rpartition(".")[2])
+    }
+    return sorted(kept) if kept != {k for k, _, _ in found} else None
+
+
+def _expert_layers(model: nn.Module, keys: list[str] | None) -> tuple[str, str] | None:
+    """The first (key, class) among the layers to adapt that is a mixture of experts."""
+    for key, module, _ in _adaptable(model):
+        if (keys is None or key in keys) and isinstance(
+            module, (SwitchLinear, QuantizedSwitchLinear)
+        ):
+            return key, type(module).__name__
+    return None
 
 
 def save_adapters(model: nn.Module, config: dict, out: Path) -> None:
@@ -82,8 +152,6 @@ def load_adapters(model: nn.Module, adapter_path: str) -> dict:
     comes back as one ``UserError`` line naming the directory.
     """
     from mlx_lm.tuner.utils import load_adapters as mlx_lm_load_adapters
-
-    from ..errors import UserError
 
     setting = f"--adapter-path {adapter_path}"
     config_file = Path(adapter_path) / ADAPTER_CONFIG

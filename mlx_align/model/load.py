@@ -9,6 +9,7 @@ import mlx_lm
 from mlx_lm.utils import save as mlx_lm_save
 
 from ..errors import UserError
+from ..logprobs import probe_scoring
 
 
 def load_model(
@@ -17,7 +18,7 @@ def load_model(
     """``(model, tokenizer, config)`` via ``mlx_lm.load``, which also resolves hub ids;
     ``flag`` names the setting in the error when neither finds it."""
     try:
-        return mlx_lm.load(path_or_hub_id, return_config=True)
+        model, tokenizer, config = mlx_lm.load(path_or_hub_id, return_config=True)
     except Exception as e:  # mlx-lm raises hub, file and config errors of many types
         if Path(path_or_hub_id).exists():
             raise
@@ -26,6 +27,8 @@ def load_model(
             f"{flag} {path_or_hub_id}",
             f"not a local model directory, and loading it from the hub failed: {reason}",
         ) from None
+    probe_scoring(model)  # now, not inside the first compiled step
+    return model, tokenizer, config
 
 
 def save_full_model(

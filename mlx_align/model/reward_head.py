@@ -44,16 +44,13 @@ def last_completion_index(loss_mask: mx.array) -> mx.array:
 
 
 class ScalarHeadModel(nn.Module):
-    """``lm.model`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0):
-    the reward model reads the head at the last completion token, the critic
-    (``value_head.ValueModel``) at every one."""
+    """The backbone of ``lm`` (embeddings, blocks, final norm; ``backbone_name``) +
+    ``head`` (H -> 1, starts at 0): the reward model reads the head at the last
+    completion token, the critic (``value_head.ValueModel``) at every one."""
 
     def __init__(self, lm: nn.Module, hidden_size: int):
         super().__init__()
-        if not isinstance(getattr(lm, "model", None), nn.Module):
-            raise ValueError(
-                f"{type(lm).__module__} has no `.model` returning hidden states"
-            )
+        self.backbone_name = backbone_name(lm)
         self.lm = lm
         self.head = nn.Linear(hidden_size, 1, bias=False)
         self.head.weight = mx.zeros_like(self.head.weight)
@@ -61,6 +58,34 @@ class ScalarHeadModel(nn.Module):
     @property
     def layers(self):  # the loop's --grad-checkpoint reaches the blocks through this
         return self.lm.layers
+
+    def hidden(self, tokens: mx.array) -> mx.array:
+        """(B, T) ids -> (B, T, H) final-norm hidden states."""
+        return getattr(self.lm, self.backbone_name)(tokens)
+
+
+def backbone_name(lm: nn.Module) -> str:
+    """The attribute of ``lm`` holding its backbone: ``model`` (most mlx-lm
+    classes) or ``backbone`` (mamba, nemotron-h).
+
+    A backbone that applies the tied output layer itself (gemma3n returns
+    logits from ``lm.model``) has that layer's ``as_linear`` turned into the
+    identity on this instance, so it returns hidden states (after gemma3n's
+    logit soft-cap, a tanh that leaves normed values nearly unchanged).
+    """
+    for name in ("model", "backbone"):
+        if isinstance(inner := getattr(lm, name, None), nn.Module):
+            break
+    else:
+        raise ValueError(
+            f"{type(lm).__module__} has no backbone returning hidden states"
+        )
+    width = inner(mx.zeros((1, 1), dtype=mx.int32)).shape[-1]
+    for _, module in inner.named_modules():
+        tied = isinstance(module, (nn.Embedding, nn.QuantizedEmbedding))
+        if tied and module.weight.shape[0] == width and "lm_head" not in lm:
+            module.as_linear = lambda x: x
+    return name
 
 
 class RewardModel(ScalarHeadModel):
@@ -72,15 +97,16 @@ class RewardModel(ScalarHeadModel):
 
     def __call__(self, tokens: mx.array, loss_mask: mx.array) -> mx.array:
         """(B, T) ids and loss mask -> (B,) float32 rewards at the last completion token."""
-        hidden = self.lm.model(tokens)  # (B, T, H), after the final norm
+        hidden = self.hidden(tokens)  # (B, T, H), after the final norm
         index = last_completion_index(loss_mask)  # (B,)
         last = mx.take_along_axis(hidden, index[:, None, None], axis=1)  # (B, 1, H)
         return self.head(last.squeeze(1)).squeeze(-1).astype(mx.float32)
 
 
 def hidden_size_of(lm: nn.Module) -> int:
-    """Width of ``lm.model``'s output, read off one token (robust to config layouts)."""
-    return lm.model(mx.zeros((1, 1), dtype=mx.int32)).shape[-1]
+    """Width of the backbone's output, read off one token (robust to config layouts)."""
+    backbone = getattr(lm, backbone_name(lm))
+    return backbone(mx.zeros((1, 1), dtype=mx.int32)).shape[-1]
 
 
 def save_checkpoint_weights(model: RewardModel, directory: Path) -> None:

@@ -30,11 +30,11 @@ CRITIC_CONFIG = "critic_config.json"
 
 
 class ValueModel(ScalarHeadModel):
-    """``lm.model`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0)."""
+    """The backbone of ``lm`` (embeddings, blocks, final norm) + ``head`` (H -> 1, starts at 0)."""
 
     def __call__(self, tokens: mx.array) -> mx.array:
         """(B, T) ids -> (B, T) float32 values, one per position."""
-        hidden = self.lm.model(tokens)  # (B, T, H), after the final norm
+        hidden = self.hidden(tokens)  # (B, T, H), after the final norm
         return self.head(hidden).squeeze(-1).astype(mx.float32)
 
     def token_values(self, inputs: FullRows) -> tuple[mx.array, mx.array]:

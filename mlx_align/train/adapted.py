@@ -37,7 +37,7 @@ def prepare_trainable(
     mx.random.seed(seed)  # before LoRA init draws lora_a
     adapters = None if settings.full else adapter_config(settings)
     if adapters:
-        attach_adapters(model, adapters)
+        adapters = attach_adapters(model, adapters)
     trainable, total = count_parameters(model)
     tqdm.write(
         f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"

@@ -37,12 +37,12 @@ from ..events import emit
 from ..fused_sampler import FusedSampler, sampling_model, should_fuse
 from ..judges import Verdicts, make_judge
 from ..layouts import FullRows, SharedPrompt
-from ..logprobs import supports_shared_prompts
 from ..model.adapters import quantize_base
 from ..model.load import load_model
 from ..reference import shared_reference
 from ..rewards.registry import reward_columns
 from ..rollout import Group
+from ..shared_prompts import supports_shared_prompts
 from .adapted import prepare_trainable, stage_job, train_and_write
 from .dpo import dpo_loss, dpo_objective
 from .rollouts import draw, seed_for_rank

@@ -28,9 +28,9 @@ from ..data.tokenize import Encoded, pad_id_of
 from ..events import emit
 from ..fused_sampler import FusedSampler, sampling_model
 from ..layouts import FullRows, SharedPrompt
-from ..logprobs import supports_shared_prompts
 from ..rewards.scoring import GroupScorer
 from ..rollout import Group, sample_groups
+from ..shared_prompts import supports_shared_prompts
 from .loop import step_seed
 
 RANK_SEED_STRIDE = 7919  # rank r samples from the step's seed + r x this
