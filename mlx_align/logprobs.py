@@ -243,13 +243,19 @@ def next_token_logps(
     KV-shared layers), so the loss trains the model that samples.
     """
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    if not scores_without_cache(model):
-        logits = model(inputs, cache=make_prompt_cache(model))
-    elif splits_head(model):  # logits = head(backbone): chunked at a large vocabulary
+    if scores_without_cache(model) and splits_head(
+        model
+    ):  # chunked at a large vocabulary
         return _head_logps(model, model.model(inputs), targets, entropy)
-    else:
-        logits = model(inputs)
+    logits = full_logits(model, inputs)
     return token_logps(logits, targets), (token_entropy(logits) if entropy else None)
+
+
+def full_logits(model: nn.Module, tokens: mx.array) -> mx.array:
+    """(B, T, V) logits of right-padded rows, computed as generation computes them."""
+    if scores_without_cache(model):
+        return model(tokens)
+    return model(tokens, cache=make_prompt_cache(model))
 
 
 def generation_logps(model: nn.Module, rows: list[list[int]]) -> list[mx.array]:
@@ -282,6 +288,10 @@ def scores_without_cache(model: nn.Module) -> bool:
     one (not so for gemma3n, whose KV-shared layers share only through a cache)."""
 
     def check(model):
+        try:
+            make_prompt_cache(model)
+        except AttributeError:  # no mlx-lm model: its plain forward is all there is
+            return None
         rows = _probe_rows(model)
         expected = mx.stack(generation_logps(model, rows))
         tokens = mx.array(rows)

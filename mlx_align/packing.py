@@ -176,10 +176,10 @@ def _check(model: nn.Module) -> str | None:
     if not set(ropes) <= PACKABLE_ROPES:
         return f"a layer's RoPE is {sorted(set(ropes) - PACKABLE_ROPES)[0]}"
     enable_packing(model)
-    tokens = probe_tokens(vocab_size(model), rows=3, length=5)
+    tokens = probe_tokens(vocab_size(model), rows=3, length=12)
     trees = [
-        Tree(tokens[0][:3], [tokens[1][:4], tokens[2][:2]], [0, 2]),
-        Tree(tokens[2][:2], [tokens[0][1:4], tokens[1][3:5]], [1, 3]),
+        Tree(tokens[0][:8], [tokens[1][:6], tokens[2][:2]], [0, 2]),
+        Tree(tokens[2][:2], [tokens[0][1:4], tokens[1][3:10]], [1, 3]),
     ]
     summed, _ = packed_completion_logps(model, pack_trees(trees, 4, 0))
     rows = [t.prompt + c for t in trees for c in t.completions]

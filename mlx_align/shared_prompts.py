@@ -122,9 +122,9 @@ def supports_shared_prompts(model: nn.Module) -> bool:
 
 
 def _check(model: nn.Module) -> str | None:
-    tokens = probe_tokens(vocab_size(model), rows=3, length=6)
-    prompts = [tokens[0][:4], tokens[1][:2]]
-    completions = [tokens[2][:3], tokens[0][2:5], tokens[1][:3], tokens[2][3:5]]
+    tokens = probe_tokens(vocab_size(model), rows=3, length=12)
+    prompts = [tokens[0][:9], tokens[1][:4]]  # unequal: left padding
+    completions = [tokens[2][:7], tokens[0][2:5], tokens[1][:6], tokens[2][3:5]]
     width = max(map(len, prompts))
     prompt_ids = mx.array([[0] * (width - len(p)) + p for p in prompts])
     prompt_mask = mx.array([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
