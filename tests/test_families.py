@@ -194,6 +194,27 @@ def test_sampler_and_scorer_compute_one_function(workdir, family):
             assert np.allclose(got, np.array(reference[-len(completion) :]), atol=2e-5)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_llm_judge_margins_are_the_models_own(workdir, family):
+    """The judge's batched, chunked, cached margins equal one forward of each text
+    (as generation computes it), whatever the family's caches."""
+    from test_llm_judge import CHATS, PAIRS
+
+    from mlx_align.data.jsonl import Record
+    from mlx_align.llm_judge import LLMPairwiseJudge
+
+    model, tokenizer, _ = load_model(str(family_dir(workdir, family)))
+    judge = LLMPairwiseJudge(model, tokenizer)
+    records = [Record("t", i + 1, {"prompt": c}) for i, c in enumerate(CHATS)]
+    rows = [judge.encode(judge.render(r.fields["prompt"], p)) for r, p in zip(records, PAIRS, strict=True)]  # fmt: skip
+    want = []
+    for row in rows:
+        logits = full_logits(model, mx.array(row)[None])[0, -1].astype(mx.float32)
+        logps = logits - mx.logsumexp(logits)
+        want.append((logps[judge.answers[1]] - logps[judge.answers[0]]).item())
+    np.testing.assert_allclose(judge.answer_margins(rows).tolist(), want, atol=1e-4)
+
+
 def _encoded(prompt: list[int], completion: list[int]):
     from mlx_align.data.tokenize import Encoded
 
