@@ -274,3 +274,56 @@ def write_results(path: Path, text: str, announce: bool = True) -> None:
     path.write_text(text + "\n")
     if announce:
         print(f"written to {path}")
+
+
+def rollout_record(lengths: list[int], seconds: float, limit: int) -> dict:
+    return {
+        "completions": len(lengths),
+        "tokens": sum(lengths),
+        "longest": max(lengths, default=0),
+        "at_limit": sum(n >= limit for n in lengths),
+        "rollout_s": seconds,
+    }
+
+
+def align_grpo_worker(report: Path, argv: list[str]) -> None:
+    """`mlx-align grpo` as its console script runs it, observed through ``report``.
+
+    What the run does is heard through ``mlx_align.events`` (each rollout
+    batch's sampling and scoring, the trainable parameters), not by patching
+    its modules.
+    """
+    import mlx.core as mx
+
+    from mlx_align import events
+    from mlx_align.cli import main
+
+    write = reporter(report)
+    limit = int(argv[argv.index("--max-completion-tokens") + 1])
+    heard = set()
+
+    def listen(event: str, fields: dict) -> None:
+        heard.add(event)
+        if event == "rollout":  # one step's prompts x G completions
+            write(rollout_record(fields["lengths"], fields["seconds"], limit))
+        elif event == "rewards":
+            write({"score_s": fields["seconds"]})
+        elif event == "trainable":
+            write({"trainable": fields["parameters"]})
+        elif event == "fast_path":  # a fast path probed, and why it is off (None: on)
+            write({"fast_path": fields["path"], "reason": fields["reason"]})
+
+    with events.listening(listen):
+        main(argv)
+    missing = {"trainable", "rollout", "rewards"} - heard
+    if missing:
+        raise SystemExit(
+            f"the run emitted no {sorted(missing)} events: update the bench"
+        )
+    out = Path(argv[argv.index("--out") + 1])
+    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
+    for line in (x for x in log if "tokens" in x):  # --log-every 1: one line per step
+        write(
+            {"step": line["step"], "seconds": line["tokens"] / line["tokens_per_sec"]}
+        )
+    write({"peak_memory": mx.get_peak_memory(), "blas": blas_in_use()})

@@ -30,7 +30,7 @@ CLI's defaults except::
 
 (LoRA rank 8 on every linear layer of every block, the CLI's default). The
 data are the first N x B prompts of `recipes/make_data.py`'s
-``grpo/train.jsonl`` (``Question: What is 7 + 5 + 3?\\nAnswer:``, ~15
+``grpo/train.jsonl`` (``Question: What is 7 + 5 + 3?\\nAnswer:``, 16-23
 tokens, no chat template), each visited once. A random model almost never
 samples EOS, so completions run to C tokens in both (the table shows it).
 
@@ -54,7 +54,9 @@ and a model's later steps are pooled over its runs.
         [--warmup 2] [--group-size 4] [--max-completion-tokens 32]
         [--batch-size 1] [--repeats 1] [--work DIR]
 
-prints a markdown table and writes it to bench/results/families.md.
+prints a markdown table and writes it to bench/results/families.md (a
+``--hidden`` / ``--layers`` off the default, or ``--align-args``, adds a
+suffix: families-hidden1024.md, families-no-compile.md).
 """
 
 from __future__ import annotations
@@ -72,15 +74,15 @@ from pathlib import Path
 from common import (
     RESULTS_DIR,
     PooledSteps,
+    align_grpo_worker,
     blas_env,
-    blas_in_use,
+    flags_suffix,
     fresh_dir,
     kernel_caches,
     machine,
     make_data,
     other_blas,
     prepare_model,
-    reporter,
     run_measured,
     run_worker,
     table_head,
@@ -296,52 +298,6 @@ def to_run(opts, name: str, report: Path, log: Path, wall: float, rss: float) ->
 # Runs in a fresh interpreter of this venv (this script with --worker).
 
 
-def grpo_worker(report: Path, argv: list[str]) -> None:
-    """`mlx-align grpo` as its console script runs it, heard through ``mlx_align.events``."""
-    import mlx.core as mx
-
-    from mlx_align import events
-    from mlx_align.cli import main
-
-    write = reporter(report)
-    limit = int(argv[argv.index("--max-completion-tokens") + 1])
-    heard = set()
-
-    def listen(event: str, fields: dict) -> None:
-        heard.add(event)
-        if event == "rollout":  # one step's prompts x G completions
-            lengths = fields["lengths"]
-            write(
-                {
-                    "completions": len(lengths),
-                    "tokens": sum(lengths),
-                    "at_limit": sum(n >= limit for n in lengths),
-                    "rollout_s": fields["seconds"],
-                }
-            )
-        elif event == "rewards":
-            write({"score_s": fields["seconds"]})
-        elif event == "trainable":
-            write({"trainable": fields["parameters"]})
-        elif event == "fast_path":
-            write({"fast_path": fields["path"], "reason": fields["reason"]})
-
-    with events.listening(listen):
-        main(argv)
-    missing = {"trainable", "rollout", "rewards"} - heard
-    if missing:
-        raise SystemExit(
-            f"the run emitted no {sorted(missing)} events: update the bench"
-        )
-    out = Path(argv[argv.index("--out") + 1])
-    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    for line in (x for x in log if "tokens" in x):  # --log-every 1: one line per step
-        write(
-            {"step": line["step"], "seconds": line["tokens"] / line["tokens_per_sec"]}
-        )
-    write({"peak_memory": mx.get_peak_memory(), "blas": blas_in_use()})
-
-
 # ------------------------------------------------------------------ report
 
 
@@ -486,7 +442,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> None:
     opts = parse_args()
     if opts.worker:  # REPORT -- ARGS...
-        return run_worker(opts, {"grpo": grpo_worker})
+        return run_worker(opts, {"grpo": align_grpo_worker})
     if opts.blas == "openblas":
         from mlx_align.blas import openblas_path
 
@@ -527,7 +483,13 @@ def main() -> None:
     text += "\n" + table(pooled, opts, kinds, params)
     text += "\n" + commands(opts, models, data)
     print(text)
-    write_results(RESULTS, text)
+    shape = {"hidden": 512, "layers": 8}  # the defaults
+    suffix = "".join(
+        f"-{k}{getattr(opts, k)}" for k, v in shape.items() if getattr(opts, k) != v
+    )
+    write_results(
+        RESULTS.with_stem(f"families{suffix}{flags_suffix(opts.align_args)}"), text
+    )
 
 
 if __name__ == "__main__":

@@ -84,6 +84,7 @@ from common import (
     PooledSteps,
     add_vocab_option,
     add_working_set,
+    align_grpo_worker,
     blas_env,
     blas_in_use,
     check_lora_setup,
@@ -97,6 +98,7 @@ from common import (
     other_blas,
     prepare_model,
     reporter,
+    rollout_record,
     run_measured,
     run_worker,
     spread,
@@ -346,57 +348,6 @@ def run_mlx_lm_lora(opts, group: int, model: Path, data: Path, out: Path, env: d
 # These run inside each tool's own interpreter: stdlib and that tool only.
 
 
-def rollout_record(lengths: list[int], seconds: float, limit: int) -> dict:
-    return {
-        "completions": len(lengths),
-        "tokens": sum(lengths),
-        "longest": max(lengths, default=0),
-        "at_limit": sum(n >= limit for n in lengths),
-        "rollout_s": seconds,
-    }
-
-
-def mlx_align_worker(report: Path, argv: list[str]) -> None:
-    """`mlx-align` as its console script runs it, observed through ``report``.
-
-    What the run does is heard through ``mlx_align.events`` (each rollout
-    batch's sampling and scoring, the trainable parameters), not by patching
-    its modules.
-    """
-    import mlx.core as mx
-
-    from mlx_align import events
-    from mlx_align.cli import main
-
-    write = reporter(report)
-    limit = int(argv[argv.index("--max-completion-tokens") + 1])
-    heard = set()
-
-    def listen(event: str, fields: dict) -> None:
-        heard.add(event)
-        if event == "rollout":  # one step's prompts x G completions
-            write(rollout_record(fields["lengths"], fields["seconds"], limit))
-        elif event == "rewards":
-            write({"score_s": fields["seconds"]})
-        elif event == "trainable":
-            write({"trainable": fields["parameters"]})
-
-    with events.listening(listen):
-        main(argv)
-    missing = {"trainable", "rollout", "rewards"} - heard
-    if missing:
-        raise SystemExit(
-            f"the run emitted no {sorted(missing)} events: update the bench"
-        )
-    out = Path(argv[argv.index("--out") + 1])
-    log = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()]
-    for line in (x for x in log if "tokens" in x):  # --log-every 1: one line per step
-        write(
-            {"step": line["step"], "seconds": line["tokens"] / line["tokens_per_sec"]}
-        )
-    write({"peak_memory": mx.get_peak_memory(), "blas": blas_in_use()})
-
-
 def mlx_lm_lora_worker(report: Path, argv: list[str]) -> None:
     """`mlx_lm_lora.train` as its CLI runs it, observed through ``report``."""
     from functools import partial
@@ -617,7 +568,7 @@ def main() -> None:
     opts = parse_args()
     if opts.worker:  # REPORT -- ARGS...
         workers = {
-            "mlx-align": mlx_align_worker,
+            "mlx-align": align_grpo_worker,
             "mlx-lm-lora": mlx_lm_lora_worker,
             "tokens": lambda dump, a: tokens_worker(dump, *a),
         }
