@@ -17,13 +17,13 @@ endif
 # BLAS in the mlx-cpu wheel (README, "Fast BLAS on Linux"). The venv step
 # installs Debian's as root where apt-get exists; elsewhere the cpu extra's
 # scipy-openblas32 wheel serves. The mlx-align command preloads it itself; the
-# test runner and mlx_lm calls get it here: the library `mlx_align.blas
+# test runner and mlx_lm calls get it here: the library `mlx_align.core.blas
 # --library` picks (the system OpenBLAS, else the wheel through a shim it
 # compiles once; nothing when MLX_ALIGN_NO_OPENBLAS=1). `=`, not `:=`: each
 # command asks again, so the ones that run after the venv step see the venv.
 ifeq ($(shell uname -s),Linux)
 CALLER_PRELOAD := $(LD_PRELOAD)
-BLAS_LIBRARY = $(shell test -x $(BIN)/python && $(BIN)/python -m mlx_align.blas --library 2>/dev/null)
+BLAS_LIBRARY = $(shell test -x $(BIN)/python && $(BIN)/python -m mlx_align.core.blas --library 2>/dev/null)
 export LD_PRELOAD = $(strip $(BLAS_LIBRARY) $(CALLER_PRELOAD))
 APT_OPENBLAS := libopenblas0-pthread
 HAVE_OPENBLAS := $(wildcard /usr/lib/*-linux-gnu/openblas-*/libopenblas.so.0 /usr/lib64/libopenblas.so.0)
@@ -170,7 +170,7 @@ $(OUT)/grpo-fused/config.json: $(OUT)/dpo-fused/config.json
 # 8. mlx-lm serves the result unchanged: start its server on a free loopback
 #    port, ask one held-out question over /v1/chat/completions, stop it.
 $(OUT)/serve.txt: $(OUT)/grpo-fused/config.json
-	$(BIN)/python -m mlx_align.serve --model $(OUT)/grpo-fused --question "$(QUESTION)" | tee $@.tmp
+	$(BIN)/python -m mlx_align.apps.serve --model $(OUT)/grpo-fused --question "$(QUESTION)" | tee $@.tmp
 	mv $@.tmp $@
 
 # 9. Curves of every stage, and REPORT.md with the held-out figures.
@@ -180,7 +180,7 @@ capstone: $(OUT)/rerank/figures.json $(OUT)/serve.txt
 
 # Serve the final model in the foreground on 127.0.0.1 (Ctrl-C stops it).
 serve: $(OUT)/grpo-fused/config.json
-	$(BIN)/python -m mlx_align.serve --model $(OUT)/grpo-fused --serve-only --port $(PORT)
+	$(BIN)/python -m mlx_align.apps.serve --model $(OUT)/grpo-fused --serve-only --port $(PORT)
 
 # ORPO and KTO on the same data, from the SFT model (not part of `capstone`).
 capstone-orpo: $(OUT)/sft-fused/config.json

@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument("--matmul-iters", type=int, default=10, help="timed matmuls")
     opts = parser.parse_args()
     if opts.worker:
-        from mlx_align.blas import loaded_openblas
+        from mlx_align.core.blas import loaded_openblas
 
         gflops = time_matmul_gflops(opts.matmul_iters)
         step_s = time_train_step(opts.steps)
@@ -119,7 +119,7 @@ def main() -> None:
         print(json.dumps(result))
         return
 
-    from mlx_align.blas import openblas_path
+    from mlx_align.core.blas import openblas_path
 
     library = openblas_path()
     if library is None:

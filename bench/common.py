@@ -99,7 +99,7 @@ def blas_env(blas: str) -> dict[str, str]:
     """This process's environment with ``--blas``: OpenBLAS preloaded, or none."""
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     if blas == "openblas":
-        from mlx_align.blas import openblas_path
+        from mlx_align.core.blas import openblas_path
 
         env["LD_PRELOAD"] = openblas_path()
     else:
@@ -114,7 +114,7 @@ def other_blas(blas: str, used: Iterable[str]) -> bool:
 
 def check_lora_setup(opts) -> None:
     """Stop unless ``--blas`` is available and ``--lora-python`` exists."""
-    from mlx_align.blas import openblas_path
+    from mlx_align.core.blas import openblas_path
 
     if opts.blas == "openblas" and openblas_path() is None:
         sys.exit("no system OpenBLAS (apt-get install libopenblas0-pthread)")
@@ -180,7 +180,7 @@ def reporter(path: Path):
 
 
 def blas_in_use() -> str:
-    """Which BLAS mlx uses here (mlx_align.blas.blas_notice without mlx_align)."""
+    """Which BLAS mlx uses here (mlx_align.core.blas.blas_notice without mlx_align)."""
     with open("/proc/self/maps") as maps:
         loaded = [line.split()[-1] for line in maps if "libopenblas" in line]
     preloaded = "libopenblas" in os.environ.get("LD_PRELOAD", "")
@@ -289,14 +289,14 @@ def rollout_record(lengths: list[int], seconds: float, limit: int) -> dict:
 def align_grpo_worker(report: Path, argv: list[str]) -> None:
     """`mlx-align grpo` as its console script runs it, observed through ``report``.
 
-    What the run does is heard through ``mlx_align.events`` (each rollout
+    What the run does is heard through ``mlx_align.core.events`` (each rollout
     batch's sampling and scoring, the trainable parameters), not by patching
     its modules.
     """
     import mlx.core as mx
 
-    from mlx_align import events
     from mlx_align.cli import main
+    from mlx_align.core import events
 
     write = reporter(report)
     limit = int(argv[argv.index("--max-completion-tokens") + 1])

@@ -188,8 +188,8 @@ def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list:
     """
     from mlx_lm.utils import load_tokenizer
 
+    from mlx_align.batches.preference import encode_pairs
     from mlx_align.data.jsonl import read_jsonl
-    from mlx_align.data.preference import encode_pairs
 
     dump = opts.work / "mlx-lm-lora-tokens.json"
     cmd = [opts.lora_python, __file__, "--worker", "tokens", str(dump), "--"]
@@ -329,14 +329,14 @@ def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: d
 def mlx_align_worker(report: Path, argv: list[str]) -> None:
     """`mlx-align` as its console script runs it, observed through ``report``.
 
-    What the run does is heard through ``mlx_align.events`` (the reference
+    What the run does is heard through ``mlx_align.core.events`` (the reference
     pass, the trainable parameters, every train batch drawn with the pieces
     it was split into), not by patching its modules.
     """
     import mlx.core as mx
 
-    from mlx_align import events
     from mlx_align.cli import main
+    from mlx_align.core import events
 
     write = reporter(report)
     heard = set()

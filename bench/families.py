@@ -34,7 +34,7 @@ data are the first N x B prompts of `recipes/make_data.py`'s
 tokens, no chat template), each visited once. A random model almost never
 samples EOS, so completions run to C tokens in both (the table shows it).
 
-The worker observes through `mlx_align.events`, patching nothing:
+The worker observes through `mlx_align.core.events`, patching nothing:
 ``rollout`` (the step's sampling, prefill + decode, seconds and lengths),
 ``rewards`` (scoring seconds), ``trainable`` and ``fast_path`` (which of the
 probed fast paths serve the model, and why not). Step seconds come from the
@@ -444,7 +444,7 @@ def main() -> None:
     if opts.worker:  # REPORT -- ARGS...
         return run_worker(opts, {"grpo": align_grpo_worker})
     if opts.blas == "openblas":
-        from mlx_align.blas import openblas_path
+        from mlx_align.core.blas import openblas_path
 
         if openblas_path() is None:
             sys.exit("no system OpenBLAS (apt-get install libopenblas0-pthread)")

@@ -20,7 +20,7 @@ import time
 
 import mlx.core as mx
 
-from mlx_align import logprobs
+from mlx_align.model import logprobs
 
 
 def measure(fn, hidden: mx.array, repeats: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ completions, so judging is most of a step; the table reports it apart
 - ``--judge llm`` (the default): each tool's own LLM judge on the starting
   model. mlx-lm-lora: ``--judge MODEL --reference-model-path MODEL`` (its
   reference copy doubles as the judge, no third copy). mlx-align:
-  ``--judge-model MODEL`` (`mlx_align.llm_judge`): the same prompt text
+  ``--judge-model MODEL`` (`mlx_align.sampling.llm_judge`): the same prompt text
   (checked), read as the log-odds of "0" vs "1" as the first answer token,
   every pair of a step in one batch, the prompt prefix they share cached,
   the top block run at the answer position alone, on the CPU the rows
@@ -306,7 +306,7 @@ def check_same_tokens(opts, model: Path, data: Path) -> list[int]:
 
     from mlx_align.data.jsonl import read_jsonl
     from mlx_align.data.tokenize import encode_prompt
-    from mlx_align.llm_judge import PAIRWISE_PROMPT
+    from mlx_align.sampling.llm_judge import PAIRWISE_PROMPT
 
     dump = opts.work / "mlx-lm-lora-tokens.json"
     cmd = [opts.lora_python, __file__, "--worker", "tokens", str(dump), "--"]
@@ -458,13 +458,13 @@ def run_mlx_lm_lora(opts, label: str, model: Path, data: Path, out: Path, env: d
 def mlx_align_worker(report: Path, argv: list[str]) -> None:
     """`mlx-align` as its console script runs it, observed through ``report``.
 
-    What the run does is heard through ``mlx_align.events`` (each step's
+    What the run does is heard through ``mlx_align.core.events`` (each step's
     judge call, the trainable parameters), not by patching its modules.
     """
     import mlx.core as mx
 
-    from mlx_align import events
     from mlx_align.cli import main
+    from mlx_align.core import events
 
     write = reporter(report)
     heard = set()

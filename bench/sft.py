@@ -209,7 +209,7 @@ def mlx_lm_worker(report: Path, argv: list[str]) -> None:
     from mlx.utils import tree_flatten
     from mlx_lm.tuner.callbacks import TrainingCallback
 
-    from mlx_align.blas import blas_notice
+    from mlx_align.core.blas import blas_notice
 
     def write(record: dict) -> None:
         with open(report, "a") as f:
@@ -273,7 +273,7 @@ def table(runs: dict[str, list[Run]]) -> str:
 
 
 def parse_args() -> argparse.Namespace:
-    from mlx_align.blas import openblas_path
+    from mlx_align.core.blas import openblas_path
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_blas = "openblas" if openblas_path() else "reference"

@@ -11,8 +11,15 @@ from pathlib import Path
 
 import click
 
-from .cli_tools import fuse_command, plot_command, rerank_command, score_command
-from .config import (
+from mlx_align.apps.tools import (
+    fuse_command,
+    plot_command,
+    rerank_command,
+    score_command,
+)
+from mlx_align.config.build import build_config, choices_of
+from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig
+from mlx_align.config.stages import (
     DPOConfig,
     EvalMathConfig,
     InitModelConfig,
@@ -22,12 +29,8 @@ from .config import (
     RewardConfig,
     SFTConfig,
     TrainSettings,
-    build_config,
-    choices_of,
 )
-from .config_online import GRPOConfig, OnlineDPOConfig, PPOConfig
-from .data.errors import DataError
-from .errors import RunError, UserError
+from mlx_align.core.errors import DataError, RunError, UserError
 
 
 class RegistryChoice(click.Choice):
@@ -120,7 +123,7 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
             if getattr(config, "out", ""):  # before any model loads
                 check_writable(Path(config.out), directory=cls is not EvalMathConfig)
             if issubclass(cls, TrainSettings):
-                from . import distributed
+                from mlx_align.core import distributed
 
                 if distributed.size() > 1:
                     click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
@@ -145,7 +148,7 @@ def cli() -> None:
 )
 def init_model_command(config: InitModelConfig) -> None:
     """Build a llama-style model and a byte-level BPE tokenizer from scratch, offline."""
-    from .model.tiny import init_model_from_config
+    from mlx_align.model.tiny import init_model_from_config
 
     path = init_model_from_config(config)
     click.echo(f"model written to {path}")
@@ -158,7 +161,7 @@ def init_model_command(config: InitModelConfig) -> None:
 )
 def pretrain_command(config: PretrainConfig) -> None:
     """Next-token training of the whole model on `text` JSONL records."""
-    from .train.pretrain import run_pretrain
+    from mlx_align.stages.pretrain import run_pretrain
 
     click.echo(f"model written to {run_pretrain(config)}")
 
@@ -173,7 +176,7 @@ def pretrain_command(config: PretrainConfig) -> None:
 )
 def sft_command(config: SFTConfig) -> None:
     """Supervised fine-tuning on completions (LoRA by default; --dora, --full, --quantize)."""
-    from .train.sft import run_sft
+    from mlx_align.stages.sft import run_sft
 
     click.echo(f"result written to {run_sft(config)}")
 
@@ -188,7 +191,7 @@ def sft_command(config: SFTConfig) -> None:
 )
 def dpo_command(config: DPOConfig) -> None:
     """Direct preference optimisation (sigmoid, ipo, hinge, robust) on prompt/chosen/rejected."""
-    from .train.dpo import run_dpo
+    from mlx_align.stages.dpo import run_dpo
 
     click.echo(f"result written to {run_dpo(config)}")
 
@@ -200,7 +203,7 @@ def dpo_command(config: DPOConfig) -> None:
 )
 def orpo_command(config: ORPOConfig) -> None:
     """Odds-ratio preference optimisation: SFT on chosen + odds-ratio term, no reference."""
-    from .train.orpo import run_orpo
+    from mlx_align.stages.orpo import run_orpo
 
     click.echo(f"result written to {run_orpo(config)}")
 
@@ -214,7 +217,7 @@ def orpo_command(config: ORPOConfig) -> None:
 )
 def reward_command(config: RewardConfig) -> None:
     """Bradley-Terry reward model (backbone + scalar head) on prompt/chosen/rejected[/margin]."""
-    from .train.reward import run_reward
+    from mlx_align.stages.reward import run_reward
 
     click.echo(f"reward model written to {run_reward(config)}")
 
@@ -229,7 +232,7 @@ def reward_command(config: RewardConfig) -> None:
 )
 def kto_command(config: KTOConfig) -> None:
     """Kahneman-Tversky optimisation on unpaired prompt/completion/label data."""
-    from .train.kto import run_kto
+    from mlx_align.stages.kto import run_kto
 
     click.echo(f"result written to {run_kto(config)}")
 
@@ -244,7 +247,7 @@ def kto_command(config: KTOConfig) -> None:
 )
 def grpo_command(config: GRPOConfig) -> None:
     """Group relative policy optimisation with verifiable rewards (no reward model, no critic)."""
-    from .train.grpo import run_grpo
+    from mlx_align.stages.grpo import run_grpo
 
     click.echo(f"result written to {run_grpo(config)}")
 
@@ -260,7 +263,7 @@ def grpo_command(config: GRPOConfig) -> None:
 )
 def online_dpo_command(config: OnlineDPOConfig) -> None:
     """Online DPO: two samples per prompt from the policy, labelled by a judge, a DPO step."""
-    from .train.online_dpo import run_online_dpo
+    from mlx_align.stages.online_dpo import run_online_dpo
 
     click.echo(f"result written to {run_online_dpo(config)}")
 
@@ -272,7 +275,7 @@ def online_dpo_command(config: OnlineDPOConfig) -> None:
 )
 def eval_math_command(config: EvalMathConfig) -> None:
     """Held-out accuracy on prompt/answer math problems with greedy decoding."""
-    from .eval_math import run_eval_math
+    from mlx_align.apps.eval_math import run_eval_math
 
     run_eval_math(config)
 
@@ -290,7 +293,7 @@ def eval_math_command(config: EvalMathConfig) -> None:
 )
 def ppo_command(config: PPOConfig) -> None:
     """PPO with a critic: KL-shaped rewards from a reward model or function, GAE, clipped updates."""
-    from .train.ppo import run_ppo
+    from mlx_align.stages.ppo import run_ppo
 
     click.echo(f"result written to {run_ppo(config)}")
 
@@ -301,7 +304,7 @@ for tool in (score_command, rerank_command, fuse_command, plot_command):
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: fast BLAS first, then one-line errors for bad input."""
-    from .blas import blas_notice, ensure_fast_blas
+    from mlx_align.core.blas import blas_notice, ensure_fast_blas
 
     ensure_fast_blas()
     click.echo(blas_notice(), err=True)

@@ -5,7 +5,7 @@
 samples K completions of each question in ``data/grpo/test.jsonl`` from the
 DPO policy (``sft-fused`` + the ``dpo`` adapters), ranks them by
 β·(log π − log π_ref) with ``sft-fused`` (the adapters off) as the reference
-(``mlx_align.rerank``, what ``mlx-align rerank`` runs), and writes
+(``mlx_align.apps.rerank``, what ``mlx-align rerank`` runs), and writes
 
 - ``rerank/ranked.jsonl``: every question's K completions, best first;
 - ``rerank/figures.json``: the share of hedged answers (``make_data.is_hedged``,
@@ -26,8 +26,8 @@ from pathlib import Path
 from make_data import is_hedged
 from report import is_bare
 
+from mlx_align.apps.rerank import load_models, rerank_records, write_ranked
 from mlx_align.data.jsonl import read_jsonl
-from mlx_align.rerank import load_models, rerank_records, write_ranked
 from mlx_align.rewards.math import math_reward
 
 

@@ -5,7 +5,7 @@ import math
 import mlx.core as mx
 import pytest
 
-from mlx_align.advantages import STD_EPS, combine_rewards, group_advantages
+from mlx_align.losses.advantages import STD_EPS, combine_rewards, group_advantages
 
 
 def test_group_scaling_gives_plus_minus_one():

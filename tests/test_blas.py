@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mlx_align import blas
+from mlx_align.core import blas
 
 needs_system_openblas = pytest.mark.skipif(
     sys.platform != "linux" or blas.openblas_path() is None,
@@ -29,7 +29,7 @@ MATMUL_WORKER = textwrap.dedent(
     import json, sys
     import numpy as np
     import mlx.core as mx
-    from mlx_align.blas import loaded_openblas
+    from mlx_align.core.blas import loaded_openblas
 
     rng = np.random.default_rng(0)
     x = mx.array(rng.standard_normal((256, 384), dtype=np.float32))
@@ -43,7 +43,7 @@ MATMUL_WORKER = textwrap.dedent(
 )
 
 REPORT_BLAS = (
-    "from mlx_align.blas import blas_notice, ensure_fast_blas, loaded_openblas\n"
+    "from mlx_align.core.blas import blas_notice, ensure_fast_blas, loaded_openblas\n"
     "ensure_fast_blas()\n"
     "import sys, json\n"
     "print(json.dumps({'openblas': loaded_openblas(), 'args': sys.argv[1:],"
@@ -51,7 +51,8 @@ REPORT_BLAS = (
 )
 # The same on a machine without a system OpenBLAS (the search injected away).
 REPORT_BLAS_NO_SYSTEM = (
-    "import mlx_align.blas\nmlx_align.blas.openblas_path = lambda: None\n" + REPORT_BLAS
+    "import mlx_align.core.blas\nmlx_align.core.blas.openblas_path = lambda: None\n"
+    + REPORT_BLAS
 )
 
 
@@ -157,7 +158,7 @@ def test_shim_uses_one_thread_unless_asked(
 
 
 THREADS_PROBE = """
-from mlx_align.blas import blas_threads, openblas_threads_calls
+from mlx_align.core.blas import blas_threads, openblas_threads_calls
 calls = openblas_threads_calls()
 if calls is None:
     with blas_threads(1):
@@ -258,8 +259,8 @@ def test_preload_library_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 
 def test_library_command_prints_the_choice(shim_cache: Path) -> None:
-    """What the Makefile preloads: `python -m mlx_align.blas --library`."""
-    cmd = [sys.executable, "-m", "mlx_align.blas", "--library"]
+    """What the Makefile preloads: `python -m mlx_align.core.blas --library`."""
+    cmd = [sys.executable, "-m", "mlx_align.core.blas", "--library"]
     env = clean_env(XDG_CACHE_HOME=str(shim_cache))
     printed = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     shim = blas.cblas_shim(shim_cache / "mlx-align", build=False)

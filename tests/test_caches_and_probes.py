@@ -19,10 +19,10 @@ from mlx_lm.models.cache import (
 )
 
 from mlx_align.cli import main
-from mlx_align.events import listening
+from mlx_align.core.events import listening
 from mlx_align.model.adapters import default_lora_keys
 from mlx_align.model.caches import repeat_rows
-from mlx_align.rollout import sample_group
+from mlx_align.sampling.rollout import sample_group
 
 
 def filled(cache, batch: int = 1):
@@ -90,7 +90,7 @@ def test_a_hybrid_samples_its_group_from_one_prefill(families):
 
 
 def test_a_fallback_is_printed_once_with_its_reason(families, capsys):
-    from mlx_align.shared_prompts import supports_shared_prompts
+    from mlx_align.model.shared_prompts import supports_shared_prompts
 
     model, _ = mlx_lm.load(str(families("qwen3_5")))
     seen = []
@@ -140,7 +140,7 @@ def test_dora_on_a_mixture_of_experts_is_one_line(families, tmp_path, capsys):
 
 def test_gemma3n_scores_through_a_prompt_cache(families):
     """Its plain forward differs from generation's; the loss's log-probs equal generation's."""
-    from mlx_align.logprobs import (
+    from mlx_align.model.logprobs import (
         generation_logps,
         scores_without_cache,
         sequence_logps,

@@ -2,7 +2,7 @@ import mlx_lm
 import numpy as np
 import pytest
 
-from mlx_align.data.batching import BatchPlan, bucket_lengths, pad_examples
+from mlx_align.batches.planning import BatchPlan, bucket_lengths, pad_examples
 from mlx_align.data.jsonl import Record
 from mlx_align.data.tokenize import (
     Encoded,
@@ -112,7 +112,7 @@ def test_batch_plan_is_deterministic_and_random_access():
 
 
 def test_piece_ladder_steps_by_8_then_follows_the_ladder():
-    from mlx_align.data.batching import piece_bucket_lengths
+    from mlx_align.batches.planning import piece_bucket_lengths
 
     assert piece_bucket_lengths(128) == [
         8,

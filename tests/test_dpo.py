@@ -12,16 +12,18 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
-from mlx_align import events, losses, reference
-from mlx_align.batches import PairBatch
-from mlx_align.config import DPOConfig, ORPOConfig
+from mlx_align.batches.layouts import LAYOUTS
+from mlx_align.batches.preference import PairBatches, encode_pairs
+from mlx_align.batches.types import PairBatch
+from mlx_align.config.stages import DPOConfig, ORPOConfig
+from mlx_align.core import events
 from mlx_align.data.jsonl import read_jsonl
-from mlx_align.data.preference import PairBatches, encode_pairs
-from mlx_align.layouts import LAYOUTS
-from mlx_align.logprobs import sequence_logps
+from mlx_align.losses import preference as losses
 from mlx_align.model.adapters import attach_adapters
-from mlx_align.train.dpo import dpo_loss, dpo_objective, run_dpo
-from mlx_align.train.orpo import run_orpo
+from mlx_align.model.logprobs import sequence_logps
+from mlx_align.stages.dpo import dpo_loss, dpo_objective, run_dpo
+from mlx_align.stages.orpo import run_orpo
+from mlx_align.train import reference
 
 WORDS = "apple river stone cloud tiger piano lemon forest candle rocket violin garden".split()
 LORA = {
@@ -334,7 +336,7 @@ def test_a_batch_over_the_token_budget_is_halved_into_weighted_pieces(
 ):
     """Pieces at the whole batch's widths (one compiled shape), weighted by their
     share of the pairs."""
-    from mlx_align.data.budget import fit_to_budget, token_budget
+    from mlx_align.batches.budget import fit_to_budget, token_budget
 
     _, batches = batch_of(tiny_model, pref_dir)
     make = batches.maker("shared", reference=mx.zeros((len(batches.pairs), 2)))
@@ -384,7 +386,7 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
     """
     from mlx.utils import tree_flatten, tree_map
 
-    from mlx_align.data.budget import fit_to_budget
+    from mlx_align.batches.budget import fit_to_budget
     from mlx_align.train.loop import TrainJob, make_step
 
     model, batches = batch_of(tiny_model, pref_dir)
@@ -396,7 +398,7 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
         )
     )
     if layout == "packed":
-        from mlx_align.packing import enable_packing
+        from mlx_align.batches.packing import enable_packing
 
         enable_packing(model)
     ref = mx.array(-20.0 - np.arange(32, dtype=np.float32).reshape(16, 2))

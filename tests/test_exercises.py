@@ -63,7 +63,7 @@ def test_the_exit_status_is_the_checks(tmp_path):
     broken = run_python(
         [
             "-c",
-            "import mlx.core as mx, mlx_align.losses as losses\n"
+            "import mlx.core as mx, mlx_align.losses.preference as losses\n"
             "losses.bt_loss = lambda c, r, m=None: (mx.maximum(1 - (c - r), 0.0), {})\n"
             "import exercise_common, ex1_bradley_terry as ex\n"
             f"exercise_common.main_guard(lambda: ex.main(['--quick', '--out', {out!r}]))",
@@ -80,19 +80,19 @@ def test_bradley_terry_checks_catch_a_wrong_loss(exercise, tmp_path, monkeypatch
     def hinge(chosen, rejected, margin=None):
         return mx.maximum(1.0 - (chosen - rejected), 0.0), {}
 
-    monkeypatch.setattr("mlx_align.losses.bt_loss", hinge)
+    monkeypatch.setattr("mlx_align.losses.preference.bt_loss", hinge)
     assert exercise("ex1_bradley_terry").main(["--quick", "--out", str(tmp_path)]) == 1
 
 
 def test_dpo_gradient_checks_catch_a_sign_error(exercise, tmp_path, monkeypatch):
-    from mlx_align import losses
+    from mlx_align.losses import preference as losses
 
     real = losses.dpo_sigmoid_loss
 
     def swapped(pc, pr, rc, rr, beta):  # prefers the rejected completion
         return real(pr, pc, rr, rc, beta)
 
-    monkeypatch.setattr("mlx_align.losses.dpo_sigmoid_loss", swapped)
+    monkeypatch.setattr("mlx_align.losses.preference.dpo_sigmoid_loss", swapped)
     assert exercise("ex3_dpo_gradient").main(["--quick", "--out", str(tmp_path)]) == 1
 
 

@@ -26,15 +26,19 @@ from conftest import FACTS, write_jsonl
 from family_models import FAMILIES, build_family
 from mlx_lm.models.cache import make_prompt_cache
 
+from mlx_align.batches.layouts import FullRows, SharedPrompt
+from mlx_align.batches.packing import supports_packing
 from mlx_align.cli import main
-from mlx_align.layouts import FullRows, SharedPrompt
-from mlx_align.logprobs import full_logits, generation_logps, scores_without_cache
 from mlx_align.model.caches import cache_kinds
 from mlx_align.model.load import load_model
+from mlx_align.model.logprobs import full_logits, generation_logps, scores_without_cache
 from mlx_align.model.reward_head import hidden_size_of
-from mlx_align.packing import supports_packing
-from mlx_align.rollout import sample_groups, supports_compiled_decode, trim_at_eos
-from mlx_align.shared_prompts import supports_shared_prompts
+from mlx_align.model.shared_prompts import supports_shared_prompts
+from mlx_align.sampling.rollout import (
+    sample_groups,
+    supports_compiled_decode,
+    trim_at_eos,
+)
 
 README = Path(__file__).parents[1] / "README.md"
 STAGES = ("sft", "dpo", "orpo", "kto", "reward", "grpo", "ppo", "online-dpo", "rerank", "fuse")  # fmt: skip
@@ -201,7 +205,7 @@ def test_llm_judge_margins_are_the_models_own(workdir, family):
     from test_llm_judge import CHATS, PAIRS
 
     from mlx_align.data.jsonl import Record
-    from mlx_align.llm_judge import LLMPairwiseJudge
+    from mlx_align.sampling.llm_judge import LLMPairwiseJudge
 
     model, tokenizer, _ = load_model(str(family_dir(workdir, family)))
     judge = LLMPairwiseJudge(model, tokenizer)

@@ -7,8 +7,8 @@ import pytest
 from mlx.utils import tree_flatten, tree_unflatten
 
 from mlx_align.cli import main
-from mlx_align.fuse import fuse_adapters
 from mlx_align.model.adapters import attach_adapters, quantize_base, save_adapters
+from mlx_align.model.fuse import fuse_adapters
 from mlx_align.model.load import save_full_model
 
 LORA = {

@@ -7,17 +7,18 @@ import pytest
 from mlx.utils import tree_flatten
 from mlx_lm.tuner.lora import LoRALinear
 
-from mlx_align import fused_sampler
-from mlx_align.config import AdapterSettings
-from mlx_align.errors import UserError
-from mlx_align.fused_sampler import (
+from mlx_align.config.stages import AdapterSettings
+from mlx_align.core.errors import UserError
+from mlx_align.model.adapters import attach_adapters, quantize_base
+from mlx_align.sampling import fused_sampler
+from mlx_align.sampling.fused_sampler import (
     FusedSampler,
     fusable_adapters,
     fuse_in_place,
     should_fuse,
 )
-from mlx_align.model.adapters import adapter_config, attach_adapters, quantize_base
-from mlx_align.rollout import sample_groups
+from mlx_align.sampling.rollout import sample_groups
+from mlx_align.train.adapted import adapter_config
 
 NO_EOS = {10**6}
 
@@ -146,8 +147,8 @@ def test_fuse_in_place_keeps_the_outputs_and_leaves_quantized_adapters(tiny_mode
 def test_eval_math_decodes_with_fused_adapters(tiny_model, tmp_path, monkeypatch):
     import json
 
-    from mlx_align.config import EvalMathConfig
-    from mlx_align.eval_math import run_eval_math
+    from mlx_align.apps.eval_math import run_eval_math
+    from mlx_align.config.stages import EvalMathConfig
     from mlx_align.model.adapters import save_adapters
 
     policy, _ = lora_policy(tiny_model)

@@ -8,12 +8,12 @@ import pytest
 from conftest import write_jsonl
 from mlx_lm.generate import generate_step
 
-from mlx_align.config import EvalMathConfig
-from mlx_align.config_online import GRPOConfig
-from mlx_align.eval_math import run_eval_math
-from mlx_align.rollout import sample_group, trim_at_eos
-from mlx_align.train.grpo import run_grpo
-from mlx_align.train.rollouts import rollout_index
+from mlx_align.apps.eval_math import run_eval_math
+from mlx_align.config.online import GRPOConfig
+from mlx_align.config.stages import EvalMathConfig
+from mlx_align.sampling.rollout import sample_group, trim_at_eos
+from mlx_align.stages.grpo import run_grpo
+from mlx_align.stages.grpo_rollouts import rollout_index
 
 
 def starts_with_space(prompts, completions, **columns):
@@ -155,7 +155,7 @@ def test_eval_math_judges_greedy_completions(tiny_model, tmp_path, monkeypatch):
 
 def test_top_p_keeps_only_the_nucleus():
     """p = [0.7, 0.2, 0.1]: top-p 0.5 keeps only token 0; top-p 0.8 keeps tokens 0 and 1."""
-    from mlx_align.rollout import sample_next
+    from mlx_align.sampling.rollout import sample_next
 
     logits = mx.log(mx.array([[0.7, 0.2, 0.1]] * 400))
     mx.random.seed(1)
@@ -169,7 +169,7 @@ def test_models_without_shared_prompt_support_score_full_rows(
     tiny_model, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(
-        "mlx_align.train.rollouts.supports_shared_prompts", lambda model: False
+        "mlx_align.stages.grpo_rollouts.supports_shared_prompts", lambda model: False
     )
     run_grpo(
         grpo_config(

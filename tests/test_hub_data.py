@@ -14,17 +14,17 @@ from conftest import write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from mlx_align.batches.kto import encode_kto
+from mlx_align.batches.preference import encode_pairs
 from mlx_align.cli import main
-from mlx_align.config import SFTConfig, build_config
-from mlx_align.data.errors import DataError
+from mlx_align.config.build import build_config
+from mlx_align.config.stages import SFTConfig
+from mlx_align.core.errors import DataError, UserError
 from mlx_align.data.formats import converter, extract_implicit_prompt
 from mlx_align.data.jsonl import Record, read_jsonl
-from mlx_align.data.kto import encode_kto
-from mlx_align.data.preference import encode_pairs
 from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.source import DataOptions, DataSource, load_split
 from mlx_align.data.tokenize import encode_prompt, encode_sft_record
-from mlx_align.errors import UserError
 from mlx_align.rewards.registry import reward_columns
 
 REV = "0123456789abcdef0123456789abcdef01234567"

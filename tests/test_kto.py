@@ -9,16 +9,15 @@ import mlx_lm
 import pytest
 from conftest import write_jsonl
 
-from mlx_align.config import KTOConfig
-from mlx_align.data.batching import pad_examples
-from mlx_align.data.errors import DataError
+from mlx_align.batches.kto import KTOBatches, KTOExample, encode_kto
+from mlx_align.batches.planning import pad_examples
+from mlx_align.batches.preference import encode_completion
+from mlx_align.config.stages import KTOConfig
+from mlx_align.core.errors import DataError, UserError
 from mlx_align.data.jsonl import read_jsonl
-from mlx_align.data.kto import KTOBatches, KTOExample, encode_kto
-from mlx_align.data.preference import encode_completion
 from mlx_align.data.tokenize import Encoded, encode_prompt_completion
-from mlx_align.errors import UserError
-from mlx_align.logprobs import sequence_logps
-from mlx_align.train.kto import kto_batch_loss, run_kto
+from mlx_align.model.logprobs import sequence_logps
+from mlx_align.stages.kto import kto_batch_loss, run_kto
 
 QUESTIONS = [
     "What colour is the sky?",

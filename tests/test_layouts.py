@@ -6,9 +6,9 @@ import mlx.nn as nn
 import mlx_lm
 import pytest
 
-from mlx_align.batches import PairBatch, columns_by_index
+from mlx_align.batches.layouts import FullRows, SharedPrompt, choose_layout
+from mlx_align.batches.types import PairBatch, columns_by_index
 from mlx_align.data.tokenize import Encoded
-from mlx_align.layouts import FullRows, SharedPrompt, choose_layout
 
 
 def test_compile_and_value_and_grad_keep_the_batch_types():

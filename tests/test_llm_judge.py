@@ -10,21 +10,21 @@ import numpy as np
 import pytest
 from conftest import write_jsonl
 
-import mlx_align.judge_forward as judge_forward
-import mlx_align.llm_judge as llm_judge
+import mlx_align.sampling.judge_forward as judge_forward
+import mlx_align.sampling.llm_judge as llm_judge
 from mlx_align.cli import main
-from mlx_align.config_online import OnlineDPOConfig
+from mlx_align.config.online import OnlineDPOConfig
+from mlx_align.core.errors import UserError
 from mlx_align.data.jsonl import Record
-from mlx_align.errors import UserError
-from mlx_align.judges import make_judge
-from mlx_align.llm_judge import (
+from mlx_align.model.shared_prompts import supports_shared_prompts
+from mlx_align.sampling.judges import make_judge
+from mlx_align.sampling.llm_judge import (
     PAIRWISE_PROMPT,
     LLMPairwiseJudge,
     common_prefix,
     read_prompt_template,
     verdicts_from,
 )
-from mlx_align.shared_prompts import supports_shared_prompts
 
 CHATS = [
     [{"role": "user", "content": "What is 2 + 2?"}],

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from mlx.utils import tree_flatten
 
-import mlx_align.logprobs as logprobs
-from mlx_align.logprobs import (
+import mlx_align.model.logprobs as logprobs
+from mlx_align.model.logprobs import (
     sequence_logps,
     sequence_logps_and_entropy,
     token_entropy,
@@ -77,7 +77,7 @@ def test_grouped_completion_logps_equals_scoring_full_rows(tiny_model):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_align.shared_prompts import (
+    from mlx_align.model.shared_prompts import (
         grouped_completion_logps,
         supports_shared_prompts,
     )
@@ -142,7 +142,7 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     import mlx.nn as nn
     from mlx.utils import tree_flatten
 
-    from mlx_align.packing import (
+    from mlx_align.batches.packing import (
         Tree,
         pack_trees,
         packed_completion_logps,
@@ -197,7 +197,7 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
     ):
         assert mx.allclose(a, b, atol=1e-4, rtol=1e-3).item(), name
     # the wrapped RoPE leaves ordinary (generation) calls unchanged
-    from mlx_align.packing import enable_packing
+    from mlx_align.batches.packing import enable_packing
 
     plain, _ = mlx_lm.load(str(tiny_model))
     ids = mx.array([list(range(5, 17))])
@@ -208,7 +208,7 @@ def test_packed_trees_equal_scoring_full_rows(tiny_model):
 
 def chunk_logits(monkeypatch, rows: int | None) -> None:
     """Logits in chunks of ``rows`` positions whatever their size, or (None) always whole."""
-    from mlx_align import logprobs
+    from mlx_align.model import logprobs
 
     monkeypatch.setattr(logprobs, "LOGITS_IN_ONE_PIECE", 0 if rows else 1 << 60)
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 0)
@@ -264,7 +264,7 @@ def test_chunked_head_logps_hold_fewer_logits(tiny_model, monkeypatch):
     below the whole-logits peak (the hidden states, 64 floats a position,
     and about a dozen chunks in flight).
     """
-    from mlx_align import logprobs
+    from mlx_align.model import logprobs
 
     model, _ = mlx_lm.load(str(tiny_model))
     model.freeze()
@@ -292,8 +292,9 @@ def test_chunked_head_logps_compile(tiny_model, monkeypatch):
     """The chunked custom VJP inside ``mx.compile``, as the training step runs it."""
     import mlx.nn as nn
 
-    from mlx_align.config import AdapterSettings
-    from mlx_align.model.adapters import adapter_config, attach_adapters
+    from mlx_align.config.stages import AdapterSettings
+    from mlx_align.model.adapters import attach_adapters
+    from mlx_align.train.adapted import adapter_config
 
     model, tokenizer = mlx_lm.load(str(tiny_model))
     mx.random.seed(0)

@@ -6,7 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlx_align.losses import (
+from mlx_align.losses.preference import (
     DPO_LOSSES,
     bt_loss,
     dpo_hinge_loss,

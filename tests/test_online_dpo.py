@@ -10,15 +10,15 @@ from conftest import write_jsonl
 from test_reward import HELD_OUT_THINGS, TRAIN_THINGS, shorter_is_better
 
 from mlx_align.cli import main
-from mlx_align.config import RewardConfig, SFTConfig
-from mlx_align.config_online import OnlineDPOConfig
+from mlx_align.config.online import OnlineDPOConfig
+from mlx_align.config.stages import RewardConfig, SFTConfig
+from mlx_align.core.errors import UserError
 from mlx_align.data.jsonl import Record
-from mlx_align.errors import UserError
-from mlx_align.judges import FunctionJudge, Verdicts, by_score
-from mlx_align.rollout import Group
-from mlx_align.train.online_dpo import OnlinePairs, run_online_dpo
-from mlx_align.train.reward import run_reward
-from mlx_align.train.sft import run_sft
+from mlx_align.sampling.judges import FunctionJudge, Verdicts, by_score
+from mlx_align.sampling.rollout import Group
+from mlx_align.stages.online_dpo import OnlinePairs, run_online_dpo
+from mlx_align.stages.reward import run_reward
+from mlx_align.stages.sft import run_sft
 
 QUICK = dict(eval_every=0, save_every=0, log_every=5, warmup_steps=2)
 

@@ -6,9 +6,9 @@ import math
 import matplotlib.image
 import pytest
 
+from mlx_align.apps.plot import metric_panels, metrics_figure, plot_metrics
 from mlx_align.cli import main
-from mlx_align.data.errors import DataError
-from mlx_align.plot import metric_panels, metrics_figure, plot_metrics
+from mlx_align.core.errors import DataError
 
 # Three logged DPO steps and two eval lines, as train.loop writes them.
 ROWS = [

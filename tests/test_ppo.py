@@ -13,31 +13,32 @@ from conftest import write_jsonl
 from mlx.utils import tree_flatten
 from test_reward import HELD_OUT_THINGS, TRAIN_THINGS, shorter_is_better
 
+from mlx_align.batches.layouts import FullRows
 from mlx_align.cli import main
-from mlx_align.config import RewardConfig, SFTConfig
-from mlx_align.config_online import PPOConfig
-from mlx_align.fuse import fuse_adapters
-from mlx_align.layouts import FullRows
-from mlx_align.model.adapters import attach_adapters
-from mlx_align.model.reward_head import load_reward_model
-from mlx_align.model.value_head import (
-    ActorCritic,
-    ValueModel,
-    load_critic,
-)
-from mlx_align.ppo_loss import (
+from mlx_align.config.online import PPOConfig
+from mlx_align.config.stages import RewardConfig, SFTConfig
+from mlx_align.losses.ppo import (
     clipped_value_loss,
     gae,
     kl_shaped_rewards,
     masked_whiten,
     ppo_policy_loss,
 )
-from mlx_align.reference import shared_reference
-from mlx_align.rollout import sample_groups
-from mlx_align.train.ppo import run_ppo
-from mlx_align.train.ppo_rollouts import locate
-from mlx_align.train.reward import run_reward, score
-from mlx_align.train.sft import run_sft
+from mlx_align.model.adapters import attach_adapters
+from mlx_align.model.fuse import fuse_adapters
+from mlx_align.model.reward_head import load_reward_model
+from mlx_align.model.value_head import (
+    ActorCritic,
+    ValueModel,
+    load_critic,
+)
+from mlx_align.sampling.reward_model import score
+from mlx_align.sampling.rollout import sample_groups
+from mlx_align.stages.ppo import run_ppo
+from mlx_align.stages.ppo_rollouts import locate
+from mlx_align.stages.reward import run_reward
+from mlx_align.stages.sft import run_sft
+from mlx_align.train.reference import shared_reference
 
 LORA = {
     "fine_tune_type": "lora",

@@ -9,10 +9,10 @@ import pytest
 from test_sft import sft_config
 
 from mlx_align.cli import main
-from mlx_align.errors import RunError
-from mlx_align.train import sft
+from mlx_align.core.errors import RunError
+from mlx_align.stages import sft
+from mlx_align.stages.sft import run_sft
 from mlx_align.train.checkpoint import latest_checkpoint
-from mlx_align.train.sft import run_sft
 
 
 def flags(model, data, out, **extra) -> list[str]:

@@ -11,8 +11,9 @@ import pytest
 from conftest import write_jsonl
 from mlx.utils import tree_unflatten
 
+from mlx_align.apps.rerank import load_models, rerank, run_rerank
 from mlx_align.cli import main
-from mlx_align.config import DPOConfig, SFTConfig
+from mlx_align.config.stages import DPOConfig, SFTConfig
 from mlx_align.model.adapters import attach_adapters, save_adapters
 from mlx_align.model.load import load_model
 from mlx_align.model.reward_head import (
@@ -21,10 +22,9 @@ from mlx_align.model.reward_head import (
     load_reward_model,
     save_reward_model,
 )
-from mlx_align.rerank import load_models, rerank, run_rerank
-from mlx_align.train.dpo import run_dpo
-from mlx_align.train.reward import score
-from mlx_align.train.sft import run_sft
+from mlx_align.sampling.reward_model import score
+from mlx_align.stages.dpo import run_dpo
+from mlx_align.stages.sft import run_sft
 
 LORA = {
     "fine_tune_type": "lora",

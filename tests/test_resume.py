@@ -16,7 +16,7 @@ from conftest import write_jsonl
 # The run, in a child process, with a listener that SIGKILLs it at an event.
 KILLER = """
 import os, signal, sys
-from mlx_align import events
+from mlx_align.core import events
 from mlx_align.cli import main
 event, step = sys.argv[1], int(sys.argv[2])
 def kill(name, fields):

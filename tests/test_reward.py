@@ -11,20 +11,22 @@ import mlx_lm
 import pytest
 from conftest import write_jsonl
 
-from mlx_align.batches import PairBatch
-from mlx_align.config import RewardConfig
-from mlx_align.data.batching import pad_examples
+from mlx_align.apps.score import run_score
+from mlx_align.batches.layouts import FullRows
+from mlx_align.batches.planning import pad_examples
+from mlx_align.batches.preference import PairBatches, encode_completion, encode_pairs
+from mlx_align.batches.types import PairBatch
+from mlx_align.config.stages import RewardConfig
 from mlx_align.data.jsonl import Record
-from mlx_align.data.preference import PairBatches, encode_completion, encode_pairs
 from mlx_align.data.splits import load_batched_splits
-from mlx_align.layouts import FullRows
 from mlx_align.model.reward_head import (
     CHECKPOINT_WEIGHTS,
     RewardModel,
     hidden_size_of,
     load_reward_model,
 )
-from mlx_align.train.reward import bt_batch_loss, run_reward, run_score, score
+from mlx_align.sampling.reward_model import score
+from mlx_align.stages.reward import bt_batch_loss, run_reward
 
 ANSWERS = ["Blue.", "Green.", "Red.", "White.", "Black.", "Yellow.", "Grey.", "Gold."]
 FILLER = ["well", "you", "know", "um", "basically", "actually", "so", "like", "I"]

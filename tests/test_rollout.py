@@ -6,15 +6,16 @@ import mlx.optimizers as optim
 import mlx_lm
 import pytest
 
-from mlx_align.config import AdapterSettings
-from mlx_align.logprobs import sequence_logps
-from mlx_align.model.adapters import adapter_config, attach_adapters
-from mlx_align.rollout import (
+from mlx_align.config.stages import AdapterSettings
+from mlx_align.model.adapters import attach_adapters
+from mlx_align.model.logprobs import sequence_logps
+from mlx_align.sampling.rollout import (
     CHECK_EVERY,
     sample_group,
     sample_groups,
     supports_compiled_decode,
 )
+from mlx_align.train.adapted import adapter_config
 
 NO_EOS = {10**6}
 

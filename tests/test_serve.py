@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mlx_align import serve
-from mlx_align.serve import (
+from mlx_align.apps import serve
+from mlx_align.apps.serve import (
     ServerStartError,
     accepts_connections,
     ask_chat,

@@ -7,9 +7,9 @@ import mlx_lm
 import pytest
 from conftest import FACTS
 
-from mlx_align.config import SFTConfig
-from mlx_align.fuse import fuse_adapters
-from mlx_align.train.sft import run_sft
+from mlx_align.config.stages import SFTConfig
+from mlx_align.model.fuse import fuse_adapters
+from mlx_align.stages.sft import run_sft
 
 
 def sft_config(model, data, out, **overrides) -> SFTConfig:

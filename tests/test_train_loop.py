@@ -10,12 +10,13 @@ import pytest
 from mlx.utils import tree_flatten
 from test_sft import sft_config
 
-from mlx_align import events
-from mlx_align.config import SFTConfig, TrainSettings, build_config
-from mlx_align.layouts import FullRows
+from mlx_align.batches.layouts import FullRows
+from mlx_align.config.build import build_config
+from mlx_align.config.stages import SFTConfig, TrainSettings
+from mlx_align.core import events
+from mlx_align.stages.sft import completion_nll_loss, run_sft
 from mlx_align.train import loop
 from mlx_align.train.grad_checkpoint import checkpoint_layers, restore_layers
-from mlx_align.train.sft import completion_nll_loss, run_sft
 
 
 def adapter_weights(run_dir):

@@ -19,9 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mlx_align import config as config_module
+from mlx_align.batches.kto import encode_kto
+from mlx_align.batches.preference import encode_pairs
 from mlx_align.cli import main
-from mlx_align.config import (
+from mlx_align.config import stages as config_module
+from mlx_align.config.build import build_config
+from mlx_align.config.online import GRPOConfig
+from mlx_align.config.stages import (
     DPOConfig,
     EvalMathConfig,
     InitModelConfig,
@@ -30,17 +34,12 @@ from mlx_align.config import (
     PretrainConfig,
     RewardConfig,
     SFTConfig,
-    build_config,
 )
-from mlx_align.config_online import GRPOConfig
-from mlx_align.data.errors import DataError
+from mlx_align.core.errors import DataError, UserError
 from mlx_align.data.jsonl import Record, read_jsonl
-from mlx_align.data.kto import encode_kto
-from mlx_align.data.preference import encode_pairs
 from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.sft import encode_examples, encode_pretrain_record
 from mlx_align.data.tokenize import encode_prompt, encode_sft_record
-from mlx_align.errors import UserError
 from mlx_align.rewards.registry import reward_columns
 
 STAGES = {

@@ -10,8 +10,8 @@ stage trains on.
 
 from __future__ import annotations
 
-from .errors import DataError
-from .jsonl import Record
+from mlx_align.core.errors import DataError
+from mlx_align.data.jsonl import Record
 
 ROLES = ("system", "user", "assistant", "tool")
 PROMPT_ENDS = ("user", "tool")

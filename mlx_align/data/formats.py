@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import DataError
+from mlx_align.core.errors import DataError
 
 # Field names in --field-map: NEW=OLD pairs, separated by commas.
 FIELD_MAP_HELP = (

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from .errors import DataError
-from .hub_layout import Layout, layout_of
+from mlx_align.core.errors import DataError
+from mlx_align.data.hub_layout import Layout, layout_of
 
 
 def cache_dir() -> str:

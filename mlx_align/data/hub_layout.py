@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from .errors import DataError
+from mlx_align.core.errors import DataError
 
 # ORG/NAME or ORG/NAME:CONFIG (the hub's repo-name characters).
 HUB_ID = re.compile(

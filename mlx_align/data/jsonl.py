@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DataError
+from mlx_align.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -25,17 +25,6 @@ def split_path(data: str | Path, split: str) -> Path | None:
     if data.suffix == ".jsonl":
         return data if split == "train" else None
     return data / f"{split}.jsonl"
-
-
-def load_split(data, split: str, required: bool = False) -> list[Record] | None:
-    """The records of one split (``train``, ``valid``, ``test``, ...) of ``--data``,
-    or None when it is absent and not required: a local directory or file, or
-    a Hugging Face hub dataset (``source.load_split``, which reads the
-    ``--data-split`` / ``--valid-split`` / ``--max-samples`` / ``--field-map``
-    settings that a ``source.DataSource`` carries)."""
-    from .source import load_split as load
-
-    return load(data, split, required)
 
 
 def decode_line(raw: bytes, path: str, number: int) -> str:

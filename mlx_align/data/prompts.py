@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from .errors import DataError
-from .jsonl import Record, require_text
-from .tokenize import encode_prompt, require_prompt
+from mlx_align.core.errors import DataError
+from mlx_align.data.jsonl import Record, require_text
+from mlx_align.data.tokenize import encode_prompt, require_prompt
 
 # A needed column: one name, or a tuple of alternatives (the first present is read).
 Column = str | tuple[str, ...]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import DataError
-from .formats import Convert
-from .jsonl import Record, read_jsonl
+from mlx_align.core.errors import DataError
+from mlx_align.data.formats import Convert
+from mlx_align.data.jsonl import Record, read_jsonl
 
 DATA_SUFFIXES = (".parquet", ".jsonl", ".json")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import DataError
-from .jsonl import Record, require_text
-from .tokenize import Encoded, encode_sft_record, encode_text, truncate
+from mlx_align.core.errors import DataError
+from mlx_align.data.jsonl import Record, require_text
+from mlx_align.data.tokenize import Encoded, encode_sft_record, encode_text, truncate
 
 Encoder = Callable[[object, Record], Encoded]
 

@@ -32,11 +32,10 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
-from ..errors import UserError
-from .errors import DataError
-from .formats import Convert, converter
-from .hub import hub_dataset
-from .hub_layout import (
+from mlx_align.core.errors import DataError, UserError
+from mlx_align.data.formats import Convert, converter
+from mlx_align.data.hub import hub_dataset
+from mlx_align.data.hub_layout import (
     DATA_SUFFIXES,
     VALID_SPLITS,
     Layout,
@@ -44,8 +43,8 @@ from .hub_layout import (
     layout_of,
     parse_hub_id,
 )
-from .jsonl import Record
-from .readers import read_data_file
+from mlx_align.data.jsonl import Record
+from mlx_align.data.readers import read_data_file
 
 NO_VALID = "none"  # --valid-split none: no evaluation split
 

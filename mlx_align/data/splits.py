@@ -6,8 +6,8 @@ from collections.abc import Callable
 
 from tqdm import tqdm
 
-from .jsonl import load_split
-from .tokenize import pad_id_of
+from mlx_align.data.source import load_split
+from mlx_align.data.tokenize import pad_id_of
 
 
 def load_batched_splits(

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .chat import (  # require_messages: also imported from here
+from mlx_align.core.errors import DataError
+from mlx_align.data.chat import (  # require_messages: also imported from here
     check_conversation,
     check_prompt,
     labelled,
     require_messages,
 )
-from .errors import DataError
-from .jsonl import Record, require_text
+from mlx_align.data.jsonl import Record, require_text
 
 
 @dataclass(frozen=True)

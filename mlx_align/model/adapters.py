@@ -14,29 +14,10 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.switch_layers import QuantizedSwitchLinear, SwitchLinear
 from mlx_lm.tuner.utils import linear_to_lora_layers
 
-from ..config import AdapterSettings
-from ..errors import UserError
+from mlx_align.core.errors import UserError
 
 ADAPTER_WEIGHTS = "adapters.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def adapter_config(settings: AdapterSettings) -> dict:
-    """The ``adapter_config.json`` mlx-lm needs: fine_tune_type, num_layers, lora_parameters."""
-    keys = [k.strip() for k in settings.lora_keys.split(",") if k.strip()] or None
-    parameters = {
-        "rank": settings.lora_rank,
-        # mlx-lm scales the update by ``scale``; PEFT/TRL users think in alpha / rank.
-        "scale": settings.lora_alpha / settings.lora_rank,
-        "dropout": settings.lora_dropout,
-    }
-    if keys:
-        parameters["keys"] = keys
-    return {
-        "fine_tune_type": "dora" if settings.dora else "lora",
-        "num_layers": settings.lora_layers,
-        "lora_parameters": parameters,
-    }
 
 
 def quantize_base(model: nn.Module, bits: int, group_size: int = 64) -> None:

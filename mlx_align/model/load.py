@@ -8,8 +8,8 @@ import mlx.nn as nn
 import mlx_lm
 from mlx_lm.utils import save as mlx_lm_save
 
-from ..errors import UserError
-from ..logprobs import probe_scoring
+from mlx_align.core.errors import UserError
+from mlx_align.model.logprobs import probe_scoring
 
 
 def load_model(
@@ -37,3 +37,11 @@ def save_full_model(
     """A standalone mlx-lm model directory (weights, config, tokenizer)."""
     mlx_lm_save(out, source, model, tokenizer, config, donate_model=False)
     return out
+
+
+def same_model(a: str, b: str) -> bool:
+    """Two --model values naming one model: equal, or local paths to one directory."""
+    if a == b:
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()

@@ -23,7 +23,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from ..events import emit
+from mlx_align.core.events import emit
 
 # Largest difference in log-probs a path may show and still count as the
 # model's own function: float32 rounding, or bf16/fp16 rounding for such weights.

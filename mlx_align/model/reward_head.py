@@ -20,15 +20,15 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ..data.errors import DataError
-from .adapters import (
+from mlx_align.core.errors import DataError
+from mlx_align.model.adapters import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     attach_adapters,
     quantize_base,
     save_adapters,
 )
-from .load import load_model, save_full_model
+from mlx_align.model.load import load_model, save_full_model
 
 HEAD_WEIGHTS = "reward_head.safetensors"
 REWARD_CONFIG = "reward_config.json"

@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlx_lm.models import llama
 from mlx_lm.utils import save_config, save_model
 
-from .chat_templates import CHAT_TEMPLATES
+from mlx_align.model.chat_templates import CHAT_TEMPLATES
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -145,9 +145,8 @@ def init_model_from_config(config) -> Path:
     """``mlx-align init-model``: a preset, optionally resized, trained on the corpus's text."""
     from dataclasses import replace
 
-    from ..data.errors import DataError
-    from ..data.jsonl import read_jsonl
-    from ..errors import UserError
+    from mlx_align.core.errors import DataError, UserError
+    from mlx_align.data.jsonl import read_jsonl
 
     if config.preset not in PRESETS:
         raise UserError(

@@ -18,12 +18,19 @@ parameters.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..layouts import FullRows
-from .reward_head import ScalarHeadModel, load_head_model, save_head_model
+from mlx_align.model.reward_head import (
+    ScalarHeadModel,
+    load_head_model,
+    save_head_model,
+)
+
+if TYPE_CHECKING:  # an annotation: batches sit a layer above the model
+    from mlx_align.batches.layouts import FullRows
 
 VALUE_HEAD_WEIGHTS = "value_head.safetensors"
 CRITIC_CONFIG = "critic_config.json"

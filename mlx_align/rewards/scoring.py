@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 
-from ..advantages import combine_rewards
-from ..data.jsonl import Record
-from ..errors import UserError
-from .registry import resolve_reward
+from mlx_align.core.errors import UserError
+from mlx_align.data.jsonl import Record
+from mlx_align.losses.advantages import combine_rewards
+from mlx_align.rewards.registry import resolve_reward
 
 
 class GroupScorer:

@@ -13,21 +13,38 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from .. import distributed
-from ..config import AdapterSettings
-from ..data.batching import BatchPlan, local_batches
-from ..events import emit
-from ..model.adapters import (
+from mlx_align.batches.planning import BatchPlan, local_batches
+from mlx_align.config.stages import AdapterSettings
+from mlx_align.core import distributed
+from mlx_align.core.events import emit
+from mlx_align.model.adapters import (
     ADAPTER_WEIGHTS,
-    adapter_config,
     attach_adapters,
     count_parameters,
     save_adapters,
 )
-from ..model.load import save_full_model
-from .loop import TrainJob, train
+from mlx_align.model.load import save_full_model
+from mlx_align.train.loop import TrainJob, train
 
 FULL_WEIGHTS = "model.safetensors"
+
+
+def adapter_config(settings: AdapterSettings) -> dict:
+    """The ``adapter_config.json`` mlx-lm needs: fine_tune_type, num_layers, lora_parameters."""
+    keys = [k.strip() for k in settings.lora_keys.split(",") if k.strip()] or None
+    parameters = {
+        "rank": settings.lora_rank,
+        # mlx-lm scales the update by ``scale``; PEFT/TRL users think in alpha / rank.
+        "scale": settings.lora_alpha / settings.lora_rank,
+        "dropout": settings.lora_dropout,
+    }
+    if keys:
+        parameters["keys"] = keys
+    return {
+        "fine_tune_type": "dora" if settings.dora else "lora",
+        "num_layers": settings.lora_layers,
+        "lora_parameters": parameters,
+    }
 
 
 def prepare_trainable(

@@ -21,9 +21,9 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .. import distributed
-from ..errors import RunError, UserError
-from ..events import emit
+from mlx_align.core import distributed
+from mlx_align.core.errors import RunError, UserError
+from mlx_align.core.events import emit
 
 STEP_PREFIX = "step_"
 

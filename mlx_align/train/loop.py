@@ -25,13 +25,17 @@ import mlx.optimizers as optim
 from mlx.utils import tree_map
 from tqdm import tqdm
 
-from .. import distributed
-from ..config import TrainSettings
-from ..errors import RunError
-from ..events import emit
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .grad_checkpoint import checkpoint_layers
-from .metrics import MetricsLog
+from mlx_align.config.stages import TrainSettings
+from mlx_align.core import distributed
+from mlx_align.core.errors import RunError
+from mlx_align.core.events import emit
+from mlx_align.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from mlx_align.train.grad_checkpoint import checkpoint_layers
+from mlx_align.train.metrics import MetricsLog
 
 Batch = Any  # a stage's named batch: a NamedTuple of arrays (batches.py, layouts.py)
 LossFn = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]

@@ -14,12 +14,12 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..batches import PairBatch
-from ..data.budget import fit_to_budget, token_budget
-from ..data.preference import PairBatches
-from ..events import emit
-from ..layouts import width_of
-from .adapted import stage_job, train_and_write
+from mlx_align.batches.budget import fit_to_budget, token_budget
+from mlx_align.batches.layouts import width_of
+from mlx_align.batches.preference import PairBatches
+from mlx_align.batches.types import PairBatch
+from mlx_align.core.events import emit
+from mlx_align.train.adapted import stage_job, train_and_write
 
 
 def masked_means(

@@ -20,7 +20,7 @@ def bt_curve(margins: list[float]) -> tuple[list[float], list[float]]:
     """Loss and d(loss)/d(margin) of ``losses.bt_loss`` at each margin (chosen = m, rejected = 0)."""
     import mlx.core as mx
 
-    from mlx_align.losses import bt_loss
+    from mlx_align.losses.preference import bt_loss
 
     chosen = mx.array(margins, dtype=mx.float32)
     rejected = mx.zeros_like(chosen)

@@ -50,8 +50,8 @@ def shorter_is_better(things: list[str], per_thing: int, seed: int) -> list[dict
 
 
 def main(argv=None) -> int:
-    from mlx_align.config import RewardConfig
-    from mlx_align.train.reward import run_reward
+    from mlx_align.config.stages import RewardConfig
+    from mlx_align.stages.reward import run_reward
 
     args = common.parse_args(NAME, __doc__, argv)
     check = common.Checks(NAME)

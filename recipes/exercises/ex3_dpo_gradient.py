@@ -24,7 +24,7 @@ def dpo(beta: float):
     """(loss, gradient) of ``dpo_sigmoid_loss`` for one pair, as functions of the policy log-probs."""
     import mlx.core as mx
 
-    from mlx_align.losses import dpo_sigmoid_loss
+    from mlx_align.losses.preference import dpo_sigmoid_loss
 
     def loss(policy, ref):  # policy, ref: (2,) = (chosen, rejected) log-probs
         losses, _ = dpo_sigmoid_loss(

@@ -39,8 +39,8 @@ def prompt(thing: str) -> str:
 
 def build_reference(work: Path, seed: int) -> Path:
     """A fresh tiny llama, SFT'd (all weights) on both answers to every prompt: the reference."""
-    from mlx_align.config import SFTConfig
-    from mlx_align.train.sft import run_sft
+    from mlx_align.config.stages import SFTConfig
+    from mlx_align.stages.sft import run_sft
 
     rows = [
         {"prompt": prompt(t), "completion": answer}
@@ -90,7 +90,7 @@ def write_preferences(data: Path, yes_share: float) -> list[dict]:
 
 
 def dpo_config(model, data, out, *, beta: float, steps: int, seed: int, **overrides):
-    from mlx_align.config import DPOConfig
+    from mlx_align.config.stages import DPOConfig
 
     settings = dict(
         model=str(model),
@@ -114,7 +114,7 @@ def dpo_config(model, data, out, *, beta: float, steps: int, seed: int, **overri
 
 
 def main(argv=None) -> int:
-    from mlx_align.train.dpo import run_dpo
+    from mlx_align.stages.dpo import run_dpo
 
     args = common.parse_args(NAME, __doc__, argv)
     check = common.Checks(NAME)

@@ -57,7 +57,7 @@ def strictly_falling(values: list[float]) -> bool:
 
 
 def main(argv=None) -> int:
-    from mlx_align.train.dpo import run_dpo
+    from mlx_align.stages.dpo import run_dpo
 
     args = common.parse_args(NAME, __doc__, argv)
     check = common.Checks(NAME)

@@ -62,8 +62,8 @@ def split_strings(seed: int) -> tuple[list[str], list[str]]:
 
 def train_copier(work: Path, train: list[str], steps: int, seed: int) -> Path:
     """A fresh tiny llama, fully fine-tuned on copying: the start and the reference."""
-    from mlx_align.config import SFTConfig
-    from mlx_align.train.sft import run_sft
+    from mlx_align.config.stages import SFTConfig
+    from mlx_align.stages.sft import run_sft
 
     rows = [{"prompt": prompt(s), "completion": f" {s}"} for s in train]
     common.write_jsonl(work / "sft_data" / "train.jsonl", rows)
@@ -116,7 +116,7 @@ def evaluate(model, reference, tokenizer, held_out, samples, cap) -> dict:
 
 def grpo_run(config, every: int, measure) -> list[tuple[int, dict]]:
     """``config.steps`` GRPO steps in segments of ``every``; ``measure(run_dir)`` after each."""
-    from mlx_align.train.grpo import run_grpo
+    from mlx_align.stages.grpo import run_grpo
 
     shutil.rmtree(config.out, ignore_errors=True)  # resume must not find an old run
     points = []
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import mlx.core as mx
     import mlx_lm
 
-    from mlx_align.config_online import GRPOConfig
+    from mlx_align.config.online import GRPOConfig
 
     def flags(parser):
         parser.add_argument("--anchor-beta", type=float, default=ANCHOR_BETA)

@@ -117,7 +117,7 @@ def tiny_model(
 
 
 def figure(n_panels: int, width: float = 4.8, height: float = 3.6):
-    """A matplotlib Figure on the Agg canvas (no pyplot, as ``mlx_align.plot``) and its axes."""
+    """A matplotlib Figure on the Agg canvas (no pyplot, as ``mlx_align.apps.plot``) and its axes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -195,7 +195,7 @@ def completion_kl(policy, reference, prompt: list[int], completions: list[list[i
 
 def main_guard(main) -> None:
     """Run ``main`` as a script: fast BLAS first (as the CLI), exit with its status."""
-    from mlx_align.blas import ensure_fast_blas
+    from mlx_align.core.blas import ensure_fast_blas
 
     ensure_fast_blas()
     sys.exit(main())

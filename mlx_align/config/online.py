@@ -1,0 +1,220 @@
+"""The stages that sample from the policy while they train: GRPO, online DPO and PPO.
+
+Their settings beside ``config.py``'s shared ones (run, training, adapters):
+how completions are drawn (``SamplingSettings``) and scored
+(``RewardSettings``), and each stage's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlx_align.config.settings import (
+    at_least,
+    fraction,
+    in_range,
+    non_negative,
+    positive,
+    setting,
+    stage_defaults,
+)
+from mlx_align.config.stages import AdapterSettings, RunSettings, TrainSettings
+
+
+@dataclass
+class SamplingSettings:
+    """How the stages that sample from the policy (GRPO, online DPO, PPO) draw completions."""
+
+    max_completion_tokens: int = setting(
+        64, "Longest sampled completion.", check=at_least(1)
+    )
+    temperature: float = setting(1.0, "Sampling temperature.", check=positive)
+    top_p: float = setting(
+        1.0, "Nucleus sampling threshold.", check=in_range(0, 1, open_low=True)
+    )
+    fuse_rollout: str = setting(
+        "auto",
+        "Sample from LoRA-fused weights, a copy held while sampling "
+        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        choices="mlx_align.sampling.fused_sampler:FUSE_CHOICES",
+    )
+
+
+@dataclass
+class RewardSettings:
+    """Reward functions with TRL's signature, for the stages that score samples."""
+
+    reward: tuple = setting(
+        (),
+        "Reward function: math, format, or module:function (repeat the flag "
+        "for several).",
+        multiple=True,
+    )
+    reward_weights: str = setting(
+        "", "Comma-separated weights, one per --reward (default: all 1)."
+    )
+
+
+@stage_defaults(
+    learning_rate=1e-5, reward=("math",), max_completion_tokens=256, max_length=1024
+)
+class GRPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
+    batch_size: int = setting(
+        2,
+        "Prompts per micro-batch and rank (N ranks: N x this many per global "
+        "batch); each is sampled --group-size times.",
+        check=at_least(1),
+    )
+    group_size: int = setting(
+        8,
+        "G: completions sampled per prompt (advantages compare a group's "
+        "rewards, so at least 2).",
+        check=at_least(2),
+    )
+    beta: float = setting(
+        0.0,
+        "Weight of the k3 KL to the reference (0: no reference pass).",
+        check=non_negative,
+    )
+    epsilon: float = setting(
+        0.2, "Lower clip: ratios below 1 - epsilon are clipped.", check=fraction
+    )
+    epsilon_high: float = setting(
+        0.0,
+        "Upper clip (0: same as --epsilon; DAPO uses 0.28).",
+        check=non_negative,
+    )
+    iterations: int = setting(
+        1,
+        "μ: optimisation passes per rollout batch (the clip only acts when μ > 1); "
+        "checkpoints fall on multiples of μ, so --resume is exact.",
+        check=at_least(1),
+    )
+    loss: str = setting(
+        "grpo",
+        "Token aggregation: grpo, bnpo, dr_grpo or dapo.",
+        choices="mlx_align.losses.grpo:GRPO_AGGREGATIONS",
+    )
+    scale_rewards: str = setting(
+        "group",
+        "Advantage scaling: group, batch or none (Dr. GRPO).",
+        choices="mlx_align.losses.advantages:ADVANTAGE_SCALES",
+    )
+
+
+@stage_defaults(learning_rate=5e-5, temperature=0.9, max_length=1024)
+class OnlineDPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
+    """Online DPO: pairs sampled from the policy each step, labelled by one judge:
+    --reward-model, --judge, --judge-model, or --reward (the higher reward wins)."""
+
+    batch_size: int = setting(
+        4,
+        "Prompts per micro-batch and rank (N ranks: N x this many per global "
+        "batch); each is sampled twice.",
+        check=at_least(1),
+    )
+    reward_model: str = setting(
+        "", "Judge: a reward model from `mlx-align reward` (the higher score wins)."
+    )
+    judge: str = setting(
+        "",
+        "Judge: module:function with TRL's pairwise-judge signature "
+        "judge(prompts, completion_pairs) -> preferred index per pair (-1: tie).",
+    )
+    judge_model: str = setting(
+        "",
+        "Judge: an LLM (path or hub id) reads both completions in TRL's pairwise "
+        'prompt and names the better one (its log-odds of "0" vs "1"); the --model '
+        "value itself judges with the starting weights, sharing them (RLAIF).",
+    )
+    judge_prompt: str = setting(
+        "",
+        "With --judge-model: a prompt file with {prompt}, {response0} and "
+        "{response1} (other braces doubled); default: TRL's pairwise prompt.",
+    )
+    beta: float = setting(
+        0.1, "β: strength of the KL constraint to the reference.", check=positive
+    )
+    loss: str = setting(
+        "sigmoid",
+        "DPO-family loss on the judged pairs: any name in losses.DPO_LOSSES.",
+        choices="mlx_align.losses.preference:DPO_LOSSES",
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "ε for the robust loss: assumed fraction of flipped labels.",
+        check=in_range(0, 0.5, open_high=True),
+    )
+
+
+@stage_defaults(learning_rate=1e-5, max_length=1024)
+class PPOConfig(
+    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+):
+    """PPO with a critic (``mlx-align ppo``): TRL ``PPOTrainer``'s settings, its names."""
+
+    reward_model: str = setting(
+        "",
+        "An `mlx-align reward` output directory: its score of each completion, "
+        "read at the last token, is the reward (--reward functions add to it).",
+    )
+    value_model: str = setting(
+        "",
+        "A separate mlx-lm model (same tokenizer) as the critic's backbone "
+        "(default: the policy's base with the critic's own adapters).",
+    )
+    num_mini_batches: int = setting(
+        1,
+        "Mini-batches per rollout batch, one optimizer step each: a rollout "
+        "batch holds this x --grad-accumulation x --batch-size prompts.",
+        check=at_least(1),
+    )
+    ppo_epochs: int = setting(
+        4,
+        "Passes over each rollout batch; --ppo-epochs x --num-mini-batches "
+        "optimizer steps share one rollout, and checkpoints fall on multiples of it.",
+        check=at_least(1),
+    )
+    kl_coef: float = setting(
+        0.05,
+        "β: the per-token penalty β·KL estimate taken from the reward.",
+        check=non_negative,
+    )
+    kl_estimator: str = setting(
+        "k1",
+        "Per-token KL(π ‖ π_ref) estimate (Schulman 2020), TRL's kl_estimator: "
+        "k1 = log π − log π_ref (unbiased, can be negative); k3 = (r − 1) − log r "
+        "with r = π_ref / π (unbiased, never negative, lower variance).",
+        choices=("k1", "k3"),
+    )
+    gamma: float = setting(
+        1.0, "γ: discount factor of the returns.", check=in_range(0, 1)
+    )
+    lam: float = setting(
+        0.95, "λ of generalised advantage estimation (GAE).", check=in_range(0, 1)
+    )
+    cliprange: float = setting(
+        0.2,
+        "ε: policy ratios outside [1 − ε, 1 + ε] are clipped.",
+        check=in_range(0, 1, open_low=True, open_high=True),
+    )
+    cliprange_value: float = setting(
+        0.2,
+        "Values may move at most this far from their rollout-time value.",
+        check=positive,
+    )
+    vf_coef: float = setting(
+        0.1, "Weight of the value loss in the total loss.", check=non_negative
+    )
+    whiten_rewards: bool = setting(
+        False, "Scale the per-token rewards to unit variance over each rollout batch."
+    )
+    missing_eos_penalty: float = setting(
+        0.0,
+        "Subtracted from the score of a completion that stops without EOS.",
+        check=non_negative,
+    )

@@ -1,0 +1,123 @@
+"""Group-relative advantages for GRPO and the reward sum they start from."""
+
+import math
+from collections.abc import Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from mlx_align.core import distributed
+
+# Added to the std before dividing, as TRL, so a near-constant group cannot blow up.
+STD_EPS = 1e-4
+
+ADVANTAGE_SCALES = ("group", "batch", "none")
+
+
+def group_advantages(
+    rewards: mx.array,
+    group_size: int,
+    scale: str = "group",
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """GRPO advantages: each reward minus its group's mean, optionally scaled.
+
+    DeepSeekMath (Shao et al. 2024), outcome supervision: Â = (r − mean) / std
+    over the G completions of one prompt. ``scale`` picks the divisor, as TRL
+    ``scale_rewards``: ``group`` the group's std, ``batch`` the std of all N
+    rewards (of every rank, as TRL gathers them), ``none`` no division (Liu et al. 2025, Dr. GRPO). ``STD_EPS`` is
+    added to the std.
+
+    Deviation from TRL: the std is the population std (ddof=0), so a group
+    [1, 0, 0, 1] gives ±0.5/(0.5 + ε) ≈ ±1; TRL's torch.std is unbiased
+    (ddof=1) and gives ±0.866. Groups whose rewards are all equal carry no
+    signal: their advantages are exactly 0 and they are counted.
+
+    Args:
+        rewards: total reward per completion, (N,), N = groups × group_size,
+            the completions of one prompt contiguous.
+        group_size: G, completions per prompt.
+        scale: ``group``, ``batch`` or ``none``.
+
+    Returns:
+        advantages (N,); metrics ``frac_reward_zero_std`` (share of groups with
+        all rewards equal), a scalar.
+    """
+    if scale not in ADVANTAGE_SCALES:
+        raise ValueError(f"scale must be one of {ADVANTAGE_SCALES}, got {scale!r}")
+    if rewards.size % group_size:
+        raise ValueError(
+            f"{rewards.size} rewards do not split into groups of {group_size}"
+        )
+    grouped = rewards.reshape(-1, group_size)  # (G, K)
+    centred = grouped - grouped.mean(axis=1, keepdims=True)  # (G, K)
+    all_equal = grouped.max(axis=1, keepdims=True) == grouped.min(axis=1, keepdims=True)
+    if scale == "group":
+        centred = centred / (mx.std(grouped, axis=1, keepdims=True) + STD_EPS)
+    elif scale == "batch":
+        centred = centred / (batch_std(rewards) + STD_EPS)
+    # An equal group's mean can differ from its members by rounding; force 0.
+    advantages = mx.where(all_equal, 0.0, centred).reshape(-1)  # (N,)
+    metrics = {"frac_reward_zero_std": all_equal.astype(mx.float32).mean()}
+    return advantages, metrics
+
+
+def batch_std(rewards: mx.array) -> mx.array:
+    """The population std of the rewards of the whole global batch (every rank's)."""
+    if distributed.size() == 1:
+        return mx.std(rewards)
+    n, total, squares = distributed.all_sum(
+        mx.stack(
+            [mx.array(rewards.size, mx.float32), rewards.sum(), (rewards**2).sum()]
+        )
+    )
+    mean = total / n
+    return mx.sqrt(mx.maximum(squares / n - mean**2, 0.0))
+
+
+def combine_rewards(
+    per_function_rewards: Sequence[Sequence[float | None]],
+    weights: Sequence[float] | None = None,
+    names: Sequence[str] | None = None,
+) -> tuple[mx.array, dict[str, float]]:
+    """Weighted sum of several reward functions' outputs, None meaning missing.
+
+    As TRL ``GRPOTrainer`` (``_calculate_rewards`` then ``nansum``): a None is
+    NaN, contributes 0 to its sample's total (a sample where every function
+    returned None gets 0), and is ignored by that function's mean and std.
+
+    Args:
+        per_function_rewards: F lists of N rewards, one list per function.
+        weights: F weights; default all 1.
+        names: F names for the metrics; default ``reward_0``, ``reward_1``, ...
+
+    Returns:
+        total reward per completion, (N,); host-side float metrics ``reward``
+        (mean total), ``reward_std`` and per function ``rewards/<name>/mean``,
+        ``rewards/<name>/std``. Deviation from TRL: stds are population stds
+        (ddof=0), and ``reward_std`` is the std of the totals over the batch,
+        where TRL logs the mean of the per-group stds.
+    """
+    num_functions = len(per_function_rewards)
+    weights = [1.0] * num_functions if weights is None else list(weights)
+    names = [f"reward_{i}" for i in range(num_functions)] if names is None else names
+    if not len(weights) == len(names) == num_functions:
+        raise ValueError("need one weight and one name per reward function")
+    rows = [[np.nan if r is None else r for r in f] for f in per_function_rewards]
+    table = np.array(rows, dtype=np.float32).reshape(num_functions, -1)  # (F, N)
+    weight_column = np.array(weights, dtype=np.float32)[:, None]  # (F, 1)
+    totals = np.nansum(table * weight_column, axis=0)  # (N,) a missing reward adds 0
+    metrics = {"reward": float(totals.mean()), "reward_std": float(totals.std())}
+    for name, column in zip(names, table, strict=True):
+        mean, std = _nan_mean_and_std(column)
+        metrics[f"rewards/{name}/mean"] = mean
+        metrics[f"rewards/{name}/std"] = std
+    return mx.array(totals), metrics
+
+
+def _nan_mean_and_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and population std ignoring NaN, as TRL's nanmean/nanstd (which is
+    ddof=1); NaN when every value is missing."""
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        return math.nan, math.nan
+    return float(present.mean()), float(present.std())

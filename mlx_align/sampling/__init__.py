@@ -1,0 +1,1 @@
+"""Layer 6: drawing completions from a policy and judging them."""

@@ -1,0 +1,128 @@
+"""DPO (and IPO / hinge / robust, and RPO's ``--sft-weight``) with one model in memory.
+
+Reference log-probs are computed before the adapters are attached (the
+model then *is* the reference), cached on disk, and looked up per batch; the
+policy runs chosen and rejected rows in one forward. ``--ref-model`` loads a
+separate reference for that pass; ``--no-precompute`` runs the reference
+every step instead (a model object sharing the base arrays, or the loaded
+``--ref-model``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_align.batches.layouts import choose_layout
+from mlx_align.batches.planning import visited_batches
+from mlx_align.batches.preference import PairBatches, encode_pairs
+from mlx_align.batches.types import PairBatch
+from mlx_align.config.stages import DPOConfig
+from mlx_align.data.splits import load_batched_splits
+from mlx_align.losses import preference as losses
+from mlx_align.model.load import load_model
+from mlx_align.train.pairs import masked_means, train_on_pairs
+from mlx_align.train.reference import ScoredSplit, prepare_reference
+
+
+def dpo_objective(config: DPOConfig) -> Callable:
+    """``losses.DPO_LOSSES[config.loss]`` as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``.
+
+    A loss receives, by name, those of ``beta``, ``label_smoothing``,
+    ``chosen_lengths`` and ``rejected_lengths`` that its signature lists, so a
+    new DPO variant is one function and one registry line.
+    """
+    loss_fn = losses.DPO_LOSSES[config.loss]
+    accepted = inspect.signature(loss_fn).parameters
+    settings = {"beta": config.beta, "label_smoothing": config.label_smoothing}
+    fixed = {k: v for k, v in settings.items() if k in accepted}
+    wants_lengths = "chosen_lengths" in accepted
+
+    def objective(pc, pr, rc, rr, lc, lr):
+        lengths = (
+            {"chosen_lengths": lc, "rejected_lengths": lr} if wants_lengths else {}
+        )
+        return loss_fn(pc, pr, rc, rr, **fixed, **lengths)
+
+    return objective
+
+
+def dpo_loss(
+    model: nn.Module,
+    batch: PairBatch,
+    *,
+    objective: Callable,
+    sft_weight: float = 0.0,
+    reference: nn.Module | None = None,
+):
+    """One pair batch -> (loss, n_tokens, metrics); the reference log-probs are
+    ``batch.reference`` (cached) unless ``reference`` runs now."""
+    summed, lengths = batch.inputs.logps(model)  # (2B,) each, chosen first
+    if reference is not None:
+        ref_logps = mx.stop_gradient(batch.inputs.logps(reference)[0])
+    else:
+        ref_logps = batch.reference
+    pc, pr = mx.split(summed, 2)
+    rc, rr = mx.split(ref_logps, 2)
+    lc, lr = mx.split(lengths, 2)
+    pair_losses, metrics = objective(pc, pr, rc, rr, lc, lr)  # (B,)
+    if sft_weight:  # RPO: + α · mean NLL of the chosen completion
+        nll = -pc / mx.maximum(lc, 1)
+        pair_losses = pair_losses + sft_weight * nll
+        metrics = {**metrics, "nll_loss": nll}
+    loss, metrics = masked_means(pair_losses, metrics, batch.valid)
+    return loss, lengths.sum(), metrics
+
+
+def run_dpo(config: DPOConfig) -> Path:
+    """Train a DPO-family policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
+    model, tokenizer, model_config = load_model(config.model)
+    splits = load_batched_splits(config, tokenizer, encode_pairs, PairBatches)
+    reference = prepare_reference(
+        config,
+        model,
+        [pair_split(s, config, name) for s, name in zip(splits, SPLITS, strict=True)],
+    )
+    loss_fn = partial(
+        dpo_loss,
+        objective=dpo_objective(config),
+        sft_weight=config.sft_weight,
+        reference=reference.model,
+    )
+    layout = choose_layout(config.padding_free, model, reference.model)
+    makers = [
+        s and s.maker(layout, cached)
+        for s, cached in zip(splits, reference.cached, strict=True)
+    ]
+    return train_on_pairs(
+        config,
+        model,
+        reference.adapters,
+        loss_fn,
+        splits,
+        makers,
+        tokenizer,
+        model_config,
+        frozen=(reference.model,),
+    )
+
+
+SPLITS = ("train", "valid")
+
+
+def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit | None:
+    """A split's pairs, for their reference log-probs."""
+    if batches is None:
+        return None
+    rows = [(p.chosen, p.rejected) for p in batches.pairs]
+    return ScoredSplit(
+        rows,
+        lambda indices, layout: batches.maker(layout)(indices),
+        batches.plan,
+        visited_batches(batches.plan, config, split),
+    )

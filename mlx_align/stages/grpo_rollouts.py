@@ -1,0 +1,236 @@
+"""GRPO's batches: groups sampled from the policy, scored, batched for the loss, reused μ times.
+
+Sampling is ``rollout.py``'s, scoring ``rewards/scoring.py``'s, advantages
+``advantages.py``'s and padding ``layouts.py``'s; this module puts them in
+order for one micro-batch and keeps it while μ optimizer steps use it.
+Micro-batch k of the run uses rollout batch ``(step // μ) · A + micro``
+(A = gradient accumulation).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from tqdm import tqdm
+
+from mlx_align.batches.layouts import FullRows, SharedPrompt
+from mlx_align.batches.planning import BatchPlan, bucket_for, bucket_lengths
+from mlx_align.batches.types import GRPOBatch
+from mlx_align.config.online import GRPOConfig, SamplingSettings
+from mlx_align.core import distributed
+from mlx_align.core.events import emit
+from mlx_align.data.jsonl import Record
+from mlx_align.data.prompts import encode_prompts
+from mlx_align.data.tokenize import Encoded, pad_id_of
+from mlx_align.losses.advantages import group_advantages
+from mlx_align.model.shared_prompts import supports_shared_prompts
+from mlx_align.rewards.scoring import GroupScorer
+from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
+from mlx_align.sampling.rollout import Group, sample_groups
+from mlx_align.train.loop import step_seed
+
+RANK_SEED_STRIDE = 7919  # rank r samples from the step's seed + r x this
+
+ROLLOUT_STATS = (
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "completion_length_mean",
+    "completion_length_max",
+)
+
+
+def seed_for_rank(seed: int, step: int) -> None:
+    """The RNG as ``loop.step_seed`` seeds ``step``, offset by the rank: each
+    rank draws its own completions, and rank 0 (one process) those it drew
+    before ranks existed."""
+    offset = RANK_SEED_STRIDE * distributed.rank()
+    mx.random.seed((step_seed(seed, step) + offset) % 2**32)
+
+
+def draw(
+    model: nn.Module,
+    settings: SamplingSettings,
+    prompts: list[list[int]],
+    group_size: int,
+    eos_ids: set[int],
+) -> list[Group]:
+    """``group_size`` completions of each prompt with the stage's sampling
+    settings (``rollout.sample_groups``); emits ``rollout`` (lengths, seconds)."""
+    tic = time.perf_counter()
+    groups = sample_groups(
+        model,
+        prompts,
+        group_size,
+        settings.max_completion_tokens,
+        eos_ids,
+        settings.temperature,
+        settings.top_p,
+    )
+    lengths = [len(c) for g in groups for c in g.completions]
+    emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
+    return groups
+
+
+def rollout_index(micro_batch: int, accumulation: int, passes: int) -> int:
+    """The rollout batch that micro-batch k trains on: each is reused for ``passes`` steps."""
+    step, micro = divmod(micro_batch, accumulation)
+    return (step // passes) * accumulation + micro
+
+
+class Rollouts:
+    """Micro-batch k of a GRPO run: sampled, scored and batched once, reused μ times."""
+
+    def __init__(
+        self, config: GRPOConfig, model: nn.Module, tokenizer, records: list[Record]
+    ):
+        self.config, self.model, self.tokenizer = config, model, tokenizer
+        self.records = records
+        self.prompts = encode_prompts(
+            tokenizer,
+            records,
+            max_tokens=config.max_length - config.max_completion_tokens,
+            report=tqdm.write,
+        )
+        # Every rank samples a full share (GRPO has no filler rows); one
+        # process keeps a short last batch.
+        self.plan = BatchPlan.by_length(
+            [len(p) for p in self.prompts],
+            config.batch_size,
+            config.seed,
+            fill_last=distributed.size() > 1,
+        )
+        self.scorer = GroupScorer(config.reward, config.reward_weights)
+        self.eos_ids = set(tokenizer.eos_token_ids)
+        self.pad_id = pad_id_of(tokenizer)
+        self.buckets = bucket_lengths(config.max_length)
+        self.reference: nn.Module | None = None  # run once per rollout when β > 0
+        self.sampler: FusedSampler | None = None  # set once adapters are on
+        # Score each prompt once per group in the train step (exact; llama-family models).
+        self.shared_prompts = supports_shared_prompts(model)
+        self.cache: dict[int, GRPOBatch] = {}
+        self.samples_path = Path(config.out) / "samples.jsonl"
+
+    @property
+    def stat_names(self) -> list[str]:
+        """What ``GRPOBatch.stats`` holds, in order."""
+        return [*ROLLOUT_STATS, *self.scorer.metric_names]
+
+    def micro_batch(self, k: int) -> GRPOBatch:
+        accumulation = self.config.grad_accumulation
+        rollout_id = rollout_index(k, accumulation, self.config.iterations)
+        if rollout_id not in self.cache:
+            self.seed_group(rollout_id)
+            kept = {
+                i: v for i, v in self.cache.items() if i > rollout_id - accumulation
+            }
+            self.cache = {rollout_id: self.sample(rollout_id), **kept}
+        return self.cache[rollout_id]
+
+    def seed_group(self, rollout_id: int) -> None:
+        """Before the first rollout batch of a step's group, ``seed_for_rank`` of
+        that step. Checkpoints fall on group boundaries
+        (``TrainJob.checkpoint_multiple``), so a resumed run draws the same.
+        """
+        accumulation, passes = self.config.grad_accumulation, self.config.iterations
+        group, micro = divmod(rollout_id, accumulation)
+        if micro == 0:
+            seed_for_rank(self.config.seed, group * passes + 1)
+
+    def sample(self, rollout_id: int) -> GRPOBatch:
+        """Sample the rollout batch's groups, score them, and batch them for the loss."""
+        config, indices = self.config, self.plan.local_batch(rollout_id)
+        groups = self.sample_groups(indices)
+        texts = [
+            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
+            for g in groups
+            for c in g.completions
+        ]
+        tic = time.perf_counter()
+        records = [self.records[i] for i in indices]
+        rewards, reward_metrics = self.scorer(records, config.group_size, texts)
+        emit("rewards", seconds=time.perf_counter() - tic)
+        advantages, adv_metrics = group_advantages(
+            rewards, config.group_size, config.scale_rewards
+        )
+        if rollout_id % max(config.log_every, 1) == 0 and distributed.is_main():
+            write_samples(
+                self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
+            )
+        lengths = [len(c) for g in groups for c in g.completions]
+        stats = {
+            **reward_metrics,
+            "frac_reward_zero_std": adv_metrics["frac_reward_zero_std"].item(),
+            "completion_length_mean": sum(lengths) / len(lengths),
+            "completion_length_max": max(lengths),
+        }
+        inputs = self.inputs(groups)
+        several_passes = config.iterations > 1
+        return GRPOBatch(
+            inputs,
+            old_logps=self.fixed_logps(self.model, inputs) if several_passes else None,
+            ref_logps=self.fixed_logps(self.reference, inputs),
+            advantages=advantages,
+            stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
+        )
+
+    def sample_groups(self, indices: list[int]) -> list[Group]:
+        """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
+        prompts = [self.prompts[i] for i in indices]
+        with sampling_model(self.model, self.sampler) as model:
+            return draw(
+                model, self.config, prompts, self.config.group_size, self.eos_ids
+            )
+
+    def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
+        """The groups as the loss scores them: prompts once per group, or full rows."""
+        if self.shared_prompts:
+            width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
+            widths = (width, self.config.max_completion_tokens)
+            completions = [c for g in groups for c in g.completions]
+            prompts = [g.prompt for g in groups]
+            return SharedPrompt.pad(
+                prompts, completions, len(groups), self.pad_id, widths
+            )
+        rows = [
+            Encoded(g.prompt + c, len(g.prompt)) for g in groups for c in g.completions
+        ]
+        return FullRows.pad(rows, len(rows), self.buckets, self.pad_id)
+
+    @staticmethod
+    def fixed_logps(model: nn.Module | None, inputs) -> mx.array | None:
+        """Per-token log-probs of ``model`` at rollout time, held fixed; None without a model."""
+        if model is None:
+            return None
+        per_token = mx.stop_gradient(inputs.token_logps(model)[0])
+        mx.eval(per_token)
+        return per_token
+
+
+def write_samples(
+    path: Path,
+    rollout_id: int,
+    tokenizer,
+    groups: list[Group],
+    texts,
+    rewards,
+    per_group: int = 2,
+) -> None:
+    """Append the first ``per_group`` completions of each group, with their rewards, to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = len(texts) // len(groups)
+    with open(path, "a") as f:
+        for j, group in enumerate(groups):
+            prompt = tokenizer.decode(group.prompt)
+            for c in range(min(per_group, size)):
+                row = {
+                    "rollout": rollout_id,
+                    "prompt": prompt,
+                    "completion": texts[j * size + c],
+                    "reward": rewards[j * size + c].item(),
+                }
+                f.write(json.dumps(row) + "\n")

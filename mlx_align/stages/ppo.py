@@ -1,0 +1,285 @@
+"""PPO with a critic, the four-model RLHF rig (InstructGPT; TRL ``PPOTrainer``).
+
+The four roles share one set of base weights where they can:
+
+- policy: LoRA (or DoRA) adapters on the base, trained;
+- reference: the base with the adapters off, a second model object on the
+  policy's own base arrays (``reference.shared_reference``), run once per
+  rollout batch;
+- critic: a value head (``model/value_head.py``) on another model object
+  over the same base arrays, with adapters of its own, trained; or, with
+  ``--value-model``, a separate (smaller) model with the same tokenizer;
+- reward: an ``mlx-align reward`` model read at the last completion token,
+  whose adapters go on yet another object over the policy's base arrays
+  when it was trained on the same base, and/or ``--reward`` functions.
+
+With ``--full`` the policy's weights change, so the reference and the
+critic are copies of their own. The loop trains ``ActorCritic``: the policy
+and the critic side by side, with loss = policy loss + vf_coef · value
+loss; the policy's adapters are written in mlx-lm's format (``mlx-align
+fuse`` reads them), the critic's in ``out/critic/``. The math is
+``ppo_loss.py``'s; the batches come from ``ppo_rollouts.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+from tqdm import tqdm
+
+from mlx_align.batches.planning import BatchPlan
+from mlx_align.config.online import PPOConfig
+from mlx_align.core import distributed
+from mlx_align.core.errors import UserError
+from mlx_align.data.prompts import check_prompt_records
+from mlx_align.data.source import load_split
+from mlx_align.losses.ppo import clipped_value_loss, masked_mean, ppo_policy_loss
+from mlx_align.model.adapters import (
+    attach_adapters,
+    count_parameters,
+    quantize_base,
+)
+from mlx_align.model.load import load_model
+from mlx_align.model.reward_head import (
+    REWARD_CONFIG,
+    REWARD_FILES,
+    RewardModel,
+    hidden_size_of,
+    load_head_model,
+    load_reward_model,
+)
+from mlx_align.model.value_head import ActorCritic, ValueModel, save_critic
+from mlx_align.rewards.registry import reward_columns
+from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
+from mlx_align.stages.ppo_rollouts import (
+    CompletionScorer,
+    PPOBatch,
+    PPORollouts,
+    usable_prompts,
+)
+from mlx_align.train.adapted import prepare_trainable, stage_job, write_result
+from mlx_align.train.loop import train
+from mlx_align.train.reference import model_fingerprint, shared_reference
+
+CHECKPOINT_WEIGHTS = "ppo_weights.safetensors"  # policy, critic and value head
+
+
+def ppo_batch_loss(
+    model: ActorCritic, batch: PPOBatch, *, config: PPOConfig, stat_names
+):
+    """A mini-batch's completions -> (policy loss + vf_coef · value loss, n_tokens, metrics)."""
+    logps, mask, entropy = batch.inputs.token_logps_and_entropy(model.policy)
+    values, _ = model.critic.token_values(batch.inputs)  # (N, T-1)
+    policy_loss, policy_metrics = ppo_policy_loss(
+        logps, batch.old_logps, batch.advantages, mask, config.cliprange
+    )
+    value_loss, value_metrics = clipped_value_loss(
+        values, batch.old_values, batch.returns, mask, config.cliprange_value
+    )
+    rollout = {name: batch.stats[i] for i, name in enumerate(stat_names)}
+    loss = policy_loss + config.vf_coef * value_loss
+    # Not ``mask.sum()``: an output equal to a node inside the loss (the masked
+    # means' denominators) breaks mx.compile of value_and_grad in MLX 0.32
+    # ("IndexError: _Map_base::at"); row sums first is another graph.
+    n_tokens = mask.sum(axis=-1).sum()
+    # The whole next-token distribution's entropy (at temperature 1, as the
+    # log-probs); TRL means it over all response positions, padding too, here
+    # over the real tokens.
+    policy_metrics["policy/entropy_avg"] = masked_mean(entropy, mask)
+    return loss, n_tokens, {**policy_metrics, **value_metrics, **rollout}
+
+
+def build_critic(
+    policy: nn.Module, config: PPOConfig, tokenizer, adapters: dict | None
+) -> tuple[ValueModel, str, dict]:
+    """The critic's backbone with its own adapters (or all weights trainable) and a
+    zero value head; returns it, the model it was built on and that model's config.
+
+    Default: a second object on the policy's base arrays (no copy); with
+    ``--full``, a copy; with ``--value-model``, that model.
+    """
+    source, model_config = config.value_model or config.model, {}
+    if config.value_model:
+        lm, value_tokenizer, model_config = load_model(
+            config.value_model, "--value-model"
+        )
+        if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise UserError(
+                f"--value-model {config.value_model}",
+                "its tokenizer differs from the policy's: the critic reads the policy's tokens",
+            )
+        if config.quantize:
+            quantize_base(lm, config.quantize)
+    elif adapters:
+        lm = shared_reference(policy, config.model)
+    else:
+        lm, _, model_config = load_model(config.model)
+    if adapters:
+        mx.random.seed(config.seed + 1)  # the critic's lora_a differ from the policy's
+        attach_adapters(lm, adapters)
+    critic = ValueModel(lm, hidden_size_of(lm))
+    trainable, total = count_parameters(critic)
+    tqdm.write(f"critic: {trainable:,} trainable parameters of {total:,} ({source})")
+    return critic, source, model_config
+
+
+def shares_base(reward_config: dict, config: PPOConfig) -> bool:
+    """Whether a reward model's adapters sit on the policy's own (frozen, equally quantized) base."""
+    return (
+        reward_config.get("fine_tune_type") != "full"
+        and reward_config.get("quantize", 0) == config.quantize
+        and model_fingerprint(reward_config["base_model"])
+        == model_fingerprint(config.model)
+    )
+
+
+def reward_model_for(
+    policy: nn.Module, config: PPOConfig, adapters: dict | None, tokenizer
+) -> tuple[RewardModel | None, object]:
+    """``--reward-model`` in eval mode and its tokenizer; its base is the policy's base
+    arrays (no copy) when it was trained on the same base and the policy is LoRA."""
+    if not config.reward_model:
+        return None, None
+    path = Path(config.reward_model)
+    reward_config = (
+        json.loads((path / REWARD_CONFIG).read_text())
+        if (path / REWARD_CONFIG).exists()
+        else {}
+    )
+    if not (adapters and reward_config and shares_base(reward_config, config)):
+        return load_reward_model(path)  # raises DataError for a non-reward directory
+    backbone = shared_reference(policy, config.model)
+    model, _ = load_head_model(path, RewardModel, REWARD_FILES, backbone=backbone)
+    model.freeze()
+    tqdm.write(f"reward model {path}: adapters on the policy's base arrays")
+    return model, tokenizer
+
+
+def write_checkpoint_weights(model: ActorCritic, directory: Path) -> None:
+    """The loop's ``write_weights``: the policy's, the critic's and the head's arrays in one file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.trainable_parameters()))
+    mx.save_safetensors(str(directory / CHECKPOINT_WEIGHTS), weights)
+
+
+@dataclass
+class Rig:
+    """The four roles of a PPO run and what writing its result needs."""
+
+    model: ActorCritic  # the policy and the critic, trained together
+    reference: nn.Module
+    scorer: CompletionScorer
+    tokenizer: object
+    model_config: dict  # the policy's base, for a --full result
+    adapters: dict | None  # the policy's and the critic's adapter config
+    critic_source: str  # the critic's base: --model or --value-model
+    critic_config: dict  # ``critic_source``'s config, for a full critic
+
+
+def load_rig(config: PPOConfig) -> Rig:
+    """Policy (adapters attached), reference, critic and scorer, on one base where they can."""
+    policy, tokenizer, model_config = load_model(config.model)
+    if config.quantize:
+        quantize_base(policy, config.quantize)
+    adapters = prepare_trainable(policy, config, config.seed)
+    reference = (
+        shared_reference(policy, config.model)
+        if adapters
+        else load_model(config.model)[0]
+    )
+    critic, source, critic_config = build_critic(policy, config, tokenizer, adapters)
+    reward_model, reward_tokenizer = reward_model_for(
+        policy, config, adapters, tokenizer
+    )
+    scorer = CompletionScorer(reward_model, reward_tokenizer, config, tokenizer)
+    model = ActorCritic(policy, critic)
+    return Rig(
+        model,
+        reference,
+        scorer,
+        tokenizer,
+        model_config,
+        adapters,
+        source,
+        critic_config,
+    )
+
+
+def run_ppo(config: PPOConfig) -> Path:
+    """Train with PPO; the policy's adapters in ``out`` (``out/model`` with ``--full``),
+    the critic in ``out/critic``, samples in ``out/samples.jsonl``."""
+    train_records = load_split(config.source, "train", required=True)
+    valid_records = load_split(config.source, "valid")
+    for split in filter(None, (train_records, valid_records)):
+        check_prompt_records(split, needs=reward_columns(config.reward))
+    rig = load_rig(config)
+    prompts = usable_prompts(train_records, rig.tokenizer, config)
+    rollouts = PPORollouts(
+        config, rig.model, rig.reference, rig.scorer, rig.tokenizer, prompts
+    )
+    if should_fuse(rig.model.policy, config.fuse_rollout):
+        rollouts.sampler = FusedSampler(rig.model.policy)
+    if distributed.is_main():  # another rank may not remove what rank 0 wrote
+        (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
+    tqdm.write(
+        f"PPO: {len(prompts[0])} prompts, rollout batches of {rollouts.rollout_size}, "
+        f"{rollouts.steps_per_rollout} optimizer steps each"
+    )
+    valid = usable_prompts(valid_records, rig.tokenizer, config)
+    job = stage_job(
+        config,
+        rig.model,
+        rig.adapters,
+        partial(ppo_batch_loss, config=config, stat_names=rollouts.stat_names),
+        rollouts.micro_batch,
+        valid=valid_split(config, rollouts, valid),
+        checkpoint_multiple=rollouts.steps_per_rollout,  # resume at a rollout boundary
+    )
+    job = dataclasses.replace(
+        job,
+        write_weights=partial(write_checkpoint_weights, rig.model),
+        weights_file=CHECKPOINT_WEIGHTS,
+    )
+    train(job, config)
+    if distributed.is_main():
+        write_ppo_result(config, rig)
+    return Path(config.out)
+
+
+def write_ppo_result(config: PPOConfig, rig: Rig) -> None:
+    """The policy's adapters (mlx-lm's format) or full model in ``out``, the critic in ``out/critic``."""
+    out, policy, critic = Path(config.out), rig.model.policy, rig.model.critic
+    write_result(
+        policy, rig.adapters, out, config.model, rig.tokenizer, rig.model_config
+    )
+    save_critic(
+        critic,
+        rig.adapters,
+        out / "critic",
+        rig.critic_source,
+        rig.tokenizer,
+        rig.critic_config,
+        config.quantize,
+    )
+
+
+def valid_split(config: PPOConfig, rollouts: PPORollouts, prompts) -> tuple | None:
+    """Evaluation on the valid prompts (sampled afresh each time), or None without any."""
+    records, tokens = prompts
+    if not records:
+        return None
+    plan = BatchPlan.by_length([len(p) for p in tokens], config.batch_size, config.seed)
+
+    def make(indices: list[int]) -> PPOBatch:
+        return rollouts.eval_batch(
+            [records[i] for i in indices], [tokens[i] for i in indices]
+        )
+
+    return plan, make

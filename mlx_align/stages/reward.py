@@ -1,0 +1,95 @@
+"""Reward modelling (Bradley-Terry) and scoring with the trained reward model.
+
+Chosen and rejected rows run in one forward, as in DPO; the reward of a row
+is the scalar head read at its last completion token
+(``model/reward_head.py``). The loss is ``losses.bt_loss`` with the pair's
+optional ``margin`` column (Llama 2, eq. 2) plus TRL's
+``center_rewards_coefficient`` term c · (r_w + r_l)² (Eisenstein et al.
+2023), which pins the reward's free offset near 0.
+
+Scoring with the trained model: ``sampling/reward_model.py`` (``score``)
+and ``apps/score.py`` (``mlx-align score``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import partial
+from pathlib import Path
+
+import mlx.core as mx
+
+from mlx_align.batches.planning import local_batches
+from mlx_align.batches.preference import PairBatches, encode_pairs
+from mlx_align.batches.types import PairBatch
+from mlx_align.config.stages import RewardConfig
+from mlx_align.core import distributed
+from mlx_align.data.splits import load_batched_splits
+from mlx_align.losses import preference as losses
+from mlx_align.model.adapters import quantize_base
+from mlx_align.model.load import load_model
+from mlx_align.model.reward_head import (
+    CHECKPOINT_WEIGHTS,
+    RewardModel,
+    hidden_size_of,
+    save_checkpoint_weights,
+    save_reward_model,
+)
+from mlx_align.train.adapted import prepare_trainable
+from mlx_align.train.loop import TrainJob, train
+from mlx_align.train.pairs import masked_means
+
+
+def bt_batch_loss(model: RewardModel, batch: PairBatch, *, center_coefficient=0.0):
+    """Chosen rows then rejected rows (full rows), optional ``margins`` -> (loss, n_tokens, metrics)."""
+    rewards = model(*batch.inputs)  # (2B,)
+    chosen, rejected = mx.split(rewards, 2)  # (B,), (B,)
+    pair_losses, metrics = losses.bt_loss(chosen, rejected, batch.margins)
+    if center_coefficient:
+        pair_losses = pair_losses + center_coefficient * (chosen + rejected) ** 2
+    metrics = {
+        **metrics,
+        "chosen_reward": mx.stop_gradient(chosen),
+        "rejected_reward": mx.stop_gradient(rejected),
+    }
+    loss, metrics = masked_means(pair_losses, metrics, batch.valid)
+    return loss, batch.inputs.loss_mask.sum(), metrics
+
+
+def run_reward(config: RewardConfig) -> Path:
+    """Train a Bradley-Terry reward model; adapters (or ``out/model``) + head in ``out``."""
+    lm, tokenizer, model_config = load_model(config.model)
+    train_set, valid_set = load_batched_splits(
+        config, tokenizer, encode_pairs, PairBatches
+    )
+    if config.quantize:
+        quantize_base(lm, config.quantize)
+    adapters = prepare_trainable(lm, config, config.seed)  # on the inner mlx-lm model
+    model = RewardModel(lm, hidden_size_of(lm))  # the head is trainable either way
+    make_train = train_set.maker("full", margins=True)
+    make_valid = valid_set and valid_set.maker("full", margins=True)
+    job = TrainJob(
+        model=model,
+        loss_fn=partial(
+            bt_batch_loss, center_coefficient=config.center_rewards_coefficient
+        ),
+        train_batch=lambda k: make_train(train_set.plan.local_batch(k)),
+        out=Path(config.out),
+        write_weights=partial(save_checkpoint_weights, model),
+        weights_file=CHECKPOINT_WEIGHTS,
+        eval_batches=valid_set
+        and (lambda: local_batches(make_valid, valid_set.plan, config, "valid")),
+        config=dataclasses.asdict(config),
+    )
+    train(job, config)
+    if not distributed.is_main():
+        return Path(config.out)
+    return save_reward_model(
+        model,
+        adapters,
+        Path(config.out),
+        config.model,
+        tokenizer,
+        model_config,
+        config.quantize,
+    )
