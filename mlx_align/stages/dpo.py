@@ -25,9 +25,9 @@ from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import DPOConfig
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
-from mlx_align.model.load import load_model
-from mlx_align.train.pairs import masked_means, train_on_pairs
-from mlx_align.train.reference import ScoredSplit, prepare_reference
+from mlx_align.train.pairs import masked_means, pair_job
+from mlx_align.train.reference import Reference, ScoredSplit, prepare_reference
+from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
 def dpo_objective(config: DPOConfig) -> Callable:
@@ -81,35 +81,39 @@ def dpo_loss(
 
 def run_dpo(config: DPOConfig) -> Path:
     """Train a DPO-family policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
-    model, tokenizer, model_config = load_model(config.model)
-    splits = load_batched_splits(config, tokenizer, encode_pairs, PairBatches)
-    reference = prepare_reference(
-        config,
-        model,
-        [pair_split(s, config, name) for s, name in zip(splits, SPLITS, strict=True)],
-    )
+    return run_stage(DPO, config)
+
+
+def dpo_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
+    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
+
+
+def dpo_reference(run: StageRun) -> Reference:
+    """Log-probs of the visited pairs, precomputed before the adapters exist, or a model."""
+    splits = [
+        pair_split(s, run.config, name)
+        for s, name in zip(run.data, SPLITS, strict=True)
+    ]
+    return prepare_reference(run.config, run.model, splits)
+
+
+def dpo_job(run: StageRun) -> Job:
+    config, reference = run.config, run.reference
     loss_fn = partial(
         dpo_loss,
         objective=dpo_objective(config),
         sft_weight=config.sft_weight,
         reference=reference.model,
     )
-    layout = choose_layout(config.padding_free, model, reference.model)
+    layout = choose_layout(config.padding_free, run.model, reference.model)
     makers = [
         s and s.maker(layout, cached)
-        for s, cached in zip(splits, reference.cached, strict=True)
+        for s, cached in zip(run.data, reference.cached, strict=True)
     ]
-    return train_on_pairs(
-        config,
-        model,
-        reference.adapters,
-        loss_fn,
-        splits,
-        makers,
-        tokenizer,
-        model_config,
-        frozen=(reference.model,),
-    )
+    return pair_job(config, loss_fn, run.data, makers, frozen=(reference.model,))
+
+
+DPO = Stage(dpo_job, data=dpo_data, reference=dpo_reference)
 
 
 SPLITS = ("train", "valid")

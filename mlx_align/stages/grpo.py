@@ -26,13 +26,11 @@ from mlx_align.core import distributed
 from mlx_align.data.prompts import check_prompt_records
 from mlx_align.data.source import load_split
 from mlx_align.losses.preference import grpo_loss
-from mlx_align.model.adapters import quantize_base
-from mlx_align.model.load import load_model
 from mlx_align.rewards.registry import reward_columns
 from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
 from mlx_align.stages.grpo_rollouts import Rollouts
-from mlx_align.train.adapted import prepare_trainable, stage_job, train_and_write
-from mlx_align.train.reference import shared_reference
+from mlx_align.train.reference import live_reference
+from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
 def grpo_batch_loss(
@@ -59,33 +57,40 @@ def grpo_batch_loss(
 
 def run_grpo(config: GRPOConfig) -> Path:
     """Train with GRPO; adapters in ``out`` (or ``out/model`` with ``--full``), samples in ``out/samples.jsonl``."""
+    return run_stage(GRPO, config)
+
+
+def grpo_read(config: GRPOConfig):
     records = load_split(config.source, "train", required=True)
     check_prompt_records(records, needs=reward_columns(config.reward))
-    model, tokenizer, model_config = load_model(config.model)
-    if config.quantize:
-        quantize_base(model, config.quantize)
-    rollouts = Rollouts(config, model, tokenizer, records)
-    adapters = prepare_trainable(model, config, config.seed)
-    if should_fuse(model, config.fuse_rollout):
-        rollouts.sampler = FusedSampler(model)
-    if config.beta > 0:
-        rollouts.reference = (
-            shared_reference(model, config.model)
-            if adapters
-            else load_model(config.model)[0]
-        )
+    return records
+
+
+def grpo_data(run: StageRun) -> Rollouts:
+    return Rollouts(run.config, run.model, run.tokenizer, run.records)
+
+
+def grpo_reference(run: StageRun) -> nn.Module | None:
+    """With β > 0, a reference run once per rollout."""
+    return live_reference(run.config, run.model) if run.config.beta > 0 else None
+
+
+def grpo_job(run: StageRun) -> Job:
+    config, rollouts = run.config, run.data
+    if should_fuse(run.model, config.fuse_rollout):
+        rollouts.sampler = FusedSampler(run.model)
+    rollouts.reference = run.reference
     if distributed.is_main():  # another rank may not remove what rank 0 wrote
         (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
-        f"GRPO: {len(records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
+        f"GRPO: {len(run.records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )
     loss_fn = partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names)
-    job = stage_job(
-        config,
-        model,
-        adapters,
+    return Job(
         loss_fn,
         rollouts.micro_batch,
         checkpoint_multiple=config.iterations,  # resume at a rollout boundary
     )
-    return train_and_write(job, config, adapters, tokenizer, model_config)
+
+
+GRPO = Stage(grpo_job, read=grpo_read, data=grpo_data, reference=grpo_reference)

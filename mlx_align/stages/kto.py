@@ -30,9 +30,8 @@ from mlx_align.core import distributed
 from mlx_align.core.errors import UserError
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
-from mlx_align.model.load import load_model
-from mlx_align.train.adapted import stage_job, train_and_write
-from mlx_align.train.reference import ScoredSplit, prepare_reference
+from mlx_align.train.reference import Reference, ScoredSplit, prepare_reference
+from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 # kto_loss's per-example sums -> the count that turns each into TRL's mean
 METRIC_COUNTS = {
@@ -131,21 +130,31 @@ def report_balance(config: KTOConfig, batches: KTOBatches) -> None:
 
 def run_kto(config: KTOConfig) -> Path:
     """Train a KTO policy; adapters in ``out`` (or ``out/model`` with ``--full``)."""
+    return run_stage(KTO, config)
+
+
+def kto_read(config: KTOConfig) -> None:
     if config.batch_size < 2:  # TRL refuses it too
         raise UserError(
             "--batch-size",
             "KTO needs at least 2: with one example the KL row is the example itself",
         )
-    model, tokenizer, model_config = load_model(config.model)
-    train_set, valid_set = load_batched_splits(
-        config, tokenizer, encode_kto, KTOBatches
-    )
-    report_balance(config, train_set)
-    reference = prepare_reference(
-        config,
-        model,
-        [kto_split(train_set, config, "train"), kto_split(valid_set, config, "valid")],
-    )
+
+
+def kto_data(run: StageRun) -> tuple[KTOBatches, KTOBatches | None]:
+    splits = load_batched_splits(run.config, run.tokenizer, encode_kto, KTOBatches)
+    report_balance(run.config, splits[0])
+    return splits
+
+
+def kto_reference(run: StageRun) -> Reference:
+    train_set, valid_set = run.data
+    splits = [kto_split(train_set, run.config, "train"), kto_split(valid_set, run.config, "valid")]  # fmt: skip
+    return prepare_reference(run.config, run.model, splits)
+
+
+def kto_job(run: StageRun) -> Job:
+    config, reference, (train_set, valid_set) = run.config, run.reference, run.data
     loss_fn = partial(
         kto_batch_loss,
         beta=config.beta,
@@ -156,13 +165,12 @@ def run_kto(config: KTOConfig) -> Path:
     ref_train, ref_valid = reference.cached
     make_train = train_set.maker(ref_train)
     make_valid = valid_set and valid_set.maker(ref_valid)
-    job = stage_job(
-        config,
-        model,
-        reference.adapters,
+    return Job(
         loss_fn,
         train_batch=lambda k: make_train(train_set.plan.local_batch(k)),
         valid=valid_set and (valid_set.plan, make_valid),
         frozen=[reference.model],
     )
-    return train_and_write(job, config, reference.adapters, tokenizer, model_config)
+
+
+KTO = Stage(kto_job, read=kto_read, data=kto_data, reference=kto_reference)

@@ -36,8 +36,6 @@ from mlx_align.data.jsonl import Record
 from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, pad_id_of
-from mlx_align.model.adapters import quantize_base
-from mlx_align.model.load import load_model
 from mlx_align.model.shared_prompts import supports_shared_prompts
 from mlx_align.rewards.registry import reward_columns
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model, should_fuse
@@ -45,8 +43,8 @@ from mlx_align.sampling.judges import Verdicts, make_judge
 from mlx_align.sampling.rollout import Group
 from mlx_align.stages.dpo import dpo_loss, dpo_objective
 from mlx_align.stages.grpo_rollouts import draw, seed_for_rank
-from mlx_align.train.adapted import prepare_trainable, stage_job, train_and_write
-from mlx_align.train.reference import shared_reference
+from mlx_align.train.reference import live_reference
+from mlx_align.train.stage import Job, Stage, StageRun, adapters_or_model, run_stage
 
 SAMPLER_STATS = ("judge/ties", "val/contain_eos_token")
 SCORE_STATS = ("objective/scores", "objective/scores_margin")
@@ -184,25 +182,35 @@ def win_rate(
 
 def run_online_dpo(config: OnlineDPOConfig) -> Path:
     """Train with online DPO; adapters in ``out`` (or ``out/model`` with ``--full``)."""
+    return run_stage(ONLINE_DPO, config)
+
+
+def online_read(config: OnlineDPOConfig) -> tuple[list[Record], list[Record] | None]:
     records = load_split(config.source, "train", required=True)
     held_out = load_split(config.source, "valid")
     for split in filter(None, (records, held_out)):
         check_prompt_records(split, needs=reward_columns(config.reward))
-    model, tokenizer, model_config = load_model(config.model)
-    if config.quantize:
-        quantize_base(model, config.quantize)
-    pairs = OnlinePairs(config, model, tokenizer, records, judge=None)
-    adapters = prepare_trainable(model, config, config.seed)
-    if should_fuse(model, config.fuse_rollout):
-        pairs.sampler = FusedSampler(model)
-    pairs.reference = (
-        shared_reference(model, config.model)
-        if adapters
-        else load_model(config.model)[0]
-    )
-    pairs.judge = make_judge(config, start=lambda: (pairs.reference, tokenizer))
+    return records, held_out
+
+
+def online_data(run: StageRun) -> OnlinePairs:
+    return OnlinePairs(run.config, run.model, run.tokenizer, run.records[0], judge=None)
+
+
+def online_reference(run: StageRun) -> nn.Module:
+    """The start: the DPO loss's reference, the judge's model when it judges
+    itself, and the opponent of the held-out win rate."""
+    return live_reference(run.config, run.model)
+
+
+def online_job(run: StageRun) -> Job:
+    config, pairs = run.config, run.data
+    if should_fuse(run.model, config.fuse_rollout):
+        pairs.sampler = FusedSampler(run.model)
+    pairs.reference = run.reference
+    pairs.judge = make_judge(config, start=lambda: (run.reference, run.tokenizer))
     tqdm.write(
-        f"online DPO: {len(records)} prompts, {config.batch_size} pairs per micro-batch"
+        f"online DPO: {len(run.records[0])} prompts, {config.batch_size} pairs per micro-batch"
     )
     loss_fn = partial(
         online_dpo_loss,
@@ -210,12 +218,26 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
         beta=config.beta,
         stat_names=pairs.stat_names,
     )
-    job = stage_job(config, model, adapters, loss_fn, pairs.micro_batch)
-    path = train_and_write(job, config, adapters, tokenizer, model_config)
-    if held_out and distributed.is_main():
-        rate, ties = win_rate(model, pairs.reference, pairs, held_out)
+    return Job(loss_fn, pairs.micro_batch)
+
+
+def write_with_win_rate(run: StageRun) -> Path:
+    """The result, then the held-out win rate against the start in ``metrics.jsonl``."""
+    path = adapters_or_model(run)
+    config, held_out = run.config, run.records[1]
+    if held_out:
+        rate, ties = win_rate(run.model, run.reference, run.data, held_out)
         record = {"step": config.steps, "val_win_rate": rate, "val_win_ties": ties}
         with open(Path(config.out) / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         tqdm.write(f"held-out win rate against the start: {rate:.3f} (ties {ties:.3f})")
     return path
+
+
+ONLINE_DPO = Stage(
+    online_job,
+    read=online_read,
+    data=online_data,
+    reference=online_reference,
+    write=write_with_win_rate,
+)

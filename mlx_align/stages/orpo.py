@@ -3,7 +3,7 @@
 Hong et al. 2024, "ORPO: Monolithic Preference Optimization without
 Reference Model", eq. 6. The loss is ``losses.orpo_loss`` on per-token mean
 log-probs; chosen and rejected run in one forward as in DPO, packed
-without padding (each prompt once) for llama-family models.
+without padding (each prompt once) where the model allows it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import ORPOConfig
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
-from mlx_align.model.adapters import quantize_base
-from mlx_align.model.load import load_model
-from mlx_align.train.adapted import prepare_trainable
-from mlx_align.train.pairs import masked_means, train_on_pairs
+from mlx_align.train.pairs import masked_means, pair_job
+from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
 def orpo_batch_loss(model: nn.Module, batch: PairBatch, *, beta: float):
@@ -40,14 +38,19 @@ def orpo_batch_loss(model: nn.Module, batch: PairBatch, *, beta: float):
 
 def run_orpo(config: ORPOConfig) -> Path:
     """Train with ORPO; adapters in ``out`` (or ``out/model`` with ``--full``)."""
-    model, tokenizer, model_config = load_model(config.model)
-    splits = load_batched_splits(config, tokenizer, encode_pairs, PairBatches)
-    if config.quantize:
-        quantize_base(model, config.quantize)
-    adapters = prepare_trainable(model, config, config.seed)
-    layout = choose_layout(config.padding_free, model)
-    makers = [s and s.maker(layout) for s in splits]
-    loss_fn = partial(orpo_batch_loss, beta=config.beta)
-    return train_on_pairs(
-        config, model, adapters, loss_fn, splits, makers, tokenizer, model_config
-    )
+    return run_stage(ORPO, config)
+
+
+def orpo_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
+    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
+
+
+def orpo_job(run: StageRun) -> Job:
+    """No reference: the odds ratio is the policy's own."""
+    layout = choose_layout(run.config.padding_free, run.model)
+    makers = [s and s.maker(layout) for s in run.data]
+    loss_fn = partial(orpo_batch_loss, beta=run.config.beta)
+    return pair_job(run.config, loss_fn, run.data, makers)
+
+
+ORPO = Stage(orpo_job, data=orpo_data)

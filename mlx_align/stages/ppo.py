@@ -64,9 +64,19 @@ from mlx_align.stages.ppo_rollouts import (
     PPORollouts,
     usable_prompts,
 )
-from mlx_align.train.adapted import prepare_trainable, stage_job, write_result
-from mlx_align.train.loop import train
-from mlx_align.train.reference import model_fingerprint, shared_reference
+from mlx_align.train.reference import (
+    live_reference,
+    model_fingerprint,
+    shared_reference,
+)
+from mlx_align.train.stage import (
+    Job,
+    Stage,
+    StageRun,
+    Trained,
+    adapters_or_model,
+    run_stage,
+)
 
 CHECKPOINT_WEIGHTS = "ppo_weights.safetensors"  # policy, critic and value head
 
@@ -170,104 +180,101 @@ def write_checkpoint_weights(model: ActorCritic, directory: Path) -> None:
 
 
 @dataclass
-class Rig:
-    """The four roles of a PPO run and what writing its result needs."""
+class PPOData:
+    """The prompts a PPO run samples from, and the critic's base once it is built."""
 
-    model: ActorCritic  # the policy and the critic, trained together
-    reference: nn.Module
-    scorer: CompletionScorer
-    tokenizer: object
-    model_config: dict  # the policy's base, for a --full result
-    adapters: dict | None  # the policy's and the critic's adapter config
-    critic_source: str  # the critic's base: --model or --value-model
-    critic_config: dict  # ``critic_source``'s config, for a full critic
-
-
-def load_rig(config: PPOConfig) -> Rig:
-    """Policy (adapters attached), reference, critic and scorer, on one base where they can."""
-    policy, tokenizer, model_config = load_model(config.model)
-    if config.quantize:
-        quantize_base(policy, config.quantize)
-    adapters = prepare_trainable(policy, config, config.seed)
-    reference = (
-        shared_reference(policy, config.model)
-        if adapters
-        else load_model(config.model)[0]
-    )
-    critic, source, critic_config = build_critic(policy, config, tokenizer, adapters)
-    reward_model, reward_tokenizer = reward_model_for(
-        policy, config, adapters, tokenizer
-    )
-    scorer = CompletionScorer(reward_model, reward_tokenizer, config, tokenizer)
-    model = ActorCritic(policy, critic)
-    return Rig(
-        model,
-        reference,
-        scorer,
-        tokenizer,
-        model_config,
-        adapters,
-        source,
-        critic_config,
-    )
+    prompts: tuple  # (records, token ids) of the usable train prompts
+    valid: tuple  # the same of the valid split (empty without one)
+    critic_source: str = ""  # the critic's base: --model or --value-model
+    critic_config: dict = dataclasses.field(default_factory=dict)  # for a full critic
 
 
 def run_ppo(config: PPOConfig) -> Path:
     """Train with PPO; the policy's adapters in ``out`` (``out/model`` with ``--full``),
     the critic in ``out/critic``, samples in ``out/samples.jsonl``."""
+    return run_stage(PPO, config)
+
+
+def ppo_read(config: PPOConfig) -> tuple:
     train_records = load_split(config.source, "train", required=True)
     valid_records = load_split(config.source, "valid")
     for split in filter(None, (train_records, valid_records)):
         check_prompt_records(split, needs=reward_columns(config.reward))
-    rig = load_rig(config)
-    prompts = usable_prompts(train_records, rig.tokenizer, config)
-    rollouts = PPORollouts(
-        config, rig.model, rig.reference, rig.scorer, rig.tokenizer, prompts
+    return train_records, valid_records
+
+
+def ppo_data(run: StageRun) -> PPOData:
+    config, (train_records, valid_records) = run.config, run.records
+    return PPOData(
+        usable_prompts(train_records, run.tokenizer, config),
+        usable_prompts(valid_records, run.tokenizer, config),
     )
-    if should_fuse(rig.model.policy, config.fuse_rollout):
-        rollouts.sampler = FusedSampler(rig.model.policy)
+
+
+def actor_critic(run: StageRun) -> Trained:
+    """The policy and a critic (its own adapters on the policy's base, by default)
+    trained as one module, checkpointed in one file."""
+    critic, run.data.critic_source, run.data.critic_config = build_critic(
+        run.model, run.config, run.tokenizer, run.adapters
+    )
+    model = ActorCritic(run.model, critic)
+    return Trained(model, partial(write_checkpoint_weights, model), CHECKPOINT_WEIGHTS)
+
+
+def ppo_job(run: StageRun) -> Job:
+    config, policy = run.config, run.model
+    reward_model, reward_tokenizer = reward_model_for(
+        policy, config, run.adapters, run.tokenizer
+    )
+    scorer = CompletionScorer(reward_model, reward_tokenizer, config, run.tokenizer)
+    rollouts = PPORollouts(
+        config,
+        run.trained.module,
+        run.reference,
+        scorer,
+        run.tokenizer,
+        run.data.prompts,
+    )
+    if should_fuse(policy, config.fuse_rollout):
+        rollouts.sampler = FusedSampler(policy)
     if distributed.is_main():  # another rank may not remove what rank 0 wrote
         (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
-        f"PPO: {len(prompts[0])} prompts, rollout batches of {rollouts.rollout_size}, "
+        f"PPO: {len(run.data.prompts[0])} prompts, rollout batches of {rollouts.rollout_size}, "
         f"{rollouts.steps_per_rollout} optimizer steps each"
     )
-    valid = usable_prompts(valid_records, rig.tokenizer, config)
-    job = stage_job(
-        config,
-        rig.model,
-        rig.adapters,
+    return Job(
         partial(ppo_batch_loss, config=config, stat_names=rollouts.stat_names),
         rollouts.micro_batch,
-        valid=valid_split(config, rollouts, valid),
+        valid=valid_split(config, rollouts, run.data.valid),
         checkpoint_multiple=rollouts.steps_per_rollout,  # resume at a rollout boundary
     )
-    job = dataclasses.replace(
-        job,
-        write_weights=partial(write_checkpoint_weights, rig.model),
-        weights_file=CHECKPOINT_WEIGHTS,
-    )
-    train(job, config)
-    if distributed.is_main():
-        write_ppo_result(config, rig)
-    return Path(config.out)
 
 
-def write_ppo_result(config: PPOConfig, rig: Rig) -> None:
+def write_ppo_result(run: StageRun) -> Path:
     """The policy's adapters (mlx-lm's format) or full model in ``out``, the critic in ``out/critic``."""
-    out, policy, critic = Path(config.out), rig.model.policy, rig.model.critic
-    write_result(
-        policy, rig.adapters, out, config.model, rig.tokenizer, rig.model_config
-    )
+    config, out = run.config, Path(run.config.out)
+    adapters_or_model(run)
     save_critic(
-        critic,
-        rig.adapters,
+        run.trained.module.critic,
+        run.adapters,
         out / "critic",
-        rig.critic_source,
-        rig.tokenizer,
-        rig.critic_config,
+        run.data.critic_source,
+        run.tokenizer,
+        run.data.critic_config,
         config.quantize,
     )
+    return out
+
+
+PPO = Stage(
+    ppo_job,
+    read=ppo_read,
+    data=ppo_data,
+    reference=lambda run: live_reference(run.config, run.model),
+    trained=actor_critic,
+    write=write_ppo_result,
+)
 
 
 def valid_split(config: PPOConfig, rollouts: PPORollouts, prompts) -> tuple | None:

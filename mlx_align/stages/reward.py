@@ -13,21 +13,16 @@ and ``apps/score.py`` (``mlx-align score``).
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_align.batches.planning import local_batches
 from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import RewardConfig
-from mlx_align.core import distributed
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
-from mlx_align.model.adapters import quantize_base
-from mlx_align.model.load import load_model
 from mlx_align.model.reward_head import (
     CHECKPOINT_WEIGHTS,
     RewardModel,
@@ -35,9 +30,8 @@ from mlx_align.model.reward_head import (
     save_checkpoint_weights,
     save_reward_model,
 )
-from mlx_align.train.adapted import prepare_trainable
-from mlx_align.train.loop import TrainJob, train
 from mlx_align.train.pairs import masked_means
+from mlx_align.train.stage import Job, Stage, StageRun, Trained, run_stage
 
 
 def bt_batch_loss(model: RewardModel, batch: PairBatch, *, center_coefficient=0.0):
@@ -58,38 +52,48 @@ def bt_batch_loss(model: RewardModel, batch: PairBatch, *, center_coefficient=0.
 
 def run_reward(config: RewardConfig) -> Path:
     """Train a Bradley-Terry reward model; adapters (or ``out/model``) + head in ``out``."""
-    lm, tokenizer, model_config = load_model(config.model)
-    train_set, valid_set = load_batched_splits(
-        config, tokenizer, encode_pairs, PairBatches
-    )
-    if config.quantize:
-        quantize_base(lm, config.quantize)
-    adapters = prepare_trainable(lm, config, config.seed)  # on the inner mlx-lm model
-    model = RewardModel(lm, hidden_size_of(lm))  # the head is trainable either way
+    return run_stage(REWARD, config)
+
+
+def reward_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
+    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
+
+
+def reward_model(run: StageRun) -> Trained:
+    """A scalar head on the (adapted) model; the head is trainable either way."""
+    model = RewardModel(run.model, hidden_size_of(run.model))
+    return Trained(model, partial(save_checkpoint_weights, model), CHECKPOINT_WEIGHTS)
+
+
+def reward_job(run: StageRun) -> Job:
+    train_set, valid_set = run.data
     make_train = train_set.maker("full", margins=True)
     make_valid = valid_set and valid_set.maker("full", margins=True)
-    job = TrainJob(
-        model=model,
-        loss_fn=partial(
-            bt_batch_loss, center_coefficient=config.center_rewards_coefficient
+    return Job(
+        partial(
+            bt_batch_loss, center_coefficient=run.config.center_rewards_coefficient
         ),
         train_batch=lambda k: make_train(train_set.plan.local_batch(k)),
-        out=Path(config.out),
-        write_weights=partial(save_checkpoint_weights, model),
-        weights_file=CHECKPOINT_WEIGHTS,
-        eval_batches=valid_set
-        and (lambda: local_batches(make_valid, valid_set.plan, config, "valid")),
-        config=dataclasses.asdict(config),
+        valid=valid_set and (valid_set.plan, make_valid),
     )
-    train(job, config)
-    if not distributed.is_main():
-        return Path(config.out)
+
+
+def write_reward_model(run: StageRun) -> Path:
+    config = run.config
     return save_reward_model(
-        model,
-        adapters,
+        run.trained.module,
+        run.adapters,
         Path(config.out),
         config.model,
-        tokenizer,
-        model_config,
+        run.tokenizer,
+        run.model_config,
         config.quantize,
     )
+
+
+REWARD = Stage(
+    reward_job,
+    data=reward_data,
+    trained=reward_model,
+    write=write_reward_model,
+)

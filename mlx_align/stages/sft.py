@@ -19,9 +19,7 @@ from mlx_align.config.stages import SFTConfig
 from mlx_align.data.sft import Encoder, encode_examples
 from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, encode_sft_record, pad_id_of
-from mlx_align.model.adapters import quantize_base
-from mlx_align.model.load import load_model
-from mlx_align.train.adapted import prepare_trainable, stage_job, train_and_write
+from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
 def completion_nll_loss(model: nn.Module, batch: FullRows):
@@ -55,33 +53,37 @@ class PaddedBatches:
 
 def run_sft(config: SFTConfig, encoder: Encoder = encode_sft_record) -> Path:
     """Train and write the result: adapters in ``out`` (LoRA/DoRA) or ``out/model`` (full)."""
-    # Bad data fails before a large model is loaded.
-    train_records = load_split(config.source, "train", required=True)
-    valid_records = load_split(config.source, "valid")
-    model, tokenizer, model_config = load_model(config.model)
-    pad_id = pad_id_of(tokenizer)
+    return run_stage(sft_stage(encoder), config)
 
-    def batches(records):
-        examples = encode_examples(
-            tokenizer, records, config.max_length, encoder, report=tqdm.write
-        )
-        return PaddedBatches(
-            examples, config.batch_size, config.max_length, pad_id, config.seed
+
+def sft_stage(encoder: Encoder) -> Stage:
+    """SFT's phases: read both splits, encode them with ``encoder``, the NLL loss."""
+
+    def read(config):
+        return load_split(config.source, "train", required=True), load_split(
+            config.source, "valid"
         )
 
-    train_set = batches(train_records)
-    valid_set = valid_records and batches(valid_records)
+    def data(run: StageRun) -> tuple[PaddedBatches, PaddedBatches | None]:
+        config, pad_id = run.config, pad_id_of(run.tokenizer)
 
-    if config.quantize:
-        quantize_base(model, config.quantize)
-    adapters = prepare_trainable(model, config, config.seed)
+        def batches(records):
+            examples = encode_examples(
+                run.tokenizer, records, config.max_length, encoder, report=tqdm.write
+            )
+            return PaddedBatches(
+                examples, config.batch_size, config.max_length, pad_id, config.seed
+            )
 
-    job = stage_job(
-        config,
-        model,
-        adapters,
-        completion_nll_loss,
-        train_batch=lambda k: train_set.pad(train_set.plan.local_batch(k)),
-        valid=valid_set and (valid_set.plan, valid_set.pad),
-    )
-    return train_and_write(job, config, adapters, tokenizer, model_config)
+        train_records, valid_records = run.records
+        return batches(train_records), valid_records and batches(valid_records)
+
+    def job(run: StageRun) -> Job:
+        train_set, valid_set = run.data
+        return Job(
+            completion_nll_loss,
+            train_batch=lambda k: train_set.pad(train_set.plan.local_batch(k)),
+            valid=valid_set and (valid_set.plan, valid_set.pad),
+        )
+
+    return Stage(job, read=read, data=data)

@@ -1,21 +1,15 @@
-"""What every fine-tuning stage does around the loop: adapters on, weights out."""
+"""The trainable phase of every stage (``stage.py``): adapters on, and weights out."""
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-from functools import partial
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from mlx_align.batches.planning import BatchPlan, local_batches
 from mlx_align.config.stages import AdapterSettings
-from mlx_align.core import distributed
 from mlx_align.core.events import emit
 from mlx_align.model.adapters import (
     ADAPTER_WEIGHTS,
@@ -24,7 +18,6 @@ from mlx_align.model.adapters import (
     save_adapters,
 )
 from mlx_align.model.load import save_full_model
-from mlx_align.train.loop import TrainJob, train
 
 FULL_WEIGHTS = "model.safetensors"
 
@@ -90,49 +83,3 @@ def write_result(
         save_adapters(model, adapters, out)
         return out
     return save_full_model(out / "model", source, model, tokenizer, config)
-
-
-def stage_job(
-    config,
-    model: nn.Module,
-    adapters: dict | None,
-    loss_fn: Callable,
-    train_batch: Callable[[int], Any],
-    valid: tuple[BatchPlan, Callable[[list[int]], Any]] | None = None,
-    frozen: Sequence[nn.Module | None] = (),
-    checkpoint_multiple: int = 1,
-) -> TrainJob:
-    """The loop's job for a stage that trains ``model`` (adapters or every weight).
-
-    ``valid`` = (plan, make): evaluation runs ``make`` on the valid batches
-    the run visits (``--eval-batches``); ``frozen``: models the loss runs but
-    never trains (None entries are skipped).
-    """
-    eval_batches = None
-    if valid:
-        plan, make = valid
-        eval_batches = lambda: local_batches(make, plan, config, "valid")  # noqa: E731
-    return TrainJob(
-        model=model,
-        loss_fn=loss_fn,
-        train_batch=train_batch,
-        out=Path(config.out),
-        write_weights=partial(write_weights, model, adapters),
-        weights_file=weights_file(adapters),
-        eval_batches=eval_batches,
-        config=dataclasses.asdict(config),
-        frozen=[m for m in frozen if m is not None],
-        checkpoint_multiple=checkpoint_multiple,
-    )
-
-
-def train_and_write(
-    job: TrainJob, config, adapters: dict | None, tokenizer, model_config: dict
-) -> Path:
-    """Run the loop, then write the stage's result (``write_result``; rank 0 only)."""
-    train(job, config)
-    if not distributed.is_main():
-        return Path(config.out)
-    return write_result(
-        job.model, adapters, Path(config.out), config.model, tokenizer, model_config
-    )

@@ -1,6 +1,6 @@
 """What the pair stages (DPO, ORPO) share: per-pair means, and their wiring to the loop.
 
-A pair stage hands ``train_on_pairs`` its loss and one ``make(indices, rows,
+A pair stage hands ``pair_job`` its loss and one ``make(indices, rows,
 widths) -> PairBatch`` per split (``PairBatches.maker``); batches over the
 token budget run in weighted pieces (``data/budget.py``).
 """
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -19,7 +18,7 @@ from mlx_align.batches.layouts import width_of
 from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
 from mlx_align.core.events import emit
-from mlx_align.train.adapted import stage_job, train_and_write
+from mlx_align.train.stage import Job
 
 
 def masked_means(
@@ -47,28 +46,20 @@ def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
     return fitted
 
 
-def train_on_pairs(
+def pair_job(
     config,
-    model: nn.Module,
-    adapters: dict | None,
     loss_fn: Callable[[nn.Module, PairBatch], tuple],
     splits: tuple[PairBatches, PairBatches | None],
     makers: tuple[Callable, Callable | None],
-    tokenizer,
-    model_config: dict,
     frozen: tuple[nn.Module | None, ...] = (),
-) -> Path:
-    """Train on pair batches and write the result: train micro-batch k is
-    ``planned_batch(k)``; eval over the valid batches a run visits."""
+) -> Job:
+    """The loop's job on pair batches: train micro-batch k is ``planned_batch(k)``;
+    eval over the valid batches a run visits."""
     (train_set, valid_set), (make_train, make_valid) = splits, makers
     budget = token_budget(config, make_train, train_set.plan)
-    job = stage_job(
-        config,
-        model,
-        adapters,
+    return Job(
         loss_fn,
         train_batch=partial(planned_batch, make_train, train_set, budget),
         valid=valid_set and (valid_set.plan, make_valid),
         frozen=frozen,
     )
-    return train_and_write(job, config, adapters, tokenizer, model_config)

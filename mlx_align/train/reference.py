@@ -39,7 +39,6 @@ from mlx_align.data.tokenize import Encoded
 from mlx_align.model.adapters import quantize_base
 from mlx_align.model.load import load_model
 from mlx_align.model.probes import share_probes
-from mlx_align.train.adapted import prepare_trainable
 
 ADAPTER_LEAVES = ("lora_a", "lora_b", "m")
 
@@ -195,34 +194,34 @@ def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.arra
 class Reference(NamedTuple):
     """How a preference stage gets its reference: cached log-probs per split, or a model run each step."""
 
-    adapters: dict | None  # the policy's adapter config; None for full training
     cached: list[mx.array | None]  # per split, (N, 2) log-probs; None: not precomputed
     model: nn.Module | None  # run every step (``--no-precompute``); None: cached
 
 
 def prepare_reference(settings, model: nn.Module, splits: list) -> Reference:
-    """Quantize, precompute (or load) the reference, attach the policy's adapters.
+    """The preference stages' reference, before the policy's adapters exist.
 
-    In this order, because before its adapters exist the policy is the
-    reference: it scores the splits with ``--precompute`` (or ``--ref-model``
-    does). Without precomputing, the reference run each step is
-    ``--ref-model``, or a model sharing the policy's base arrays
-    (``shared_reference``), or with full training a second copy.
+    Then the policy (its base quantized already) is the reference: it
+    scores the splits with ``--precompute`` (or ``--ref-model`` does).
+    Without precomputing, the reference run each step is ``--ref-model``
+    (quantized alike), else ``live_reference``.
     """
     ref_model = (
         load_model(settings.ref_model, "--ref-model")[0] if settings.ref_model else None
     )
-    if settings.quantize:  # the reference scores with the same quantized base
-        for m in filter(None, (model, ref_model)):
-            quantize_base(m, settings.quantize)
-    cached: list[mx.array | None] = [None] * len(splits)
+    if settings.quantize and ref_model is not None:  # scores on an equal base
+        quantize_base(ref_model, settings.quantize)
     if settings.precompute:
         scorer = ref_model or model
-        cached = [s and precomputed_logps(settings, scorer, s) for s in splits]
-    adapters = prepare_trainable(model, settings, settings.seed)
-    if settings.precompute:
-        return Reference(adapters, cached, None)
-    shared = shared_reference(model, settings.model) if adapters else None
-    return Reference(
-        adapters, cached, ref_model or shared or load_model(settings.model)[0]
-    )
+        return Reference(
+            [s and precomputed_logps(settings, scorer, s) for s in splits], None
+        )
+    return Reference([None] * len(splits), ref_model or live_reference(settings, model))
+
+
+def live_reference(settings, policy: nn.Module) -> nn.Module:
+    """A reference run every step: a second object on the policy's base arrays
+    (no copy) when adapters will train, else (``--full``) a second copy."""
+    if settings.full:
+        return load_model(settings.model)[0]
+    return shared_reference(policy, settings.model)
