@@ -6,7 +6,6 @@ runs them after every setting passed its rule.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,18 +62,15 @@ def reference_is_not_the_model(config: Any) -> tuple[str, str] | None:
 
 
 def label_smoothing_needs_a_loss_using_it(config: DPOConfig) -> tuple[str, str] | None:
-    """``--label-smoothing`` reaches a DPO loss only if its signature takes it
-    (``train.dpo.dpo_objective``): the registry is the source."""
+    """``--label-smoothing`` reaches a DPO loss only if it takes it
+    (``losses.preference.DPO_LOSS_NEEDS``, read off the registry's signatures)."""
     if not config.label_smoothing:
         return None
-    from mlx_align.losses.preference import DPO_LOSSES
+    from mlx_align.losses.preference import DPO_LOSS_NEEDS
 
-    def takes_it(loss: Callable) -> bool:
-        return "label_smoothing" in inspect.signature(loss).parameters
-
-    if takes_it(DPO_LOSSES[config.loss]):
+    if DPO_LOSS_NEEDS[config.loss].label_smoothing:
         return None
-    users = ", ".join(name for name, loss in DPO_LOSSES.items() if takes_it(loss))
+    users = ", ".join(n for n, needs in DPO_LOSS_NEEDS.items() if needs.label_smoothing)
     return (
         "--label-smoothing",
         f"the {config.loss!r} loss does not use it (losses that do: {users})",

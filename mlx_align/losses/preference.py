@@ -13,7 +13,9 @@ Notation: r_c = log π(y_c) − log π_ref(y_c), r_r likewise, h = r_c − r_r.
 GRPO's token-level loss lives in ``grpo_loss.py`` and is exported here too.
 """
 
+import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -231,6 +233,29 @@ DPO_LOSSES: dict[str, Callable[..., tuple[mx.array, Metrics]]] = {
 }
 
 
+@dataclass(frozen=True)
+class LossNeeds:
+    """What a DPO-family loss takes besides the four log-probs and ``beta``, read
+    off its signature once (``loss_needs``): the stage and the config checks
+    read it here."""
+
+    label_smoothing: bool  # takes ``label_smoothing`` (--label-smoothing)
+    lengths: bool  # takes ``chosen_lengths`` / ``rejected_lengths``
+
+
+def loss_needs(loss: Callable) -> LossNeeds:
+    parameters = inspect.signature(loss).parameters
+    return LossNeeds(
+        label_smoothing="label_smoothing" in parameters,
+        lengths="chosen_lengths" in parameters,
+    )
+
+
+DPO_LOSS_NEEDS: dict[str, LossNeeds] = {
+    name: loss_needs(loss) for name, loss in DPO_LOSSES.items()
+}
+
+
 def _log_odds(mean_logps: mx.array) -> mx.array:
     """log(p / (1 − p)) from log p < 0; log(1 − eˣ) as log(−expm1(x)) stays
     finite as x → 0⁻, where TRL's log1p(−exp(x)) rounds to log(0)."""
@@ -337,6 +362,8 @@ def kto_loss(
 
 __all__ = [
     "DPO_LOSSES",
+    "DPO_LOSS_NEEDS",
+    "LossNeeds",
     "GRPO_AGGREGATIONS",
     "Metrics",
     "bt_loss",

@@ -10,7 +10,6 @@ every step instead (a model object sharing the base arrays, or the loaded
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -33,19 +32,18 @@ from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 def dpo_objective(config: DPOConfig) -> Callable:
     """``losses.DPO_LOSSES[config.loss]`` as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``.
 
-    A loss receives, by name, those of ``beta``, ``label_smoothing``,
-    ``chosen_lengths`` and ``rejected_lengths`` that its signature lists, so a
-    new DPO variant is one function and one registry line.
+    A loss receives ``beta`` and, as its ``losses.DPO_LOSS_NEEDS`` entry says,
+    ``label_smoothing`` and the completion lengths, so a new DPO variant is
+    one function and one registry line.
     """
-    loss_fn = losses.DPO_LOSSES[config.loss]
-    accepted = inspect.signature(loss_fn).parameters
-    settings = {"beta": config.beta, "label_smoothing": config.label_smoothing}
-    fixed = {k: v for k, v in settings.items() if k in accepted}
-    wants_lengths = "chosen_lengths" in accepted
+    loss_fn, needs = losses.DPO_LOSSES[config.loss], losses.DPO_LOSS_NEEDS[config.loss]
+    fixed = {"beta": config.beta}
+    if needs.label_smoothing:
+        fixed["label_smoothing"] = config.label_smoothing
 
     def objective(pc, pr, rc, rr, lc, lr):
         lengths = (
-            {"chosen_lengths": lc, "rejected_lengths": lr} if wants_lengths else {}
+            {"chosen_lengths": lc, "rejected_lengths": lr} if needs.lengths else {}
         )
         return loss_fn(pc, pr, rc, rr, **fixed, **lengths)
 
