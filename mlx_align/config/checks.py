@@ -63,14 +63,14 @@ def reference_is_not_the_model(config: Any) -> tuple[str, str] | None:
 
 def label_smoothing_needs_a_loss_using_it(config: DPOConfig) -> tuple[str, str] | None:
     """``--label-smoothing`` reaches a DPO loss only if it takes it
-    (``losses.preference.DPO_LOSS_NEEDS``, read off the registry's signatures)."""
+    (``losses.preference.dpo_loss_needs``)."""
     if not config.label_smoothing:
         return None
-    from mlx_align.losses.preference import DPO_LOSS_NEEDS
+    from mlx_align.losses.preference import DPO_LOSSES, dpo_loss_needs
 
-    if DPO_LOSS_NEEDS[config.loss].label_smoothing:
+    if dpo_loss_needs(config.loss).label_smoothing:
         return None
-    users = ", ".join(n for n, needs in DPO_LOSS_NEEDS.items() if needs.label_smoothing)
+    users = ", ".join(n for n in DPO_LOSSES if dpo_loss_needs(n).label_smoothing)
     return (
         "--label-smoothing",
         f"the {config.loss!r} loss does not use it (losses that do: {users})",

@@ -236,8 +236,7 @@ DPO_LOSSES: dict[str, Callable[..., tuple[mx.array, Metrics]]] = {
 @dataclass(frozen=True)
 class LossNeeds:
     """What a DPO-family loss takes besides the four log-probs and ``beta``, read
-    off its signature once (``loss_needs``): the stage and the config checks
-    read it here."""
+    off its signature (``dpo_loss_needs``) by the stage and the config checks alike."""
 
     label_smoothing: bool  # takes ``label_smoothing`` (--label-smoothing)
     lengths: bool  # takes ``chosen_lengths`` / ``rejected_lengths``
@@ -251,9 +250,9 @@ def loss_needs(loss: Callable) -> LossNeeds:
     )
 
 
-DPO_LOSS_NEEDS: dict[str, LossNeeds] = {
-    name: loss_needs(loss) for name, loss in DPO_LOSSES.items()
-}
+def dpo_loss_needs(name: str) -> LossNeeds:
+    """What ``DPO_LOSSES[name]`` takes: its registry line is all a new loss adds."""
+    return loss_needs(DPO_LOSSES[name])
 
 
 def _log_odds(mean_logps: mx.array) -> mx.array:
@@ -362,13 +361,13 @@ def kto_loss(
 
 __all__ = [
     "DPO_LOSSES",
-    "DPO_LOSS_NEEDS",
     "LossNeeds",
     "GRPO_AGGREGATIONS",
     "Metrics",
     "bt_loss",
     "dpo_hinge_loss",
     "dpo_ipo_loss",
+    "dpo_loss_needs",
     "dpo_robust_loss",
     "dpo_sigmoid_loss",
     "grpo_loss",

@@ -32,11 +32,11 @@ from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 def dpo_objective(config: DPOConfig) -> Callable:
     """``losses.DPO_LOSSES[config.loss]`` as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``.
 
-    A loss receives ``beta`` and, as its ``losses.DPO_LOSS_NEEDS`` entry says,
+    A loss receives ``beta`` and, as ``losses.dpo_loss_needs`` reads its signature,
     ``label_smoothing`` and the completion lengths, so a new DPO variant is
     one function and one registry line.
     """
-    loss_fn, needs = losses.DPO_LOSSES[config.loss], losses.DPO_LOSS_NEEDS[config.loss]
+    loss_fn, needs = losses.DPO_LOSSES[config.loss], losses.dpo_loss_needs(config.loss)
     fixed = {"beta": config.beta}
     if needs.label_smoothing:
         fixed["label_smoothing"] = config.label_smoothing
