@@ -1,6 +1,6 @@
 """Every bad input is refused up front: one line, exit code 2, no traceback.
 
-Settings are checked in ``config.build_config`` (ranges, clashes, reward
+Settings are checked in ``config.build.build_config`` (ranges, clashes, reward
 names) before any model or data loads; the data loaders refuse what they
 cannot train on with ``path:line: what``. A property test feeds random bytes
 and random JSON to every loader: only ``DataError`` may come out.

@@ -2,9 +2,10 @@
 
 - ``FullRows``: every prompt + completion as its own right-padded row. Any model.
 - ``SharedPrompt``: each prompt once (left-padded) and its completions
-  (right-padded) attending to it like a KV cache. llama-family models.
+  (right-padded) attending to it like a KV cache. Models whose every layer
+  is attention (``model/shared_prompts.py``: probed per model).
 - ``Packed``: prompts and completions end to end in a few rows, no padding
-  (``packing.py``). llama-family models whose RoPE is a plain rope call.
+  (``packing.py``). Those of them whose RoPE is a plain rope call (probed).
 
 A batch holds ``n`` completions. Each layout knows how many token positions
 it runs (``padded_tokens``), the widths that fix its compiled shape

@@ -2,7 +2,7 @@
 
 ``setting(default, help, choices=..., check=..., multiple=...)`` declares one
 config field; ``config.py`` holds the stage dataclasses built from them,
-``config_build.py`` builds and checks one from flags and YAML.
+``build.py`` builds and checks one from flags and YAML.
 """
 
 from __future__ import annotations

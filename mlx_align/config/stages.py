@@ -1,7 +1,7 @@
 """One small dataclass per stage; precedence is CLI flag > ``--config`` YAML > default.
 
 The stages that sample from the policy while they train (GRPO, online DPO,
-PPO) have theirs in ``config_online.py``.
+PPO) have theirs in ``online.py``.
 
 Each field's ``help`` metadata is the text ``--help`` shows, so the
 dataclass is the single place a setting is described (``settings.py``: how;
@@ -232,7 +232,7 @@ class PairSettings:
 
     padding_free: bool = setting(
         False,
-        "Pack pairs end to end in rows without padding (llama-family models; each "
+        "Pack pairs end to end in rows without padding (models whose attention allows it, probed at load; each "
         "prompt once either way). Saves the compute padding costs; attention over "
         "a packed row grows with its length, so it pays off for larger models.",
     )

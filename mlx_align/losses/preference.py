@@ -10,7 +10,7 @@ Formulas follow TRL (``DPOTrainer``, ``ORPOTrainer``, ``KTOTrainer``,
 deliberate deviation.
 
 Notation: r_c = log π(y_c) − log π_ref(y_c), r_r likewise, h = r_c − r_r.
-GRPO's token-level loss lives in ``grpo_loss.py`` and is exported here too.
+GRPO's token-level loss lives in ``grpo.py`` and is exported here too.
 """
 
 import inspect

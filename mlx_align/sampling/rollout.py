@@ -9,7 +9,7 @@ their EOS.
 Two decoders, same tokens (tested; same seed, same samples too for one
 prompt):
 
-* compiled (``supports_compiled_decode``: mlx-lm llama-family models): all
+* compiled (``supports_compiled_decode``: models with plain KV caches, probed): all
   prompts' rows decode in one batch of B * G rows. Each layer's keys and
   values live in a fixed buffer (B * G, kv_heads, bucket(longest prompt) +
   max_tokens, head_dim) with every prompt left-padded to end at the same

@@ -1,7 +1,7 @@
 """GRPO's batches: groups sampled from the policy, scored, batched for the loss, reused μ times.
 
-Sampling is ``rollout.py``'s, scoring ``rewards/scoring.py``'s, advantages
-``advantages.py``'s and padding ``layouts.py``'s; this module puts them in
+Sampling is ``sampling/rollout.py``'s, scoring ``rewards/scoring.py``'s, advantages
+``losses/advantages.py``'s and padding ``batches/layouts.py``'s; this module puts them in
 order for one micro-batch and keeps it while μ optimizer steps use it.
 Micro-batch k of the run uses rollout batch ``(step // μ) · A + micro``
 (A = gradient accumulation).
@@ -110,7 +110,7 @@ class Rollouts:
         self.buckets = bucket_lengths(config.max_length)
         self.reference: nn.Module | None = None  # run once per rollout when β > 0
         self.sampler: FusedSampler | None = None  # set once adapters are on
-        # Score each prompt once per group in the train step (exact; llama-family models).
+        # Score each prompt once per group in the train step (exact; where the probe allows).
         self.shared_prompts = supports_shared_prompts(model)
         self.cache: dict[int, GRPOBatch] = {}
         self.samples_path = Path(config.out) / "samples.jsonl"

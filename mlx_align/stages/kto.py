@@ -3,11 +3,11 @@
 Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic
 Optimization"; the loss is ``losses.kto_loss``. Each batch carries B matched
 rows and B mismatched rows (prompt_i + another example's completion, see
-``data/kto.py``) in ONE forward; the mean policy − reference log-ratio of
+``batches/kto.py``) in ONE forward; the mean policy − reference log-ratio of
 the mismatched rows is the reference point z₀ (detached, clamped at 0), as in
 the paper and TRL's ``KTOTrainer``.
 
-The reference is handled as in DPO (``train/dpo.py``): log-probs of both row
+The reference is handled as in DPO (``stages/dpo.py``): log-probs of both row
 kinds are computed before the adapters are attached and cached, or the
 reference runs every step with ``--no-precompute``; ``--ref-model`` loads a
 separate one.

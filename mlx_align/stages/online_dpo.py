@@ -3,9 +3,9 @@
 Guo et al. 2024, "Direct Language Model Alignment from Online AI Feedback";
 TRL's ``OnlineDPOTrainer``. Each micro-batch samples two completions of
 each prompt from the current policy (the compiled sampler GRPO uses), asks
-the judge (``judges.py``: a reward model, a verifiable reward, an LLM
+the judge (``sampling/judges.py``: a reward model, a verifiable reward, an LLM
 reading both, or any ``module:function``) which is better, and takes the DPO-family loss
-(``train/dpo.py:dpo_loss``, any of ``losses.DPO_LOSSES``) on the pairs
+(``stages/dpo.py:dpo_loss``, any of ``losses.DPO_LOSSES``) on the pairs
 against the reference: the base with the adapters off, sharing its arrays,
 scored once at sampling time. Pairs the judge cannot separate are not
 trained on (``index`` -1) and counted.
@@ -102,7 +102,7 @@ class OnlinePairs:
         return OnlineDPOBatch(inputs, mx.array(index), reference, mx.array(stats))
 
     def inputs(self, prompts, pairs) -> FullRows | SharedPrompt:
-        """Chosen completions in slot 0, rejected in slot 1 (``layouts.py``)."""
+        """Chosen completions in slot 0, rejected in slot 1 (``batches/layouts.py``)."""
         if self.shared_prompts:
             widths = (
                 bucket_for(max(map(len, prompts)), self.buckets),

@@ -18,7 +18,7 @@ critic are copies of their own. The loop trains ``ActorCritic``: the policy
 and the critic side by side, with loss = policy loss + vf_coef · value
 loss; the policy's adapters are written in mlx-lm's format (``mlx-align
 fuse`` reads them), the critic's in ``out/critic/``. The math is
-``ppo_loss.py``'s; the batches come from ``ppo_rollouts.py``.
+``losses/ppo.py``'s; the batches come from ``ppo_rollouts.py``.
 """
 
 from __future__ import annotations

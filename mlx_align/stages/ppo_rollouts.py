@@ -5,7 +5,7 @@ A rollout batch holds R = ``num_mini_batches`` x ``grad_accumulation`` x
 ``local_batch_size``). Sampling is GRPO's (``rollout.sample_groups`` with
 G = 1, from the fused twin when ``--fuse-rollout``); then, once per rollout,
 the policy's log-probs, the reference's, the critic's values and the
-score, the KL-shaped rewards and GAE (``ppo_loss.py``). The loop's steps
+score, the KL-shaped rewards and GAE (``losses/ppo.py``). The loop's steps
 run over it ``ppo_epochs`` times in ``num_mini_batches`` mini-batches (one
 optimizer step each, a fresh shuffle every epoch, as TRL), so optimizer step
 s trains on rollout ``s // (ppo_epochs · num_mini_batches)``; checkpoints

@@ -1,7 +1,7 @@
 """The one training loop every stage uses; the stage passes in its loss.
 
 A loss function has the signature ``loss_fn(model, batch) -> (loss, n_tokens,
-metrics)``: ``batch`` the stage's named batch (``batches.py``), ``loss`` a
+metrics)``: ``batch`` the stage's named batch (``batches/types.py``), ``loss`` a
 scalar mean, ``n_tokens`` the number of trained tokens (it gives tokens/s,
 and weighs evaluation averages unless the batch counts its ``n_examples``),
 ``metrics`` a dict of scalars. A micro-batch's gradients and the optimizer update are each

@@ -2,7 +2,7 @@
 
 A pair stage hands ``pair_job`` its loss and one ``make(indices, rows,
 widths) -> PairBatch`` per split (``PairBatches.maker``); batches over the
-token budget run in weighted pieces (``data/budget.py``).
+token budget run in weighted pieces (``batches/budget.py``).
 """
 
 from __future__ import annotations
