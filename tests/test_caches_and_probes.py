@@ -126,16 +126,29 @@ def test_gemma3n_default_lora_keys_leave_altup_coefficients_alone(families, tmp_
 
 
 def test_dora_on_a_mixture_of_experts_is_one_line(families, tmp_path, capsys):
+    """Refused before the weights load (config.json counts experts), and once
+    loaded for a model whose config the check could not read (a hub id)."""
+    from mlx_align.core.errors import UserError
+    from mlx_align.model.adapters import attach_adapters
+
     data = write_jsonl(
         tmp_path / "sft/train.jsonl",
         [{"prompt": p, "completion": c} for p, c in FACTS],
     ).parent
-    with pytest.raises(SystemExit) as stop:
-        main(["sft", "--model", str(families("qwen3_moe")), "--data", str(data), "--out", str(tmp_path / "run"), "--dora", "--steps", "1"])  # fmt: skip
-    assert stop.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith("error: --dora") and "SwitchLinear" in err
-    assert "Traceback" not in capsys.readouterr().err
+    moe = families("qwen3_moe")
+    loads = []
+    with listening(lambda name, fields: loads.append(name)):
+        with pytest.raises(SystemExit) as stop:
+            main(["sft", "--model", str(moe), "--data", str(data), "--out", str(tmp_path / "run"), "--dora", "--steps", "1"])  # fmt: skip
+    assert stop.value.code == 2 and loads == []  # nothing loaded, no probe ran
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1].startswith("error: --dora: mlx-lm has no DoRA")
+    assert "experts in" in err and "Traceback" not in err
+
+    model, _ = mlx_lm.load(str(moe))
+    dora = {"fine_tune_type": "dora", "num_layers": -1, "lora_parameters": {"rank": 4, "scale": 2.0, "dropout": 0.0}}  # fmt: skip
+    with pytest.raises(UserError, match="SwitchLinear"):
+        attach_adapters(model, dora)
 
 
 def test_gemma3n_scores_through_a_prompt_cache(families):

@@ -6,8 +6,10 @@ runs them after every setting passed its rule.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mlx_align.config.online import (
@@ -39,6 +41,35 @@ def quantize_needs_adapters(config: AdapterSettings) -> tuple[str, str] | None:
     if config.full and config.dora:
         return "--dora", "DoRA is an adapter; it cannot be combined with --full"
     return None
+
+
+EXPERT_COUNTS = (
+    "num_experts",
+    "n_routed_experts",
+    "num_local_experts",
+    "moe_num_experts",
+)
+
+
+def dora_needs_dense_layers(config: AdapterSettings) -> tuple[str, str] | None:
+    """mlx-lm has no DoRA for expert layers (``SwitchLinear``): a local model whose
+    config.json counts experts says so before its weights load (a hub id is
+    checked once loaded, by ``model.adapters.attach_adapters``)."""
+    if not config.dora or config.lora_keys:
+        return None
+    path = Path(getattr(config, "model", "")) / "config.json"
+    if not path.is_file():
+        return None
+    model_config = json.loads(path.read_text())
+    sections = [model_config, model_config.get("text_config") or {}]
+    experts = max((s.get(k) or 0 for s in sections for k in EXPERT_COUNTS), default=0)
+    if not isinstance(experts, int) or experts <= 0:
+        return None
+    return (
+        "--dora",
+        f"mlx-lm has no DoRA for mixture-of-experts layers ({experts} experts in "
+        f"{path}): train with LoRA, or set --lora-keys to non-expert layers",
+    )
 
 
 def splits_differ(config: RunSettings) -> tuple[str, str] | None:
@@ -172,6 +203,7 @@ def a_reward(config: PPOConfig) -> tuple[str, str] | None:
 # ``build.build_config`` runs them in this order after each setting's ``Rule``.
 CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (AdapterSettings, quantize_needs_adapters),
+    (AdapterSettings, dora_needs_dense_layers),
     (RunSettings, splits_differ),
     (PreferenceSettings, reference_is_not_the_model),
     (DPOConfig, label_smoothing_needs_a_loss_using_it),

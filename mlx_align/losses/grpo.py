@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import mlx.core as mx
 
+from mlx_align.losses.masked import masked_mean
+
 Metrics = dict[str, mx.array]
 
 
@@ -22,17 +24,13 @@ def k3_kl(logps: mx.array, ref_logps: mx.array) -> mx.array:
     return mx.exp(log_ratio) - log_ratio - 1.0
 
 
-def _masked_mean(values: mx.array, mask: mx.array) -> mx.array:
-    return (values * mask).sum() / mx.maximum(mask.sum(), 1.0)
-
-
 def _sequence_mean(per_token: mx.array, mask: mx.array, _: int) -> mx.array:
     per_sequence = (per_token * mask).sum(-1) / mx.maximum(mask.sum(-1), 1.0)  # (B,)
     return per_sequence.mean()
 
 
 def _token_mean(per_token: mx.array, mask: mx.array, _: int) -> mx.array:
-    return _masked_mean(per_token, mask)
+    return masked_mean(per_token, mask)
 
 
 def _fixed_length_mean(
@@ -104,7 +102,7 @@ def grpo_loss(
     if beta != 0.0:
         kl = k3_kl(logps, mx.stop_gradient(ref_logps))  # (B, T)
         per_token_loss = per_token_loss + beta * kl
-        metrics["kl"] = _masked_mean(mx.stop_gradient(kl), mask)
+        metrics["kl"] = masked_mean(mx.stop_gradient(kl), mask)
     max_tokens = max_completion_tokens or logps.shape[1]
     loss = GRPO_AGGREGATIONS[aggregation](per_token_loss, mask, max_tokens)
     return loss, metrics
@@ -122,7 +120,7 @@ def _clip_metrics(
     high_clipped = (ratio > 1.0 + epsilon_high) & (advantages > 0)  # (B, T)
     region_clipped = low_clipped | high_clipped  # (B, T)
     return {
-        "clip_ratio": _masked_mean(region_clipped.astype(mask.dtype), mask),
-        "clip_ratio/low_mean": _masked_mean(low_clipped.astype(mask.dtype), mask),
-        "clip_ratio/high_mean": _masked_mean(high_clipped.astype(mask.dtype), mask),
+        "clip_ratio": masked_mean(region_clipped.astype(mask.dtype), mask),
+        "clip_ratio/low_mean": masked_mean(low_clipped.astype(mask.dtype), mask),
+        "clip_ratio/high_mean": masked_mean(high_clipped.astype(mask.dtype), mask),
     }

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import mlx.core as mx
 
+from mlx_align.losses.masked import masked_mean
+
 Metrics = dict[str, mx.array]
-
-
-def masked_mean(values: mx.array, mask: mx.array) -> mx.array:
-    """Mean of ``values`` where ``mask`` is 1 (0 when the mask is empty): a scalar."""
-    return (values * mask).sum() / mx.maximum(mask.sum(), 1.0)
 
 
 def masked_var(values: mx.array, mask: mx.array, unbiased: bool = True) -> mx.array:

@@ -20,7 +20,8 @@ from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import ORPOConfig
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
-from mlx_align.train.pairs import masked_means, pair_job
+from mlx_align.losses.masked import masked_means
+from mlx_align.train.pairs import pair_job
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 

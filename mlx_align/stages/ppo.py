@@ -40,7 +40,8 @@ from mlx_align.core import distributed
 from mlx_align.core.errors import UserError
 from mlx_align.data.prompts import check_prompt_records
 from mlx_align.data.source import load_split
-from mlx_align.losses.ppo import clipped_value_loss, masked_mean, ppo_policy_loss
+from mlx_align.losses.masked import masked_mean
+from mlx_align.losses.ppo import clipped_value_loss, ppo_policy_loss
 from mlx_align.model.adapters import (
     attach_adapters,
     count_parameters,

@@ -23,6 +23,7 @@ from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import RewardConfig
 from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
+from mlx_align.losses.masked import masked_means
 from mlx_align.model.reward_head import (
     CHECKPOINT_WEIGHTS,
     RewardModel,
@@ -30,7 +31,6 @@ from mlx_align.model.reward_head import (
     save_checkpoint_weights,
     save_reward_model,
 )
-from mlx_align.train.pairs import masked_means
 from mlx_align.train.stage import Job, Stage, StageRun, Trained, run_stage
 
 

@@ -1,4 +1,4 @@
-"""What the pair stages (DPO, ORPO) share: per-pair means, and their wiring to the loop.
+"""What the pair stages (DPO, ORPO) share: their wiring to the loop.
 
 A pair stage hands ``pair_job`` its loss and one ``make(indices, rows,
 widths) -> PairBatch`` per split (``PairBatches.maker``); batches over the
@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_align.batches.budget import fit_to_budget, token_budget
@@ -19,15 +18,6 @@ from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
 from mlx_align.core.events import emit
 from mlx_align.train.stage import Job
-
-
-def masked_means(
-    losses: mx.array, metrics: dict, valid: mx.array
-) -> tuple[mx.array, dict]:
-    """Means over real examples (``valid`` 1.0; filler rows 0.0) of per-example losses and metrics."""
-    n_valid = mx.maximum(valid.sum(), 1)
-    means = {name: (value * valid).sum() / n_valid for name, value in metrics.items()}
-    return (losses * valid).sum() / n_valid, means
 
 
 def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
