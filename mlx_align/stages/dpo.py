@@ -19,13 +19,12 @@ import mlx.nn as nn
 
 from mlx_align.batches.layouts import choose_layout
 from mlx_align.batches.planning import visited_batches
-from mlx_align.batches.preference import PairBatches, encode_pairs
+from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import DPOConfig
-from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
 from mlx_align.losses.masked import masked_means
-from mlx_align.train.pairs import pair_job
+from mlx_align.train.pairs import pair_job, pair_splits
 from mlx_align.train.reference import Reference, ScoredSplit, prepare_reference
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
@@ -83,10 +82,6 @@ def run_dpo(config: DPOConfig) -> Path:
     return run_stage(DPO, config)
 
 
-def dpo_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
-    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
-
-
 def dpo_reference(run: StageRun) -> Reference:
     """Log-probs of the visited pairs, precomputed before the adapters exist, or a model."""
     splits = [
@@ -112,7 +107,7 @@ def dpo_job(run: StageRun) -> Job:
     return pair_job(config, loss_fn, run.data, makers, frozen=(reference.model,))
 
 
-DPO = Stage(dpo_job, data=dpo_data, reference=dpo_reference)
+DPO = Stage(dpo_job, data=pair_splits, reference=dpo_reference)
 
 
 SPLITS = ("train", "valid")

@@ -23,12 +23,9 @@ from tqdm import tqdm
 from mlx_align.batches.types import GRPOBatch
 from mlx_align.config.online import GRPOConfig
 from mlx_align.core import distributed
-from mlx_align.data.prompts import check_prompt_records
-from mlx_align.data.source import load_split
 from mlx_align.losses.preference import grpo_loss
-from mlx_align.rewards.registry import reward_columns
 from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
-from mlx_align.stages.grpo_rollouts import Rollouts
+from mlx_align.stages.grpo_rollouts import Rollouts, read_prompt_splits
 from mlx_align.train.reference import live_reference
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
@@ -60,12 +57,6 @@ def run_grpo(config: GRPOConfig) -> Path:
     return run_stage(GRPO, config)
 
 
-def grpo_read(config: GRPOConfig):
-    records = load_split(config.source, "train", required=True)
-    check_prompt_records(records, needs=reward_columns(config.reward))
-    return records
-
-
 def grpo_data(run: StageRun) -> Rollouts:
     return Rollouts(run.config, run.model, run.tokenizer, run.records)
 
@@ -93,4 +84,9 @@ def grpo_job(run: StageRun) -> Job:
     )
 
 
-GRPO = Stage(grpo_job, read=grpo_read, data=grpo_data, reference=grpo_reference)
+GRPO = Stage(
+    grpo_job,
+    read=lambda config: read_prompt_splits(config, "train")[0],
+    data=grpo_data,
+    reference=grpo_reference,
+)

@@ -24,10 +24,12 @@ from mlx_align.config.online import GRPOConfig, SamplingSettings
 from mlx_align.core import distributed
 from mlx_align.core.events import emit
 from mlx_align.data.jsonl import Record
-from mlx_align.data.prompts import encode_prompts
+from mlx_align.data.prompts import check_prompt_records, encode_prompts
+from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, pad_id_of
 from mlx_align.losses.advantages import group_advantages
 from mlx_align.model.shared_prompts import supports_shared_prompts
+from mlx_align.rewards.registry import reward_columns
 from mlx_align.rewards.scoring import GroupScorer
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
 from mlx_align.sampling.rollout import Group, sample_groups
@@ -50,6 +52,16 @@ def seed_for_rank(seed: int, step: int) -> None:
     before ranks existed."""
     offset = RANK_SEED_STRIDE * distributed.rank()
     mx.random.seed((step_seed(seed, step) + offset) % 2**32)
+
+
+def read_prompt_splits(config, *splits: str) -> tuple[list[Record] | None, ...]:
+    """The read phase of the sampling stages: each of ``splits`` of ``--data``
+    ("train" required), every record checked for a prompt and for the columns
+    its reward functions read, before any model loads."""
+    records = tuple(load_split(config.source, s, required=s == "train") for s in splits)
+    for split in filter(None, records):
+        check_prompt_records(split, needs=reward_columns(config.reward))
+    return records
 
 
 def draw(

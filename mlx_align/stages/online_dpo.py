@@ -33,16 +33,14 @@ from mlx_align.config.online import OnlineDPOConfig
 from mlx_align.core import distributed
 from mlx_align.core.events import emit
 from mlx_align.data.jsonl import Record
-from mlx_align.data.prompts import check_prompt_records, encode_prompts
-from mlx_align.data.source import load_split
+from mlx_align.data.prompts import encode_prompts
 from mlx_align.data.tokenize import Encoded, pad_id_of
 from mlx_align.model.shared_prompts import supports_shared_prompts
-from mlx_align.rewards.registry import reward_columns
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model, should_fuse
 from mlx_align.sampling.judges import Verdicts, make_judge
 from mlx_align.sampling.rollout import Group
 from mlx_align.stages.dpo import dpo_loss, dpo_objective
-from mlx_align.stages.grpo_rollouts import draw, seed_for_rank
+from mlx_align.stages.grpo_rollouts import draw, read_prompt_splits, seed_for_rank
 from mlx_align.train.reference import live_reference
 from mlx_align.train.stage import Job, Stage, StageRun, adapters_or_model, run_stage
 
@@ -185,14 +183,6 @@ def run_online_dpo(config: OnlineDPOConfig) -> Path:
     return run_stage(ONLINE_DPO, config)
 
 
-def online_read(config: OnlineDPOConfig) -> tuple[list[Record], list[Record] | None]:
-    records = load_split(config.source, "train", required=True)
-    held_out = load_split(config.source, "valid")
-    for split in filter(None, (records, held_out)):
-        check_prompt_records(split, needs=reward_columns(config.reward))
-    return records, held_out
-
-
 def online_data(run: StageRun) -> OnlinePairs:
     return OnlinePairs(run.config, run.model, run.tokenizer, run.records[0], judge=None)
 
@@ -236,7 +226,7 @@ def write_with_win_rate(run: StageRun) -> Path:
 
 ONLINE_DPO = Stage(
     online_job,
-    read=online_read,
+    read=lambda config: read_prompt_splits(config, "train", "valid"),
     data=online_data,
     reference=online_reference,
     write=write_with_win_rate,

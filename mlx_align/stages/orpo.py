@@ -15,13 +15,11 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_align.batches.layouts import choose_layout
-from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import ORPOConfig
-from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
 from mlx_align.losses.masked import masked_means
-from mlx_align.train.pairs import pair_job
+from mlx_align.train.pairs import pair_job, pair_splits
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
@@ -42,10 +40,6 @@ def run_orpo(config: ORPOConfig) -> Path:
     return run_stage(ORPO, config)
 
 
-def orpo_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
-    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
-
-
 def orpo_job(run: StageRun) -> Job:
     """No reference: the odds ratio is the policy's own."""
     layout = choose_layout(run.config.padding_free, run.model)
@@ -54,4 +48,4 @@ def orpo_job(run: StageRun) -> Job:
     return pair_job(run.config, loss_fn, run.data, makers)
 
 
-ORPO = Stage(orpo_job, data=orpo_data)
+ORPO = Stage(orpo_job, data=pair_splits)

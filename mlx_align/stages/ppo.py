@@ -38,8 +38,6 @@ from mlx_align.batches.planning import BatchPlan
 from mlx_align.config.online import PPOConfig
 from mlx_align.core import distributed
 from mlx_align.core.errors import UserError
-from mlx_align.data.prompts import check_prompt_records
-from mlx_align.data.source import load_split
 from mlx_align.losses.masked import masked_mean
 from mlx_align.losses.ppo import clipped_value_loss, ppo_policy_loss
 from mlx_align.model.adapters import (
@@ -57,8 +55,8 @@ from mlx_align.model.reward_head import (
     load_reward_model,
 )
 from mlx_align.model.value_head import ActorCritic, ValueModel, save_critic
-from mlx_align.rewards.registry import reward_columns
 from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
+from mlx_align.stages.grpo_rollouts import read_prompt_splits
 from mlx_align.stages.ppo_rollouts import (
     CompletionScorer,
     PPOBatch,
@@ -196,14 +194,6 @@ def run_ppo(config: PPOConfig) -> Path:
     return run_stage(PPO, config)
 
 
-def ppo_read(config: PPOConfig) -> tuple:
-    train_records = load_split(config.source, "train", required=True)
-    valid_records = load_split(config.source, "valid")
-    for split in filter(None, (train_records, valid_records)):
-        check_prompt_records(split, needs=reward_columns(config.reward))
-    return train_records, valid_records
-
-
 def ppo_data(run: StageRun) -> PPOData:
     config, (train_records, valid_records) = run.config, run.records
     return PPOData(
@@ -270,7 +260,7 @@ def write_ppo_result(run: StageRun) -> Path:
 
 PPO = Stage(
     ppo_job,
-    read=ppo_read,
+    read=lambda config: read_prompt_splits(config, "train", "valid"),
     data=ppo_data,
     reference=lambda run: live_reference(run.config, run.model),
     trained=actor_critic,

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import RewardConfig
-from mlx_align.data.splits import load_batched_splits
 from mlx_align.losses import preference as losses
 from mlx_align.losses.masked import masked_means
 from mlx_align.model.reward_head import (
@@ -31,6 +29,7 @@ from mlx_align.model.reward_head import (
     save_checkpoint_weights,
     save_reward_model,
 )
+from mlx_align.train.pairs import pair_splits
 from mlx_align.train.stage import Job, Stage, StageRun, Trained, run_stage
 
 
@@ -53,10 +52,6 @@ def bt_batch_loss(model: RewardModel, batch: PairBatch, *, center_coefficient=0.
 def run_reward(config: RewardConfig) -> Path:
     """Train a Bradley-Terry reward model; adapters (or ``out/model``) + head in ``out``."""
     return run_stage(REWARD, config)
-
-
-def reward_data(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
-    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
 
 
 def reward_model(run: StageRun) -> Trained:
@@ -93,7 +88,7 @@ def write_reward_model(run: StageRun) -> Path:
 
 REWARD = Stage(
     reward_job,
-    data=reward_data,
+    data=pair_splits,
     trained=reward_model,
     write=write_reward_model,
 )

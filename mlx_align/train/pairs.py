@@ -14,10 +14,11 @@ import mlx.nn as nn
 
 from mlx_align.batches.budget import fit_to_budget, token_budget
 from mlx_align.batches.layouts import width_of
-from mlx_align.batches.preference import PairBatches
+from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
 from mlx_align.core.events import emit
-from mlx_align.train.stage import Job
+from mlx_align.data.splits import load_batched_splits
+from mlx_align.train.stage import Job, StageRun
 
 
 def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
@@ -34,6 +35,11 @@ def planned_batch(make: Callable, batches: PairBatches, budget: int, k: int):
         widths=[width_of(piece.inputs) for piece in pieces],
     )
     return fitted
+
+
+def pair_splits(run: StageRun) -> tuple[PairBatches, PairBatches | None]:
+    """The data phase of every pair stage: train and valid pairs, encoded and batched."""
+    return load_batched_splits(run.config, run.tokenizer, encode_pairs, PairBatches)
 
 
 def pair_job(
