@@ -8,6 +8,7 @@ where a function needs it.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -223,6 +224,14 @@ class PooledSteps:
     def completions_per_s(self) -> float:
         return self.total("completions") / self.total("step_s")
 
+    def step_tokens_per_s(self) -> float:
+        """Completion tokens per second of whole steps."""
+        return self.total("tokens") / self.total("step_s")
+
+    def rollout_tokens_per_s(self) -> float:
+        """Completion tokens per second of sampling (steps with ``rollout_s``)."""
+        return self.total("tokens") / self.total("rollout_s")
+
     def first_step_s(self) -> float:
         return statistics.median(r.steps[0].step_s for r in self.runs)
 
@@ -237,6 +246,19 @@ class PooledSteps:
     @property
     def wall_s(self) -> float:
         return statistics.median(r.wall_s for r in self.runs)
+
+
+def parse_bench_args(p, argv: list[str] | None, warmup: bool = True):
+    """Parse a bench's options: a ``--worker`` run takes the tool's arguments
+    after them (``rest``); a plain run takes none, and (``warmup``) more
+    ``--steps`` than ``--warmup``."""
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    opts = p.parse_args(argv)
+    if opts.rest and not opts.worker:
+        p.error(f"unrecognized arguments: {' '.join(opts.rest)}")
+    if warmup and not opts.worker and opts.steps <= opts.warmup:
+        p.error("--steps must exceed --warmup")
+    return opts
 
 
 def table_head(columns: list[str], left: int = 1) -> list[str]:

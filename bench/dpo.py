@@ -86,6 +86,7 @@ from common import (
     make_data,
     mlx_lm_lora_config,
     other_blas,
+    parse_bench_args,
     prepare_model,
     reporter,
     run_measured,
@@ -604,12 +605,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["mlx-align", "mlx-lm-lora", "tokens"],
         help=argparse.SUPPRESS,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
+    opts = parse_bench_args(p, argv, warmup=False)
     if opts.pairs < 0:
         opts.pairs = opts.steps * opts.batch_size
-    if opts.rest and not opts.worker:
-        p.error(f"unrecognized arguments: {' '.join(opts.rest)}")
     return opts
 
 

@@ -82,6 +82,7 @@ from common import (
     machine,
     make_data,
     other_blas,
+    parse_bench_args,
     prepare_model,
     run_measured,
     run_worker,
@@ -226,12 +227,6 @@ class Pooled(PooledSteps):
     runs: list[Run]
     warmup: int
 
-    def tokens_per_s(self) -> float:
-        return self.total("tokens") / self.total("step_s")
-
-    def rollout_tokens_per_s(self) -> float:
-        return self.total("tokens") / self.total("rollout_s")
-
 
 def grpo_args(opts, model: Path, data: Path, out: Path) -> list[str]:
     args = ["grpo", "--model", str(model), "--data", str(data), "--out", str(out)]
@@ -310,7 +305,7 @@ def row(p: Pooled, kinds: dict[str, str], params: dict[str, int]) -> str:
         f"| {p.median('step_s'):.2f} | {p.median('rollout_s'):.2f} "
         f"| {p.median('train_s'):.2f} | {p.median('score_s') * 1000:.0f} "
         f"| {p.total('rollout_s') / p.total('step_s'):.0%} "
-        f"| {p.rollout_tokens_per_s():,.0f} | {p.tokens_per_s():,.1f} "
+        f"| {p.rollout_tokens_per_s():,.0f} | {p.step_tokens_per_s():,.1f} "
         f"| {p.first_step_s():.1f} | {p.peak_mb:,.0f} | {p.max_rss_mb:,.0f} "
         f"| {p.wall_s:.1f} |"
     )
@@ -327,7 +322,7 @@ def ratio_lines(dense: Pooled, hybrid: Pooled, warmup: int) -> list[str]:
     return [
         f"- **step time {x('step_s')}** (run by run: {', '.join(paired)}), "
         f"rollout {x('rollout_s')}, train part {x('train_s')}, completion tok/s "
-        f"{hybrid.tokens_per_s() / dense.tokens_per_s():.2f}x, peak MLX memory "
+        f"{hybrid.step_tokens_per_s() / dense.step_tokens_per_s():.2f}x, peak MLX memory "
         f"{hybrid.peak_mb / dense.peak_mb:.2f}x, max RSS "
         f"{hybrid.max_rss_mb / dense.max_rss_mb:.2f}x"
     ]
@@ -430,12 +425,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--blas", choices=["openblas", "reference"], default="openblas")
     p.add_argument("--work", type=Path, default=Path("/tmp/mlx_align_bench_families"))
     p.add_argument("--worker", choices=["grpo"], help=argparse.SUPPRESS)
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
-    if opts.rest and not opts.worker:
-        p.error(f"unrecognized arguments: {' '.join(opts.rest)}")
-    if not opts.worker and opts.steps <= opts.warmup:
-        p.error("--steps must exceed --warmup")
+    opts = parse_bench_args(p, argv)
     return opts
 
 

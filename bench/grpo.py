@@ -96,6 +96,7 @@ from common import (
     make_data,
     mlx_lm_lora_config,
     other_blas,
+    parse_bench_args,
     prepare_model,
     reporter,
     rollout_record,
@@ -157,12 +158,6 @@ class Pooled(PooledSteps):
     group: int
     runs: list[Run]
     warmup: int
-
-    def rollout_tokens_per_s(self) -> float:
-        return self.total("tokens") / self.total("rollout_s")
-
-    def step_tokens_per_s(self) -> float:
-        return self.total("tokens") / self.total("step_s")
 
     def rollout_share(self) -> float:
         return self.total("rollout_s") / self.total("step_s")
@@ -554,13 +549,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["mlx-align", "mlx-lm-lora", "tokens"],
         help=argparse.SUPPRESS,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
-    if opts.rest and not opts.worker:
-        p.error(f"unrecognized arguments: {' '.join(opts.rest)}")
+    opts = parse_bench_args(p, argv)
     opts.groups = [int(g) for g in opts.groups.split(",") if g.strip()]
-    if not opts.worker and opts.steps <= opts.warmup:
-        p.error("--steps must exceed --warmup")
     return opts
 
 

@@ -131,6 +131,7 @@ from common import (
     make_data,
     mlx_lm_lora_config,
     other_blas,
+    parse_bench_args,
     prepare_model,
     reporter,
     run_measured,
@@ -763,12 +764,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["mlx-align", "mlx-lm-lora", "tokens"],
         help=argparse.SUPPRESS,
     )
-    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
-    opts = p.parse_args(argv)
-    if opts.rest and not opts.worker:
-        p.error(f"unrecognized arguments: {' '.join(opts.rest)}")
-    if not opts.worker and opts.steps <= opts.warmup:
-        p.error("--steps must exceed --warmup")
+    opts = parse_bench_args(p, argv)
     return opts
 
 
