@@ -98,13 +98,11 @@ def init_random_model(
     ``mx.random.seed(seed)``, except that all-zero matrices are re-initialised
     (see :func:`_fix_zero_matrices`).
     """
-    out = Path(out)
-    tokenizer_dir = Path(tokenizer_dir)
+    out, tokenizer_dir = Path(out), Path(tokenizer_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).exists():
             shutil.copy2(tokenizer_dir / name, out / name)
-
     config = copy.deepcopy(config)
     if vocab_size is None:
         vocab_size = tokenizer_vocab_size(tokenizer_dir)
