@@ -165,12 +165,12 @@ def supports_packing(model: nn.Module) -> bool:
     plain RoPE (``mx.fast.rope``, llama 3 and yarn too) that ``PositionalRoPE``
     can wrap, and a packed probe (two trees, two completions each) gives the
     model's own log-probs (``model/probes.py``)."""
-    return supports_shared_prompts(model) and probed(
-        model, "packing", _check, "padded rows"
-    )
+    return probed(model, "packing", _check, "padded rows")
 
 
 def _check(model: nn.Module) -> str | None:
+    if not supports_shared_prompts(model):
+        return "it takes no shared prompts (said above)"
     layers = model.model.layers
     ropes = [type(getattr(layer.self_attn, "rope", None)).__name__ for layer in layers]
     if not set(ropes) <= PACKABLE_ROPES:

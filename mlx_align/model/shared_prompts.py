@@ -121,12 +121,12 @@ def grouped_completion_logps(
 def supports_shared_prompts(model: nn.Module) -> bool:
     """Whether ``grouped_completion_logps`` computes ``model``'s log-probs: tried on
     two prompts of unequal length (left padding), two completions each."""
-    return splits_head(model) and probed(
-        model, "shared-prompt scoring", _check, "scoring full rows"
-    )
+    return probed(model, "shared-prompt scoring", _check, "scoring full rows")
 
 
 def _check(model: nn.Module) -> str | None:
+    if not splits_head(model):
+        return "its logits are not its output layer on its backbone's hidden states (a logit soft-cap, a scale, or no .model)"
     tokens = probe_tokens(vocab_size(model), rows=3, length=12)
     prompts = [tokens[0][:9], tokens[1][:4]]  # unequal: left padding
     completions = [tokens[2][:7], tokens[0][2:5], tokens[1][:6], tokens[2][3:5]]
