@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -199,6 +200,24 @@ def add_working_set(mx) -> None:
 
 
 # ------------------------------------------------------------------ report
+
+
+@dataclass
+class Step:
+    """One optimizer step: completions sampled and the times the tool spent."""
+
+    completions: int
+    tokens: int  # completion tokens generated (EOS included when sampled)
+    longest: int
+    at_limit: int  # completions that ran to --max-completion-tokens
+    rollout_s: float  # generating the completions (prefill + decode)
+    score_s: float  # reward functions
+    step_s: float  # the whole step as the tool times it (rollout included)
+
+    @property
+    def train_s(self) -> float:
+        """The rest of the step: padding, forward + backward, optimizer update."""
+        return self.step_s - self.rollout_s - self.score_s
 
 
 class PooledSteps:

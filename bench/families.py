@@ -74,6 +74,7 @@ from pathlib import Path
 from common import (
     RESULTS_DIR,
     PooledSteps,
+    Step,
     align_grpo_worker,
     blas_env,
     flags_suffix,
@@ -192,20 +193,6 @@ def write_data(opts) -> Path:
 
 
 @dataclass
-class Step:
-    completions: int
-    tokens: int  # completion tokens sampled
-    at_limit: int  # completions that ran to --max-completion-tokens
-    rollout_s: float
-    score_s: float
-    step_s: float  # the whole step as the run's metrics.jsonl times it
-
-    @property
-    def train_s(self) -> float:
-        return self.step_s - self.rollout_s - self.score_s
-
-
-@dataclass
 class Run:
     model: str
     steps: list[Step]
@@ -268,7 +255,15 @@ def to_run(opts, name: str, report: Path, log: Path, wall: float, rss: float) ->
     if (len(rollouts), len(scores), sorted(steps)) != (n, n, list(range(1, n + 1))):
         sys.exit(f"{name}: {len(rollouts)} rollouts, {len(steps)} steps in {report}")
     rows = [
-        Step(r["completions"], r["tokens"], r["at_limit"], r["rollout_s"], s, steps[k])
+        Step(
+            r["completions"],
+            r["tokens"],
+            r["longest"],
+            r["at_limit"],
+            r["rollout_s"],
+            s,
+            steps[k],
+        )
         for k, (r, s) in enumerate(zip(rollouts, scores, strict=True), start=1)
     ]
     fallbacks = [

@@ -82,6 +82,7 @@ from pathlib import Path
 from common import (
     RESULTS_DIR,
     PooledSteps,
+    Step,
     add_vocab_option,
     add_working_set,
     align_grpo_worker,
@@ -117,24 +118,6 @@ LORA_SYSTEM = (
     "out. Place it between <think> and </think>. Then, provide your solution "
     "between <answer> </answer>."
 )
-
-
-@dataclass
-class Step:
-    """One optimizer step: completions sampled and the times each tool spent."""
-
-    completions: int
-    tokens: int  # completion tokens generated (EOS included when sampled)
-    longest: int
-    at_limit: int  # completions that ran to --max-completion-tokens
-    rollout_s: float  # generating the completions (prefill + decode)
-    score_s: float  # reward functions
-    step_s: float  # the whole step as the tool times it (rollout included)
-
-    @property
-    def train_s(self) -> float:
-        """The rest of the step: padding, forward + backward, optimizer update."""
-        return self.step_s - self.rollout_s - self.score_s
 
 
 @dataclass
