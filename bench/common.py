@@ -220,6 +220,36 @@ class Step:
         return self.step_s - self.rollout_s - self.score_s
 
 
+@dataclass
+class WorkerReport:
+    """What ``align_grpo_worker`` (or a tool's own worker) wrote, by kind of record."""
+
+    rollouts: list[
+        dict
+    ]  # one per step: completions, tokens, longest, at_limit, rollout_s
+    scores: list[float]  # reward scoring seconds, one per step
+    steps: dict[int, float]  # step -> the tool's own seconds for it
+    fast_paths: dict[str, str | None]  # probed fast path -> why it is off (None: on)
+    rest: dict  # everything else: trainable, peak_memory, blas, sampler, ...
+
+    @classmethod
+    def read(cls, path: Path) -> WorkerReport:
+        report = cls([], [], {}, {}, {})
+        for line in path.read_text().splitlines():
+            record = json.loads(line)
+            if "rollout_s" in record:
+                report.rollouts.append(record)
+            elif "score_s" in record:
+                report.scores.append(record["score_s"])
+            elif "step" in record:
+                report.steps[record["step"]] = record["seconds"]
+            elif "fast_path" in record:
+                report.fast_paths.setdefault(record["fast_path"], record["reason"])
+            else:
+                report.rest.update(record)
+        return report
+
+
 class PooledSteps:
     """A tool's steps over its runs, the first ``warmup`` of each left out.
 

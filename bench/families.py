@@ -62,7 +62,6 @@ suffix: families-hidden1024.md, families-no-compile.md).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shlex
@@ -75,6 +74,7 @@ from common import (
     RESULTS_DIR,
     PooledSteps,
     Step,
+    WorkerReport,
     align_grpo_worker,
     blas_env,
     flags_suffix,
@@ -238,19 +238,8 @@ def run_model(opts, name: str, model: Path, data: Path, out: Path, env: dict) ->
 
 def to_run(opts, name: str, report: Path, log: Path, wall: float, rss: float) -> Run:
     """Pair the k-th rollout and reward scoring with step k of metrics.jsonl."""
-    rollouts, scores, steps, fast, rest = [], [], {}, {}, {}
-    for line in report.read_text().splitlines():
-        record = json.loads(line)
-        if "rollout_s" in record:
-            rollouts.append(record)
-        elif "score_s" in record:
-            scores.append(record["score_s"])
-        elif "step" in record:
-            steps[record["step"]] = record["seconds"]
-        elif "fast_path" in record:
-            fast.setdefault(record["fast_path"], record["reason"])
-        else:
-            rest.update(record)
+    read = WorkerReport.read(report)
+    rollouts, scores, steps, rest = read.rollouts, read.scores, read.steps, read.rest
     n = opts.steps
     if (len(rollouts), len(scores), sorted(steps)) != (n, n, list(range(1, n + 1))):
         sys.exit(f"{name}: {len(rollouts)} rollouts, {len(steps)} steps in {report}")
@@ -279,7 +268,7 @@ def to_run(opts, name: str, report: Path, log: Path, wall: float, rss: float) ->
         wall,
         rest["trainable"],
         rest["blas"],
-        fast,
+        read.fast_paths,
         list(dict.fromkeys(fallbacks)),
     )
 

@@ -83,6 +83,7 @@ from common import (
     RESULTS_DIR,
     PooledSteps,
     Step,
+    WorkerReport,
     add_vocab_option,
     add_working_set,
     align_grpo_worker,
@@ -231,17 +232,8 @@ def check_same_tokens(opts, model: Path, lora: Path, align: Path) -> list[int]:
 
 def to_run(opts, tool: str, group: int, report: Path, wall: float, rss: float) -> Run:
     """Pair the k-th rollout (and scoring) with the k-th step the tool timed."""
-    rollouts, scores, steps, rest = [], [], {}, {}
-    for line in report.read_text().splitlines():
-        record = json.loads(line)
-        if "rollout_s" in record:
-            rollouts.append(record)
-        elif "score_s" in record:
-            scores.append(record["score_s"])
-        elif "step" in record:
-            steps[record["step"]] = record["seconds"]
-        else:
-            rest.update(record)
+    read = WorkerReport.read(report)
+    rollouts, scores, steps, rest = read.rollouts, read.scores, read.steps, read.rest
     if rest.get("sampler", {"top_p": 1.0, "top_k": 0}) != {"top_p": 1.0, "top_k": 0}:
         sys.exit(f"{tool} sampled with {rest['sampler']}, not plain temperature")
     n = opts.steps
