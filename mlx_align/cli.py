@@ -70,14 +70,23 @@ def options_from(cls: type) -> Callable:
         for f in reversed(dataclasses.fields(cls)):
             flag = "--" + f.name.replace("_", "-")
             kind = hints[f.name]
-            shown = (
-                f"(default: {f.default})"
-                if not f.metadata.get("required")
-                else "(required)"
-            )
+            default = f.default
+            if isinstance(default, tuple):  # a repeatable setting's values
+                default = ", ".join(default) or "none"
+            if f.metadata.get("required"):
+                shown = "(required)"
+            else:  # an empty text says what it means in the help itself
+                shown = f"(default: {default})" if default != "" else ""
+
             help_text = f"{f.metadata.get('help', '')} {shown}"
             if f.metadata.get("multiple"):
-                option = click.option(flag, f.name, multiple=True, help=help_text)
+                option = click.option(
+                    flag,
+                    f.name,
+                    multiple=True,
+                    type=choice_type(f.metadata.get("choices"), str),
+                    help=help_text,
+                )
             elif kind is bool:
                 option = click.option(
                     f"{flag}/--no-{flag[2:]}", f.name, default=None, help=help_text
@@ -186,6 +195,10 @@ def sft_command(config: SFTConfig) -> None:
     DPOConfig,
     "Examples:\n\n  mlx-align dpo --model runs/pt/model --data data/preference --out runs/dpo\n\n"
     "  mlx-align dpo --model M --data D --out R --loss ipo --beta 0.5\n\n"
+    "  mlx-align dpo --model M --data D --out R --loss apo_zero   # any of TRL's 15 loss types\n\n"
+    "  mlx-align dpo --model M --data D --out R --loss sigmoid --loss bco_pair --loss sft "
+    "--loss-weights 0.8,0.2,1.0   # MPO\n\n"
+    "  mlx-align dpo --model M --data D --out R --f-divergence-type js_divergence   # f-DPO\n\n"
     "  mlx-align dpo --model M --data D --out R --sft-weight 1.0   # RPO\n\n"
     "  mlx-align dpo --model M --data D --out R --ref-model SFT_MODEL --no-precompute",
 )

@@ -126,5 +126,5 @@ def test_enumerated_settings_are_refused_before_anything_loads(tmp_path, capsys)
     argv = ["dpo", "--config", str(config), "--model", "m", "--data", "d"]
     code, err = run_cli(argv, capsys)
     assert code == 2
-    assert f"{config}: loss: 'foo' is not one of sigmoid, hinge, ipo, robust" in err
+    assert f"{config}: loss: 'foo' is not one of sigmoid, hinge, ipo, exo_pair" in err
     assert "Traceback" not in err

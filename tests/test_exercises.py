@@ -85,14 +85,15 @@ def test_bradley_terry_checks_catch_a_wrong_loss(exercise, tmp_path, monkeypatch
 
 
 def test_dpo_gradient_checks_catch_a_sign_error(exercise, tmp_path, monkeypatch):
-    from mlx_align.losses import preference as losses
+    from mlx_align.losses import dpo
 
-    real = losses.dpo_sigmoid_loss
+    real = dpo.dpo_sigmoid_loss
 
-    def swapped(pc, pr, rc, rr, beta):  # prefers the rejected completion
-        return real(pr, pc, rr, rc, beta)
+    def swapped(pair, beta):  # prefers the rejected completion
+        pc, pr, rc, rr = pair[:4]
+        return real(dpo.DPOPair.of(pr, pc, rr, rc), beta)
 
-    monkeypatch.setattr("mlx_align.losses.preference.dpo_sigmoid_loss", swapped)
+    monkeypatch.setattr("mlx_align.losses.dpo.dpo_sigmoid_loss", swapped)
     assert exercise("ex3_dpo_gradient").main(["--quick", "--out", str(tmp_path)]) == 1
 
 

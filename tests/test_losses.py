@@ -7,12 +7,7 @@ import numpy as np
 import pytest
 
 from mlx_align.losses.preference import (
-    DPO_LOSSES,
     bt_loss,
-    dpo_hinge_loss,
-    dpo_ipo_loss,
-    dpo_robust_loss,
-    dpo_sigmoid_loss,
     grpo_loss,
     k3_kl,
     kto_loss,
@@ -28,13 +23,6 @@ def sigmoid(x: float) -> float:
 
 def assert_close(actual: mx.array, expected, tol: float = 1e-5):
     np.testing.assert_allclose(np.array(actual), expected, rtol=0, atol=tol)
-
-
-def logps_with_logits(logits: list[float]) -> tuple[mx.array, ...]:
-    """Policy/reference log-probs whose DPO logit h equals `logits`:
-    chosen log-ratio = h (policy −1, ref −1 − h), rejected log-ratio 0."""
-    h = mx.array(logits)
-    return -mx.ones_like(h), mx.full(h.shape, -2.0), -1.0 - h, mx.full(h.shape, -2.0)
 
 
 # --- Bradley-Terry -------------------------------------------------------------
@@ -56,132 +44,6 @@ def test_bt_loss_without_margin():
     """r_w − r_l = 1: loss = −log σ(1) = log(1 + e^−1) = 0.313262."""
     losses, _ = bt_loss(mx.array([2.0]), mx.array([1.0]))
     assert_close(losses, [math.log1p(math.exp(-1.0))])
-
-
-# --- DPO family ----------------------------------------------------------------
-
-
-def test_dpo_sigmoid_is_ln2_when_policy_equals_reference():
-    """policy == reference: h = 0, loss = −log σ(0) = ln 2 for any β."""
-    logps = mx.array([-3.0, -7.5])
-    other = mx.array([-4.0, -1.25])
-    losses, _ = dpo_sigmoid_loss(logps, other, logps, other, beta=0.3)
-    assert_close(losses, [LN2, LN2])
-
-
-def test_dpo_sigmoid_hand_value_and_metrics():
-    """pc = −1, pr = −3, rc = rr = −2, β = 0.5:
-    r_c = 1, r_r = −1, h = 2, β·h = 1, loss = −log σ(1) = 0.313262.
-    Second pair pc = pr = rc = rr = −1: rewards 0 and 0, accuracy 0 (strict >).
-    rewards/chosen = β·r_c = [0.5, 0], rewards/rejected = [−0.5, 0],
-    margins = [1, 0], logps/* are the policy log-probs."""
-    losses, metrics = dpo_sigmoid_loss(
-        mx.array([-1.0, -1.0]),
-        mx.array([-3.0, -1.0]),
-        mx.array([-2.0, -1.0]),
-        mx.array([-2.0, -1.0]),
-        beta=0.5,
-    )
-    assert_close(losses, [-math.log(sigmoid(1.0)), LN2])
-    assert_close(metrics["rewards/chosen"], [0.5, 0.0])
-    assert_close(metrics["rewards/rejected"], [-0.5, 0.0])
-    assert_close(metrics["rewards/margins"], [1.0, 0.0])
-    assert_close(metrics["rewards/accuracies"], [1.0, 0.0])
-    assert_close(metrics["logps/chosen"], [-1.0, -1.0])
-    assert_close(metrics["logps/rejected"], [-3.0, -1.0])
-
-
-def test_dpo_sigmoid_gradient_raises_chosen_and_lowers_rejected():
-    """d/d pc of −log σ(β·h) = −β(1 − σ(βh)); at h = 0, β = 0.1: −0.1·0.5 = −0.05.
-    d/d pr = +β(1 − σ(βh)) = +0.05. Negative gradient on chosen means descent
-    raises log π(y_c); positive on rejected lowers log π(y_r)."""
-    pc, pr, rc, rr = (
-        mx.array([-2.0]),
-        mx.array([-3.0]),
-        mx.array([-2.0]),
-        mx.array([-3.0]),
-    )
-
-    def mean_loss(chosen, rejected):
-        return dpo_sigmoid_loss(chosen, rejected, rc, rr, beta=0.1)[0].mean()
-
-    grad_chosen, grad_rejected = mx.grad(mean_loss, argnums=(0, 1))(pc, pr)
-    assert_close(grad_chosen, [-0.05])
-    assert_close(grad_rejected, [0.05])
-
-
-def test_dpo_hinge_kink():
-    """β = 1: h = 1 -> relu(1 − 1) = 0; h = 0.5 -> 0.5; h = 2 -> 0.
-    Gradient wrt pc: −β = −1 before the kink (h = 0.5), 0 beyond it (h = 2)."""
-    pc, pr, rc, rr = logps_with_logits([1.0, 0.5, 2.0])
-    losses, _ = dpo_hinge_loss(pc, pr, rc, rr, beta=1.0)
-    assert_close(losses, [0.0, 0.5, 0.0])
-    grad = mx.grad(lambda x: dpo_hinge_loss(x, pr, rc, rr, beta=1.0)[0].sum())(pc)
-    assert_close(grad[1:], [-1.0, 0.0])
-
-
-def test_dpo_ipo_target_and_length_normalisation():
-    """β = 0.5, target 1/(2β) = 1. Chosen length 2, rejected length 4.
-    Pair 1: pc = −2, rc = −4 -> per-token r_c = (−2 + 4)/2 = 1; pr = rr = −8 ->
-    r_r = 0; h̄ = 1 -> loss (1 − 1)² = 0.
-    Pair 2: pc = −4 -> r_c = 0, h̄ = 0 -> loss (0 − 1)² = 1.
-    Without the division pair 1 would give h = 2 and loss 1, so this also
-    checks the per-token averaging. The metrics are TRL's, from the summed
-    log-probs as for every loss: rewards/chosen = β·(pc − rc) = [1, 0],
-    logps/chosen = pc. A filler pair (lengths 0) stays finite."""
-    losses, metrics = dpo_ipo_loss(
-        mx.array([-2.0, -4.0]),
-        mx.array([-8.0, -8.0]),
-        mx.array([-4.0, -4.0]),
-        mx.array([-8.0, -8.0]),
-        beta=0.5,
-        chosen_lengths=mx.array([2.0, 2.0]),
-        rejected_lengths=mx.array([4.0, 4.0]),
-    )
-    assert_close(losses, [0.0, 1.0])
-    assert_close(metrics["rewards/chosen"], [1.0, 0.0])
-    assert_close(metrics["rewards/rejected"], [0.0, 0.0])
-    assert_close(metrics["logps/chosen"], [-2.0, -4.0])
-    assert_close(metrics["rewards/accuracies"], [1.0, 0.0])
-    zeros = mx.zeros((1,))
-    filler, _ = dpo_ipo_loss(
-        *[zeros] * 4, beta=0.5, chosen_lengths=zeros, rejected_lengths=zeros
-    )
-    assert_close(filler, [1.0])  # h̄ = 0: finite, and masked out by the stage
-
-
-def test_dpo_robust_with_no_noise_equals_sigmoid():
-    """ε = 0: [−1·log σ(βh) + 0] / 1 = the sigmoid loss."""
-    logps = logps_with_logits([-1.0, 0.0, 2.5])
-    robust, _ = dpo_robust_loss(*logps, beta=0.2, label_smoothing=0.0)
-    sigmoid_losses, _ = dpo_sigmoid_loss(*logps, beta=0.2)
-    assert_close(robust, sigmoid_losses.tolist())
-
-
-def test_dpo_robust_hand_value():
-    """β·h = 1, ε = 0.1:
-    [−0.9·log σ(1) + 0.1·log σ(−1)] / 0.8
-    = [0.9·0.313262 − 0.1·1.313262] / 0.8 = 0.150610 / 0.8 = 0.188262."""
-    losses, _ = dpo_robust_loss(
-        *logps_with_logits([1.0]), beta=1.0, label_smoothing=0.1
-    )
-    expected = (-0.9 * math.log(sigmoid(1.0)) + 0.1 * math.log(sigmoid(-1.0))) / 0.8
-    assert expected == pytest.approx(0.188262, abs=1e-6)
-    assert_close(losses, [expected])
-
-
-def test_dpo_robust_rejects_half_noise():
-    with pytest.raises(ValueError, match="label_smoothing"):
-        dpo_robust_loss(*logps_with_logits([1.0]), beta=1.0, label_smoothing=0.5)
-
-
-def test_dpo_losses_table_names_the_functions():
-    assert DPO_LOSSES == {
-        "sigmoid": dpo_sigmoid_loss,
-        "hinge": dpo_hinge_loss,
-        "ipo": dpo_ipo_loss,
-        "robust": dpo_robust_loss,
-    }
 
 
 # --- ORPO ----------------------------------------------------------------------

@@ -188,12 +188,14 @@ CLASHES = [
     (
         "dpo",
         ["--label-smoothing", "0.1"],
-        "--label-smoothing: the 'sigmoid' loss does not use it (losses that do: robust)",
+        "--label-smoothing: the 'sigmoid' loss does not use it (losses that do: "
+        "exo_pair, robust, aot, aot_unpaired)",
     ),
     (
         "dpo",
         ["--loss", "ipo", "--label-smoothing", "0.1"],
-        "--label-smoothing: the 'ipo' loss does not use it (losses that do: robust)",
+        "--label-smoothing: the 'ipo' loss does not use it (losses that do: "
+        "exo_pair, robust, aot, aot_unpaired)",
     ),
     (
         "dpo",

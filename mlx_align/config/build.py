@@ -49,11 +49,13 @@ def check_choices(cls: type, values: dict[str, Any], source: str) -> None:
     """Values given in a config file for enumerated settings (flags are checked by click)."""
     for f in dataclasses.fields(cls):
         spec = f.metadata.get("choices")
-        if spec and f.name in values and values[f.name] not in choices_of(spec):
-            allowed = ", ".join(choices_of(spec))
-            raise UserError(
-                source, f"{f.name}: {values[f.name]!r} is not one of {allowed}"
-            )
+        if not spec or f.name not in values:
+            continue
+        given = values[f.name]
+        for value in given if isinstance(given, tuple) else (given,):
+            if value not in choices_of(spec):
+                allowed = ", ".join(choices_of(spec))
+                raise UserError(source, f"{f.name}: {value!r} is not one of {allowed}")
 
 
 KIND_NAMES = {

@@ -6,6 +6,7 @@ runs them after every setting passed its rule.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -19,10 +20,10 @@ from mlx_align.config.online import (
     RewardSettings,
     SamplingSettings,
 )
-from mlx_align.config.settings import shown
+from mlx_align.config.settings import flag, shown
 from mlx_align.config.stages import (
     AdapterSettings,
-    DPOConfig,
+    DPOLossSettings,
     InitModelConfig,
     PreferenceSettings,
     RunSettings,
@@ -92,20 +93,70 @@ def reference_is_not_the_model(config: Any) -> tuple[str, str] | None:
     return None
 
 
-def label_smoothing_needs_a_loss_using_it(config: DPOConfig) -> tuple[str, str] | None:
-    """``--label-smoothing`` reaches a DPO loss only if it takes it
-    (``losses.preference.dpo_loss_needs``)."""
-    if not config.label_smoothing:
-        return None
-    from mlx_align.losses.preference import DPO_LOSSES, dpo_loss_needs
-
-    if dpo_loss_needs(config.loss).label_smoothing:
-        return None
-    users = ", ".join(n for n in DPO_LOSSES if dpo_loss_needs(n).label_smoothing)
-    return (
-        "--label-smoothing",
-        f"the {config.loss!r} loss does not use it (losses that do: {users})",
+def dpo_loss_settings_fit(config: DPOLossSettings) -> tuple[str, str] | None:
+    """Weights that match the losses; a loss setting only with a loss that reads
+    it (``losses.dpo.dpo_loss_settings``); the f-divergence only with the losses
+    built on its scores; exo_pair's ε > 0. TRL refuses the same."""
+    from mlx_align.losses.dpo import (
+        DPO_LOSSES,
+        F_DIVERGENCE_LOSSES,
+        LOSS_SETTINGS,
+        dpo_loss_settings,
     )
+
+    names = config.loss
+    problem = weights_problem(
+        "--loss-weights", config.loss_weights, names, "--loss", "losses"
+    )
+    if problem:
+        return problem
+    defaults = {f.name: f.default for f in dataclasses.fields(DPOLossSettings)}
+    taken = {s for name in names for s in dpo_loss_settings(name)}
+    for name in LOSS_SETTINGS:
+        if getattr(config, name) != defaults[name] and name not in taken:
+            users = ", ".join(n for n in DPO_LOSSES if name in dpo_loss_settings(n))
+            subject = (
+                f"the {names[0]!r} loss does"
+                if len(names) == 1
+                else f"the losses {', '.join(names)} do"
+            )
+            return flag(name), f"{subject} not use it (losses that do: {users})"
+    if "exo_pair" in names and not config.label_smoothing:
+        return "--label-smoothing", "exo_pair needs ε > 0 (the EXO paper uses 1e-3)"
+    outside = [n for n in names if n not in F_DIVERGENCE_LOSSES]
+    if config.f_divergence_type != "reverse_kl" and outside:
+        return "--f-divergence-type", (
+            f"{config.f_divergence_type} works only with the losses built on "
+            f"s_c − s_r ({', '.join(sorted(F_DIVERGENCE_LOSSES))}), not {', '.join(outside)}"
+        )
+    alpha_given = config.f_alpha_divergence_coef != defaults["f_alpha_divergence_coef"]
+    if alpha_given and config.f_divergence_type != "alpha_divergence":
+        return "--f-alpha-divergence-coef", (
+            "only --f-divergence-type alpha_divergence uses it"
+        )
+    return None
+
+
+def weights_problem(
+    weights_flag: str, text: str, items: tuple[str, ...], items_flag: str, noun: str
+) -> tuple[str, str] | None:
+    """Comma-separated finite weights in ``text``, none or one per item (``noun``
+    names the items in the message)."""
+    weights = split_weights(text)
+    for weight in weights:
+        try:
+            if not math.isfinite(float(weight)):
+                raise ValueError
+        except ValueError:
+            return weights_flag, f"{weight!r} is not a finite number"
+    if weights and len(weights) != len(items):
+        return (
+            weights_flag,
+            f"{len(weights)} weight{'s' * (len(weights) != 1)} for "
+            f"{len(items)} {noun} ({', '.join(items)}): "
+            f"give one per {items_flag}",
+        )
+    return None
 
 
 def split_weights(text: str) -> list[str]:
@@ -128,21 +179,13 @@ def rewards_resolve_and_match_weights(config: RewardSettings) -> tuple[str, str]
             resolve_reward(spec)
         except ValueError as error:
             return "--reward", str(error)
-    weights = split_weights(config.reward_weights)
-    for weight in weights:
-        try:
-            if not math.isfinite(float(weight)):
-                raise ValueError
-        except ValueError:
-            return "--reward-weights", f"{weight!r} is not a finite number"
-    if weights and len(weights) != len(config.reward):
-        return (
-            "--reward-weights",
-            f"{len(weights)} weight{'s' * (len(weights) != 1)} for "
-            f"{len(config.reward)} reward functions "
-            f"({', '.join(config.reward)}): give one per --reward",
-        )
-    return None
+    return weights_problem(
+        "--reward-weights",
+        config.reward_weights,
+        config.reward,
+        "--reward",
+        "reward functions",
+    )
 
 
 def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
@@ -187,7 +230,7 @@ def hidden_size_fits_the_heads(config: InitModelConfig) -> tuple[str, str] | Non
 
 
 def judge_settings(config: OnlineDPOConfig) -> tuple[str, str] | None:
-    return one_judge(config) or label_smoothing_needs_a_loss_using_it(config)
+    return one_judge(config)
 
 
 def a_reward(config: PPOConfig) -> tuple[str, str] | None:
@@ -206,7 +249,7 @@ CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (AdapterSettings, dora_needs_dense_layers),
     (RunSettings, splits_differ),
     (PreferenceSettings, reference_is_not_the_model),
-    (DPOConfig, label_smoothing_needs_a_loss_using_it),
+    (DPOLossSettings, dpo_loss_settings_fit),
     (GRPOConfig, grpo_needs_a_reward),
     (RewardSettings, rewards_resolve_and_match_weights),
     (GRPOConfig, clip_and_lengths),

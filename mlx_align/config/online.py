@@ -18,7 +18,12 @@ from mlx_align.config.settings import (
     setting,
     stage_defaults,
 )
-from mlx_align.config.stages import AdapterSettings, RunSettings, TrainSettings
+from mlx_align.config.stages import (
+    AdapterSettings,
+    DPOLossSettings,
+    RunSettings,
+    TrainSettings,
+)
 
 
 @dataclass
@@ -106,7 +111,12 @@ class GRPOConfig(
 
 @stage_defaults(learning_rate=5e-5, temperature=0.9, max_length=1024)
 class OnlineDPOConfig(
-    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+    RunSettings,
+    TrainSettings,
+    AdapterSettings,
+    SamplingSettings,
+    RewardSettings,
+    DPOLossSettings,
 ):
     """Online DPO: pairs sampled from the policy each step, labelled by one judge:
     --reward-model, --judge, --judge-model, or --reward (the higher reward wins)."""
@@ -138,16 +148,6 @@ class OnlineDPOConfig(
     )
     beta: float = setting(
         0.1, "β: strength of the KL constraint to the reference.", check=positive
-    )
-    loss: str = setting(
-        "sigmoid",
-        "DPO-family loss on the judged pairs: any name in losses.DPO_LOSSES.",
-        choices="mlx_align.losses.preference:DPO_LOSSES",
-    )
-    label_smoothing: float = setting(
-        0.0,
-        "ε for the robust loss: assumed fraction of flipped labels.",
-        check=in_range(0, 0.5, open_high=True),
     )
 
 

@@ -245,23 +245,56 @@ class PairSettings:
     )
 
 
-@stage_defaults(learning_rate=5e-5)
-class DPOConfig(
-    RunSettings, TrainSettings, AdapterSettings, PreferenceSettings, PairSettings
-):
-    loss: str = setting(
-        "sigmoid",
-        "sigmoid (DPO), ipo, hinge (SLiC), robust (cDPO-style, needs "
-        "--label-smoothing), or any other name in losses.DPO_LOSSES.",
-        choices="mlx_align.losses.preference:DPO_LOSSES",
+@dataclass
+class DPOLossSettings:
+    """The DPO-family loss, as TRL 1.16's ``DPOConfig`` names it (DPO, online DPO)."""
+
+    loss: tuple = setting(
+        ("sigmoid",),
+        "TRL's loss_type: sigmoid (DPO), hinge, ipo, exo_pair, nca_pair, robust, "
+        "bco_pair, sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, "
+        "sigmoid_norm. Repeat it to sum several, weighted by --loss-weights (MPO).",
+        choices="mlx_align.losses.dpo:DPO_LOSSES",
+        multiple=True,
+    )
+    loss_weights: str = setting(
+        "", "Comma-separated weights, one per --loss (default: all 1)."
     )
     label_smoothing: float = setting(
         0.0,
-        "ε for the robust loss: assumed fraction of flipped labels.",
+        "ε: assumed fraction of flipped labels (robust, aot, aot_unpaired) or the "
+        "target's rejected share (exo_pair, which needs ε > 0; the paper uses 1e-3).",
         check=in_range(0, 0.5, open_high=True),
     )
+    discopop_tau: float = setting(
+        0.05, "τ: temperature of the discopop loss's modulation.", check=positive
+    )
+    f_divergence_type: str = setting(
+        "reverse_kl",
+        "The divergence to the reference (f-DPO): reverse_kl (DPO's), forward_kl, "
+        "js_divergence or alpha_divergence; only with the losses built on "
+        "s_c − s_r (sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop, sft).",
+        choices="mlx_align.losses.dpo:F_DIVERGENCES",
+    )
+    f_alpha_divergence_coef: float = setting(
+        0.5, "α of --f-divergence-type alpha_divergence.", check=positive
+    )
+
+
+@stage_defaults(learning_rate=5e-5)
+class DPOConfig(
+    RunSettings,
+    TrainSettings,
+    AdapterSettings,
+    PreferenceSettings,
+    PairSettings,
+    DPOLossSettings,
+):
     sft_weight: float = setting(
-        0.0, "α: add α · NLL of the chosen completion (RPO).", check=non_negative
+        0.0,
+        "α: add α · the chosen completion's per-token NLL, a per-pair mean "
+        "(RPO; TRL 1.16 writes RPO as --loss sigmoid --loss sft, a batch token mean).",
+        check=non_negative,
     )
 
 

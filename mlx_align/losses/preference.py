@@ -5,17 +5,13 @@ returns ``(losses, metrics)``: the losses unreduced so the caller chooses the
 reduction, and the metrics TRL logs, under TRL's names, as per-example (B,)
 arrays the caller averages. Metrics never carry gradient.
 
-Formulas follow TRL (``DPOTrainer``, ``ORPOTrainer``, ``KTOTrainer``,
+Formulas follow TRL (``ORPOTrainer``, ``KTOTrainer``,
 ``RewardTrainer``, ``GRPOTrainer``); each docstring names the paper and any
 deliberate deviation.
 
-Notation: r_c = log π(y_c) − log π_ref(y_c), r_r likewise, h = r_c − r_r.
-GRPO's token-level loss lives in ``grpo.py`` and is exported here too.
+The DPO family lives in ``dpo.py``; GRPO's token-level loss lives in
+``grpo.py`` and is exported here too.
 """
-
-import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -57,202 +53,6 @@ def bt_loss(
         "margin": reward_gap,
     }
     return losses, metrics
-
-
-def _dpo_logits(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-) -> mx.array:
-    """h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r)), (B,)."""
-    chosen_logratios = policy_chosen_logps - ref_chosen_logps  # (B,)
-    rejected_logratios = policy_rejected_logps - ref_rejected_logps  # (B,)
-    return chosen_logratios - rejected_logratios
-
-
-def _dpo_metrics(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-    beta: float,
-) -> Metrics:
-    """TRL's DPO metrics: implicit rewards β·r, their margin and accuracy."""
-    chosen_rewards = beta * mx.stop_gradient(policy_chosen_logps - ref_chosen_logps)
-    rejected_rewards = beta * mx.stop_gradient(
-        policy_rejected_logps - ref_rejected_logps
-    )
-    return {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32),
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": mx.stop_gradient(policy_chosen_logps),
-        "logps/rejected": mx.stop_gradient(policy_rejected_logps),
-    }
-
-
-def dpo_sigmoid_loss(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-    beta: float,
-) -> tuple[mx.array, Metrics]:
-    """DPO loss: −log σ(β·h).
-
-    Rafailov et al. 2023, "Direct Preference Optimization", eq. 7. TRL
-    ``loss_type="sigmoid"`` with ``label_smoothing=0``; the label-smoothed
-    variant lives in ``dpo_robust_loss``. Equals ln 2 when policy == reference.
-
-    Args:
-        policy_chosen_logps, policy_rejected_logps: summed completion
-            log-probs under the policy, (B,).
-        ref_chosen_logps, ref_rejected_logps: the same under the frozen
-            reference, (B,).
-        beta: β, the strength of the implicit KL penalty.
-
-    Returns:
-        losses (B,); metrics ``rewards/{chosen,rejected,accuracies,margins}``
-        and ``logps/{chosen,rejected}``.
-    """
-    logps = (
-        policy_chosen_logps,
-        policy_rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-    )
-    logits = _dpo_logits(*logps)  # (B,)
-    losses = -log_sigmoid(beta * logits)  # (B,)
-    return losses, _dpo_metrics(*logps, beta)
-
-
-def dpo_hinge_loss(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-    beta: float,
-) -> tuple[mx.array, Metrics]:
-    """Hinge preference loss: relu(1 − β·h).
-
-    SLiC-HF, Zhao et al. 2023 (calibration loss with δ = 1, on log-ratios to
-    the reference as in TRL ``loss_type="hinge"``). Zero, with zero gradient,
-    once β·h ≥ 1. Shapes and metrics as ``dpo_sigmoid_loss``.
-    """
-    logps = (
-        policy_chosen_logps,
-        policy_rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-    )
-    logits = _dpo_logits(*logps)  # (B,)
-    losses = mx.maximum(1.0 - beta * logits, 0.0)  # (B,)
-    return losses, _dpo_metrics(*logps, beta)
-
-
-def dpo_ipo_loss(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-    beta: float,
-    chosen_lengths: mx.array,
-    rejected_lengths: mx.array,
-) -> tuple[mx.array, Metrics]:
-    """IPO loss: (h̄ − 1/(2β))², h̄ built from per-token mean log-probs.
-
-    Azar et al. 2023, "A General Theoretical Paradigm to Understand Learning
-    from Human Preferences", eq. 17 (β plays the role of τ). As TRL
-    ``loss_type="ipo"``, every log-prob (policy and reference) is divided by
-    its completion length before h̄ is formed. The metrics keep their
-    meaning from the other losses (summed log-probs; rewards β·(log π −
-    log π_ref)), as TRL 1.x logs them. The loss is 0 exactly at the target
-    h̄ = 1/(2β).
-
-    Args:
-        *_logps: summed completion log-probs, (B,).
-        beta: β (τ in the paper).
-        chosen_lengths, rejected_lengths: completion token counts, (B,).
-    """
-    chosen_lengths = mx.maximum(chosen_lengths, 1)  # a filler pair has none
-    rejected_lengths = mx.maximum(rejected_lengths, 1)
-    logits = _dpo_logits(
-        policy_chosen_logps / chosen_lengths,
-        policy_rejected_logps / rejected_lengths,
-        ref_chosen_logps / chosen_lengths,
-        ref_rejected_logps / rejected_lengths,
-    )  # (B,) per-token h̄
-    losses = (logits - 1.0 / (2.0 * beta)) ** 2  # (B,)
-    logps = (
-        policy_chosen_logps,
-        policy_rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-    )
-    return losses, _dpo_metrics(*logps, beta)
-
-
-def dpo_robust_loss(
-    policy_chosen_logps: mx.array,
-    policy_rejected_logps: mx.array,
-    ref_chosen_logps: mx.array,
-    ref_rejected_logps: mx.array,
-    beta: float,
-    label_smoothing: float,
-) -> tuple[mx.array, Metrics]:
-    """Robust DPO: [−(1−ε)·log σ(βh) + ε·log σ(−βh)] / (1 − 2ε).
-
-    Chowdhury et al. 2024, "Provably Robust DPO": an unbiased estimate of the
-    DPO loss when a fraction ε of preference labels is flipped. As TRL
-    ``loss_type="robust"`` (note the + sign on the ε term, unlike cDPO's
-    label smoothing). ε = 0 recovers ``dpo_sigmoid_loss``; needs ε < 0.5.
-    Shapes and metrics as ``dpo_sigmoid_loss``.
-    """
-    if not 0.0 <= label_smoothing < 0.5:
-        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
-    logps = (
-        policy_chosen_logps,
-        policy_rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-    )
-    scaled = beta * _dpo_logits(*logps)  # (B,)
-    clean = -(1.0 - label_smoothing) * log_sigmoid(scaled)  # (B,)
-    flipped = label_smoothing * log_sigmoid(-scaled)  # (B,)
-    losses = (clean + flipped) / (1.0 - 2.0 * label_smoothing)  # (B,)
-    return losses, _dpo_metrics(*logps, beta)
-
-
-DPO_LOSSES: dict[str, Callable[..., tuple[mx.array, Metrics]]] = {
-    "sigmoid": dpo_sigmoid_loss,
-    "hinge": dpo_hinge_loss,
-    "ipo": dpo_ipo_loss,
-    "robust": dpo_robust_loss,
-}
-
-
-@dataclass(frozen=True)
-class LossNeeds:
-    """What a DPO-family loss takes besides the four log-probs and ``beta``, read
-    off its signature (``dpo_loss_needs``) by the stage and the config checks alike."""
-
-    label_smoothing: bool  # takes ``label_smoothing`` (--label-smoothing)
-    lengths: bool  # takes ``chosen_lengths`` / ``rejected_lengths``
-
-
-def loss_needs(loss: Callable) -> LossNeeds:
-    parameters = inspect.signature(loss).parameters
-    return LossNeeds(
-        label_smoothing="label_smoothing" in parameters,
-        lengths="chosen_lengths" in parameters,
-    )
-
-
-def dpo_loss_needs(name: str) -> LossNeeds:
-    """What ``DPO_LOSSES[name]`` takes: its registry line is all a new loss adds."""
-    return loss_needs(DPO_LOSSES[name])
 
 
 def _log_odds(mean_logps: mx.array) -> mx.array:
@@ -360,16 +160,9 @@ def kto_loss(
 
 
 __all__ = [
-    "DPO_LOSSES",
-    "LossNeeds",
     "GRPO_AGGREGATIONS",
     "Metrics",
     "bt_loss",
-    "dpo_hinge_loss",
-    "dpo_ipo_loss",
-    "dpo_loss_needs",
-    "dpo_robust_loss",
-    "dpo_sigmoid_loss",
     "grpo_loss",
     "k3_kl",
     "kto_loss",

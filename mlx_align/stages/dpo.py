@@ -1,4 +1,5 @@
-"""DPO (and IPO / hinge / robust, and RPO's ``--sft-weight``) with one model in memory.
+"""The DPO family (TRL 1.16's fifteen ``loss_type``s, several at once with
+weights, f-DPO, and RPO's ``--sft-weight``) with one model in memory.
 
 Reference log-probs are computed before the adapters are attached (the
 model then *is* the reference), cached on disk, and looked up per batch; the
@@ -21,31 +22,36 @@ from mlx_align.batches.layouts import choose_layout
 from mlx_align.batches.planning import visited_batches
 from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
-from mlx_align.config.stages import DPOConfig
-from mlx_align.losses import preference as losses
+from mlx_align.config.checks import split_weights
+from mlx_align.config.stages import DPOConfig, DPOLossSettings
+from mlx_align.losses.dpo import (
+    LOSS_SETTINGS,
+    DPOPair,
+    dpo_metrics,
+    weighted_dpo_losses,
+)
 from mlx_align.losses.masked import masked_means
 from mlx_align.train.pairs import pair_job, pair_splits
 from mlx_align.train.reference import Reference, ScoredSplit, prepare_reference
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
-def dpo_objective(config: DPOConfig) -> Callable:
-    """``losses.DPO_LOSSES[config.loss]`` as ``f(pc, pr, rc, rr, chosen_lengths, rejected_lengths)``.
+def dpo_objective(config: DPOLossSettings) -> Callable:
+    """The configured DPO-family loss as ``f(pc, pr, rc, rr, lc, lr, valid) ->
+    (losses (B,), metrics)``: Σ_k w_k · ``losses.dpo.DPO_LOSSES[--loss k]``, each
+    loss given the settings its signature names, so a new DPO variant is one
+    function and one registry line."""
+    weights = [float(w) for w in split_weights(config.loss_weights)]
+    terms = list(zip(config.loss, weights or [1.0] * len(config.loss), strict=True))
+    settings = {name: getattr(config, name) for name in LOSS_SETTINGS}
+    divergence = dict(
+        divergence=config.f_divergence_type, alpha=config.f_alpha_divergence_coef
+    )
 
-    A loss receives ``beta`` and, as ``losses.dpo_loss_needs`` reads its signature,
-    ``label_smoothing`` and the completion lengths, so a new DPO variant is
-    one function and one registry line.
-    """
-    loss_fn, needs = losses.DPO_LOSSES[config.loss], losses.dpo_loss_needs(config.loss)
-    fixed = {"beta": config.beta}
-    if needs.label_smoothing:
-        fixed["label_smoothing"] = config.label_smoothing
-
-    def objective(pc, pr, rc, rr, lc, lr):
-        lengths = (
-            {"chosen_lengths": lc, "rejected_lengths": lr} if needs.lengths else {}
-        )
-        return loss_fn(pc, pr, rc, rr, **fixed, **lengths)
+    def objective(*arrays: mx.array) -> tuple[mx.array, dict]:
+        pair = DPOPair(*arrays, **divergence)
+        losses = weighted_dpo_losses(pair, config.beta, terms, **settings)
+        return losses, dpo_metrics(pair, config.beta)
 
     return objective
 
@@ -68,7 +74,7 @@ def dpo_loss(
     pc, pr = mx.split(summed, 2)
     rc, rr = mx.split(ref_logps, 2)
     lc, lr = mx.split(lengths, 2)
-    pair_losses, metrics = objective(pc, pr, rc, rr, lc, lr)  # (B,)
+    pair_losses, metrics = objective(pc, pr, rc, rr, lc, lr, batch.valid)  # (B,)
     if sft_weight:  # RPO: + α · mean NLL of the chosen completion
         nll = -pc / mx.maximum(lc, 1)
         pair_losses = pair_losses + sft_weight * nll

@@ -1,6 +1,6 @@
 """Exercise 3: the DPO loss from log-ratios, and which way its gradient pushes.
 
-``losses.dpo_sigmoid_loss`` (the DPO trainer's loss) is −log σ(β·h) with
+``losses.dpo.dpo_sigmoid_loss`` (the DPO trainer's loss) is −log σ(β·h) with
 h = (log π(y_c) − log π_ref(y_c)) − (log π(y_r) − log π_ref(y_r)). When the
 policy equals the reference every log-ratio is 0, so the loss is ln 2 for
 any log-probs and any β. Its gradient (``mx.grad``) with respect to the
@@ -24,13 +24,11 @@ def dpo(beta: float):
     """(loss, gradient) of ``dpo_sigmoid_loss`` for one pair, as functions of the policy log-probs."""
     import mlx.core as mx
 
-    from mlx_align.losses.preference import dpo_sigmoid_loss
+    from mlx_align.losses.dpo import DPOPair, dpo_sigmoid_loss
 
     def loss(policy, ref):  # policy, ref: (2,) = (chosen, rejected) log-probs
-        losses, _ = dpo_sigmoid_loss(
-            policy[:1], policy[1:], ref[:1], ref[1:], beta=beta
-        )
-        return losses.sum()
+        pair = DPOPair.of(policy[:1], policy[1:], ref[:1], ref[1:])
+        return dpo_sigmoid_loss(pair, beta=beta).sum()
 
     return loss, mx.grad(loss)
 

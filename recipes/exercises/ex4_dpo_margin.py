@@ -4,7 +4,7 @@ The reference: a tiny llama, initialised fresh and fully fine-tuned
 (``train.sft.run_sft``) to answer "Question: Do you like the <thing>?"
 with " Yes, I like it." or " No, I do not." about equally often. The toy
 preferences put the yes-answer first. The package's DPO trainer
-(``train.dpo.run_dpo``, ``losses.dpo_sigmoid_loss``) trains LoRA adapters on
+(``stages.dpo.run_dpo``, ``losses.dpo.dpo_sigmoid_loss``) trains LoRA adapters on
 the reference; the reference log-probs are the same weights with the
 adapters off. LoRA's B matrices start at zero, so at step 1 the policy *is*
 the reference: every log-ratio is 0, the loss is ln 2 and the implicit
