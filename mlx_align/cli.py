@@ -20,6 +20,7 @@ from mlx_align.apps.tools import (
 from mlx_align.config.build import build_config, choices_of
 from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig
 from mlx_align.config.stages import (
+    CPOConfig,
     DPOConfig,
     EvalMathConfig,
     InitModelConfig,
@@ -219,6 +220,21 @@ def orpo_command(config: ORPOConfig) -> None:
     from mlx_align.stages.orpo import run_orpo
 
     click.echo(f"result written to {run_orpo(config)}")
+
+
+@stage_command(
+    "cpo",
+    CPOConfig,
+    "Examples:\n\n  mlx-align cpo --model runs/pt/model --data data/preference --out runs/cpo\n\n"
+    "  mlx-align cpo --model M --data D --out R --loss simpo --cpo-alpha 0 --beta 2.0   # SimPO\n\n"
+    "  mlx-align cpo --model M --data D --out R --loss alphapo --alpha 0.25 --beta 2.0   # AlphaPO\n\n"
+    "D holds preference pairs, as for dpo. No reference model is loaded.",
+)
+def cpo_command(config: CPOConfig) -> None:
+    """CPO, SimPO or AlphaPO: a preference loss on the policy alone, no reference."""
+    from mlx_align.stages.cpo import run_cpo
+
+    click.echo(f"result written to {run_cpo(config)}")
 
 
 @stage_command(

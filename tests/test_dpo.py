@@ -1,4 +1,4 @@
-"""DPO and ORPO on a tiny model: reference = base with adapters off, cached; metrics move."""
+"""DPO, ORPO and CPO on a tiny model: reference = base with adapters off, cached; metrics move."""
 
 import json
 import math
@@ -15,13 +15,14 @@ from conftest import write_jsonl
 from mlx_align.batches.layouts import LAYOUTS
 from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
-from mlx_align.config.stages import DPOConfig, ORPOConfig
+from mlx_align.config.stages import CPOConfig, DPOConfig, ORPOConfig
 from mlx_align.core import events
 from mlx_align.data.jsonl import read_jsonl
 from mlx_align.losses import dpo as dpo_losses
 from mlx_align.model.adapters import attach_adapters
 from mlx_align.model.logprobs import sequence_logps
 from mlx_align.stages.dpo import dpo_loss, dpo_objective, run_dpo
+from mlx_align.stages.cpo import run_cpo
 from mlx_align.stages.orpo import run_orpo
 from mlx_align.train import reference
 
@@ -306,6 +307,42 @@ def test_orpo_moves_chosen_logps_above_rejected(
     gap = lambda m: m["val_logps/chosen"] - m["val_logps/rejected"]  # noqa: E731
     assert gap(last) > gap(first) and gap(last) > 0
     assert last["val_rewards/accuracies"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"loss": "sigmoid"},  # CPO: with the chosen NLL (cpo_alpha 1)
+        {"loss": "simpo", "cpo_alpha": 0.0, "beta": 2.0},  # SimPO
+        {"loss": "alphapo", "alpha": 0.25, "beta": 2.0},  # AlphaPO
+        {"loss": "ipo", "padding_free": True},
+    ],
+    ids=lambda s: s["loss"],
+)
+def test_cpo_family_widens_the_held_out_margin_without_a_reference(
+    settings, tiny_model, pref_dir, tmp_path
+):
+    """No reference model loads (no reference pass runs); the reward margin
+    β·(r(y_c) − r(y_r)) grows from its start (step 1) to the held-out end, and
+    the held-out pairs rank right. IPO's margin goes to its target β·1/(2β) = ½
+    instead of growing without end."""
+    out = tmp_path / "cpo"
+    config = dpo_config(tiny_model, pref_dir, out, eval_every=30, log_every=1)
+    config.update(settings, beta=settings.get("beta", 0.5))
+    seen = []
+    with events.listening(lambda event, fields: seen.append(event)):
+        run_cpo(CPOConfig(**config))
+    assert "batch" in seen and "reference" not in seen
+    start = metrics_of(out)[0]["rewards/margins"]
+    end = next(m for m in metrics_of(out) if "val_loss" in m)
+    if settings["loss"] == "ipo":
+        assert abs(start - 0.5) > 0.2 and end["val_rewards/margins"] == pytest.approx(0.5, abs=0.1)  # fmt: skip
+    else:
+        assert end["val_rewards/margins"] > start + 1.0
+    assert end["val_rewards/accuracies"] >= 0.9
+    nll = [m["nll_loss"] for m in metrics_of(out) if "nll_loss" in m]
+    with_nll = settings["loss"] != "alphapo" and settings.get("cpo_alpha", 1.0) > 0
+    assert all(math.isfinite(x) for x in nll) and bool(nll) == with_nll
 
 
 @pytest.mark.parametrize("layout", ["shared", "packed"])

@@ -2,7 +2,7 @@
 weighted sums. For each loss: its value at policy == reference, a worked
 example (the arithmetic in the docstring), and the gradient's sign on the
 chosen and the rejected log-probs (negative: descent raises that
-likelihood). Agreement with TRL itself: ``tests/trl_parity/dpo_losses.py``."""
+likelihood). Agreement with TRL itself: ``tests/trl_parity/preference_losses.py``."""
 
 import math
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mlx_align.config.build import build_config
-from mlx_align.config.stages import DPOConfig
+from mlx_align.config.stages import CPOConfig, DPOConfig
 from mlx_align.core.errors import UserError
 from mlx_align.losses.dpo import (
     DPO_LOSSES,
@@ -343,7 +343,10 @@ def test_weighted_losses_sum_each_with_its_weight():
             {"loss": ("sigmoid", "sft"), "loss_weights": "1"},
             "--loss-weights: 1 weight for 2 losses",
         ),
-        ({"label_smoothing": 0.1}, "--label-smoothing: the 'sigmoid' loss does not use it"),
+        (
+            {"label_smoothing": 0.1},
+            "--label-smoothing: the 'sigmoid' loss does not use it",
+        ),
         ({"discopop_tau": 0.1}, "--discopop-tau: the 'sigmoid' loss does not use it"),
         ({"loss": ("exo_pair",)}, "exo_pair needs ε > 0"),
         (
@@ -367,3 +370,16 @@ def test_several_losses_from_a_config_file(tmp_path):
     path.write_text("loss: [sigmoid, nope]\n")
     with pytest.raises(UserError, match="'nope' is not one of sigmoid, hinge"):
         build_config(DPOConfig, {"model": "m", "data": "d"}, str(path))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"loss": "hinge", "label_smoothing": 0.1}, "--label-smoothing: the 'hinge'"),
+        ({"loss": "sigmoid", "simpo_gamma": 1.0}, "--simpo-gamma: the 'sigmoid'"),
+        ({"loss": "alphapo", "cpo_alpha": 0.5}, "--cpo-alpha: alphapo has no NLL"),
+    ],
+)
+def test_cpo_settings_that_clash_are_refused(flags, message):
+    with pytest.raises(UserError, match=message):
+        build_config(CPOConfig, {"model": "m", "data": "d", **flags}, None)

@@ -6,6 +6,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_align.losses.cpo import alphapo_rewards, cpo_loss
 from mlx_align.losses.preference import (
     bt_loss,
     grpo_loss,
@@ -286,3 +287,61 @@ def test_grpo_rejects_bad_arguments():
         grpo_loss(x, x, None, mx.array([1.0]), mask, beta=0.1)
     with pytest.raises(ValueError, match="aggregation"):
         grpo_loss(x, x, None, mx.array([1.0]), mask, aggregation="mean")
+
+
+# --- CPO / SimPO / AlphaPO (reference-free) ----------------------------------
+
+
+def test_cpo_losses_at_equal_log_probs():
+    """x = log π(y_c) − log π(y_r) = 0: sigmoid −log σ(0) = ln 2; hinge 1;
+    ipo (0 − 1/(2·0.5))² = 1; simpo (β = 2, γ = 0.5) −log σ(2·(0 − 0.25))
+    = −log σ(−0.5) = 0.974077."""
+    same = mx.array([-2.0])
+    expected = {"sigmoid": LN2, "hinge": 1.0, "ipo": 1.0, "simpo": 0.974077}
+    for loss_type, value in expected.items():
+        beta = {"ipo": 0.5, "simpo": 2.0}.get(loss_type, 0.1)
+        losses, _ = cpo_loss(same, same, beta, loss_type)
+        assert_close(losses, [value])
+
+
+def test_cpo_hand_values():
+    """β = 0.5, pc = −1, pr = −3: x = 2, βx = 1. sigmoid −log σ(1) = 0.313262;
+    with ε = 0.1: 0.9·0.313262 + 0.1·1.313262 = 0.413262. hinge (β = 1, x =
+    0.5): 0.5. simpo (β = 2, γ = 0.5, x = 0.5): −log σ(1 − 0.5) = 0.474077.
+    rewards/chosen = β·pc = −0.5, margins β·x = 1."""
+    pc, pr = mx.array([-1.0]), mx.array([-3.0])
+    losses, metrics = cpo_loss(pc, pr, 0.5, "sigmoid")
+    assert_close(losses, [0.313262])
+    assert_close(metrics["rewards/chosen"], [-0.5])
+    assert_close(metrics["rewards/margins"], [1.0])
+    assert_close(cpo_loss(pc, pr, 0.5, "sigmoid", label_smoothing=0.1)[0], [0.413262])
+    half = mx.array([-2.5])
+    assert_close(cpo_loss(half, pr, 1.0, "hinge")[0], [0.5])
+    assert_close(cpo_loss(half, pr, 2.0, "simpo", simpo_gamma=0.5)[0], [0.474077])
+
+
+def test_alphapo_reward_shape():
+    """r = (1 − p^(−α))/α: p = 0.25, α = 0.5: (1 − 2)/0.5 = −2; α = 0: log p.
+    rewards/chosen is β·r."""
+    logp = mx.array([math.log(0.25)])
+    assert_close(alphapo_rewards(logp, 0.5), [-2.0])
+    assert_close(alphapo_rewards(logp, 0.0), [math.log(0.25)])
+    _, metrics = cpo_loss(logp, logp - 1.0, 2.0, "alphapo", alpha=0.5)
+    assert_close(metrics["rewards/chosen"], [-4.0])
+
+
+def test_cpo_gradient_raises_chosen_and_lowers_rejected():
+    """sigmoid, β = 0.1, x = 0: d/d pc = −β·(1 − σ(0)) = −0.05, d/d pr = +0.05;
+    simpo and alphapo push the same way."""
+    pc, pr = mx.array([-2.0]), mx.array([-2.0])
+    for loss_type, expected in (("sigmoid", 0.05), ("simpo", None), ("alphapo", None)):
+        alpha = 0.3 if loss_type == "alphapo" else 0.0
+
+        def total(c, r, t=loss_type, a=alpha):
+            return cpo_loss(c, r, 0.1, t, alpha=a)[0].sum()
+
+        grad = mx.grad(total, argnums=(0, 1))
+        grad_c, grad_r = (g.item() for g in grad(pc, pr))
+        assert grad_c < 0 < grad_r
+        if expected:
+            assert grad_c == pytest.approx(-expected, abs=1e-6)

@@ -23,6 +23,7 @@ from mlx_align.config.online import (
 from mlx_align.config.settings import flag, shown
 from mlx_align.config.stages import (
     AdapterSettings,
+    CPOConfig,
     DPOLossSettings,
     InitModelConfig,
     PreferenceSettings,
@@ -133,6 +134,24 @@ def dpo_loss_settings_fit(config: DPOLossSettings) -> tuple[str, str] | None:
     if alpha_given and config.f_divergence_type != "alpha_divergence":
         return "--f-alpha-divergence-coef", (
             "only --f-divergence-type alpha_divergence uses it"
+        )
+    return None
+
+
+def cpo_settings_fit(config: CPOConfig) -> tuple[str, str] | None:
+    """A CPO setting only with the losses that read it (TRL ignores it silently)."""
+    smoothed = ("sigmoid", "simpo", "alphapo")
+    if config.label_smoothing and config.loss not in smoothed:
+        return "--label-smoothing", (
+            f"the {config.loss!r} loss does not use it (losses that do: "
+            f"{', '.join(smoothed)})"
+        )
+    if config.simpo_gamma != 0.5 and config.loss not in ("simpo", "alphapo"):
+        return "--simpo-gamma", f"the {config.loss!r} loss does not use it (simpo, alphapo do)"  # fmt: skip
+    if config.loss == "alphapo" and config.cpo_alpha != 1.0:
+        return (
+            "--cpo-alpha",
+            "alphapo has no NLL term; use --loss simpo with --cpo-alpha",
         )
     return None
 
@@ -250,6 +269,7 @@ CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (RunSettings, splits_differ),
     (PreferenceSettings, reference_is_not_the_model),
     (DPOLossSettings, dpo_loss_settings_fit),
+    (CPOConfig, cpo_settings_fit),
     (GRPOConfig, grpo_needs_a_reward),
     (RewardSettings, rewards_resolve_and_match_weights),
     (GRPOConfig, clip_and_lengths),

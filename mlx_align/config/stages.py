@@ -308,6 +308,39 @@ class ORPOConfig(RunSettings, TrainSettings, AdapterSettings, PairSettings):
 
 
 @stage_defaults(learning_rate=5e-5)
+class CPOConfig(RunSettings, TrainSettings, AdapterSettings, PairSettings):
+    """Reference-free pairs (TRL's experimental ``CPOConfig``, its names)."""
+
+    loss: str = setting(
+        "sigmoid",
+        "TRL's loss_type: sigmoid (CPO), hinge, ipo, simpo, or alphapo (simpo "
+        "without the NLL term; shape its reward with --alpha).",
+        choices="mlx_align.losses.cpo:CPO_LOSSES",
+    )
+    beta: float = setting(
+        0.1, "β: the scale of the implicit reward (τ for ipo).", check=positive
+    )
+    cpo_alpha: float = setting(
+        1.0,
+        "Weight of the chosen completion's NLL (CPO's behaviour-cloning term); 0 "
+        "with --loss simpo is SimPO.",
+        check=non_negative,
+    )
+    simpo_gamma: float = setting(
+        0.5, "γ: SimPO's target reward margin (simpo, alphapo).", check=non_negative
+    )
+    label_smoothing: float = setting(
+        0.0,
+        "ε: the conservative loss's share of flipped labels (sigmoid, simpo, alphapo).",
+        check=in_range(0, 0.5, open_high=True),
+    )
+    alpha: float = setting(
+        0.0,
+        "AlphaPO's α: rewards (1 − p^(−α))/α instead of log p (0: log p).",
+    )
+
+
+@stage_defaults(learning_rate=5e-5)
 class KTOConfig(RunSettings, TrainSettings, AdapterSettings, PreferenceSettings):
     desirable_weight: float = setting(
         1.0, "λ_D: weight of desirable examples.", check=positive

@@ -134,7 +134,7 @@ def dpo_metrics(pair: DPOPair, beta: float) -> Metrics:
     }
 
 
-def _smoothed_sigmoid(logits: mx.array, label_smoothing: float) -> mx.array:
+def smoothed_sigmoid(logits: mx.array, label_smoothing: float) -> mx.array:
     """−(1 − ε)·log σ(x) − ε·log σ(−x): the conservative (cDPO) form."""
     return -(1.0 - label_smoothing) * log_sigmoid(logits) - (
         label_smoothing * log_sigmoid(-logits)
@@ -235,7 +235,7 @@ def _on_real_slots(sorted_losses: mx.array, valid: mx.array) -> mx.array:
 def _aot(chosen: mx.array, rejected: mx.array, pair: DPOPair, beta, eps) -> mx.array:
     valid = pair.valid
     delta = _sorted_on_real(chosen, valid) - _sorted_on_real(rejected, valid)
-    return _on_real_slots(_smoothed_sigmoid(beta * delta, eps), valid)
+    return _on_real_slots(smoothed_sigmoid(beta * delta, eps), valid)
 
 
 def dpo_aot_loss(pair: DPOPair, beta: float, label_smoothing: float) -> mx.array:

@@ -1,12 +1,12 @@
-"""mlx-align's DPO losses against TRL's own ``DPOTrainer._compute_loss``, on the
-same per-token log-probs.
+"""mlx-align's DPO and CPO losses against TRL's own ``DPOTrainer._compute_loss``
+and ``CPOTrainer.get_batch_loss_metrics``, on the same per-token log-probs.
 
 Not a test of the suite (torch and TRL are no project dependency): run it by
 hand with a throwaway TRL venv,
 
     python3 -m venv /tmp/trl-venv
     /tmp/trl-venv/bin/pip install "torch==2.13.0+cpu" trl==1.16.0
-    .venv/bin/python tests/trl_parity/dpo_losses.py --trl-python /tmp/trl-venv/bin/python
+    .venv/bin/python tests/trl_parity/preference_losses.py --trl-python /tmp/trl-venv/bin/python
 
 It draws B pairs of random per-token log-probs (policy and reference) with
 completions of different lengths, hands them to TRL's ``_compute_loss`` (a
@@ -14,7 +14,11 @@ stand-in model returns the policy's per-token log-probs; the reference's
 are precomputed, as ``precompute_ref_log_probs``) and to mlx-align's
 ``stages.dpo.dpo_objective`` with the stage's masked mean, and prints the
 largest difference in the loss and in every metric both log, for each
-configuration. Exit 1 when one exceeds 1e-5.
+configuration. CPO's part hands the same log-probs (summed, or per-token
+means for ipo/simpo/alphapo, and the chosen token-mean NLL) to TRL's
+``get_batch_loss_metrics`` in place of its forward, against
+``stages.cpo.cpo_batch_loss``'s loss (which leaves ``nll_loss`` out where
+TRL logs it as 0: without the NLL term). Exit 1 when one exceeds 1e-5.
 """
 
 from __future__ import annotations
@@ -52,6 +56,16 @@ CASES = [
         "f_divergence_type": "alpha_divergence",
         "f_alpha_divergence_coef": 0.3,
     },
+]
+CPO_CASES = [
+    {"loss_type": "sigmoid"},
+    {"loss_type": "sigmoid", "label_smoothing": 0.1, "cpo_alpha": 0.5},
+    {"loss_type": "hinge"},
+    {"loss_type": "ipo"},
+    {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": 0.8},
+    {"loss_type": "simpo", "label_smoothing": 0.2},
+    {"loss_type": "alphapo", "alpha": 0.25},
+    {"loss_type": "sigmoid", "alpha": -0.5},
 ]
 METRICS = [
     "rewards/chosen",
@@ -142,7 +156,43 @@ def trl_side() -> None:
         loss = trainer._compute_loss(model, inputs, return_outputs=False)
         logged = {name: trainer._metrics["train"][name][0] for name in METRICS}
         results.append({"loss": float(loss), **logged})
-    json.dump(results, sys.stdout)
+    cpo_results = [cpo_trl(mask, policy, case) for case in job["cpo_cases"]]
+    json.dump({"dpo": results, "cpo": cpo_results}, sys.stdout)
+
+
+def cpo_trl(mask, policy, case: dict) -> dict:
+    """TRL's CPO loss and metrics, its forward replaced by the same log-probs."""
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    loss_type, cpo_alpha = case["loss_type"], case.get("cpo_alpha", 1.0)
+    if loss_type == "alphapo":  # as TRL's CPOConfig.__post_init__
+        loss_type, cpo_alpha = "simpo", 0.0
+    shifted = mask[:, 1:].to(policy.dtype)
+    logps = policy.sum(dim=1)
+    if loss_type in ("ipo", "simpo"):  # TRL's average_log_prob
+        logps = logps / shifted.sum(dim=1)
+    chosen, rejected = logps.chunk(2)
+    chosen_tokens = shifted.chunk(2)[0]
+    nll = -(policy.chunk(2)[0] * chosen_tokens).sum() / chosen_tokens.sum()
+    trainer = CPOTrainer.__new__(CPOTrainer)
+    identity = lambda x: x  # noqa: E731
+    trainer.accelerator = SimpleNamespace(device="cpu", gather_for_metrics=identity)
+    trainer.beta, trainer.loss_type, trainer.cpo_alpha = BETA, loss_type, cpo_alpha
+    trainer.label_smoothing = case.get("label_smoothing", 0.0)
+    trainer.simpo_gamma = case.get("simpo_gamma", 0.5)
+    trainer.alpha, trainer.aux_loss_enabled = case.get("alpha", 0.0), False
+    zeros = policy.new_zeros(1)
+    trainer.concatenated_forward = lambda model, batch: (
+        chosen,
+        rejected,
+        zeros,
+        zeros,
+        nll if cpo_alpha else zeros.sum(),
+    )
+    loss, metrics = trainer.get_batch_loss_metrics(None, {})
+    return {"loss": float(loss), **{k: metrics[k] for k in METRICS + ["nll_loss"]}}
 
 
 def mlx_side(inputs: dict, case: dict) -> dict:
@@ -177,6 +227,51 @@ def mlx_side(inputs: dict, case: dict) -> dict:
     return {"loss": loss.item(), **{name: means[name].item() for name in METRICS}}
 
 
+def cpo_mlx_side(inputs: dict, case: dict) -> dict:
+    """The CPO stage's batch loss on the same log-probs, through a stand-in layout."""
+    from types import SimpleNamespace
+
+    import mlx.core as mx
+
+    from mlx_align.config.stages import CPOConfig
+    from mlx_align.stages.cpo import cpo_batch_loss
+
+    mask = mx.array(inputs["completion_mask"])[:, 1:].astype(mx.float32)
+    summed, lengths = mx.array(inputs["policy"]).sum(axis=1), mask.sum(axis=1)
+    layout = SimpleNamespace(logps=lambda model: (summed, lengths))
+    batch = SimpleNamespace(inputs=layout, valid=mx.ones(summed.shape[0] // 2))
+    config = CPOConfig(
+        model="m",
+        data="d",
+        beta=BETA,
+        loss=case["loss_type"],
+        label_smoothing=case.get("label_smoothing", 0.0),
+        cpo_alpha=case.get("cpo_alpha", 1.0),
+        simpo_gamma=case.get("simpo_gamma", 0.5),
+        alpha=case.get("alpha", 0.0),
+    )
+    loss, _, metrics = cpo_batch_loss(None, batch, config=config)
+    names = [name for name in METRICS + ["nll_loss"] if name in metrics]
+    return {"loss": loss.item(), **{name: metrics[name].item() for name in names}}
+
+
+def print_rows(cases, theirs_all, ours_of) -> float:
+    """One table row per case; the largest difference over loss and metrics."""
+    worst = 0.0
+    for case, theirs in zip(cases, theirs_all, strict=True):
+        ours = ours_of(case)
+        diff = max(abs(ours[k] - theirs[k]) for k in theirs if k in ours)
+        worst = max(worst, diff)
+        settings = ", ".join(f"{k}={v}" for k, v in case.items() if k != "loss_type")
+        names = case["loss_type"]
+        names = names if isinstance(names, str) else "+".join(names)
+        print(
+            f"| {names} | {settings or '-'} | {theirs['loss']:.6f} | "
+            f"{ours['loss']:.6f} | {diff:.1e} |"
+        )
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python")
@@ -189,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         trl_side()
         return 0
     inputs = draw_inputs(args.pairs, args.width, args.seed)
-    job = json.dumps({"inputs": inputs, "cases": CASES})
+    job = json.dumps({"inputs": inputs, "cases": CASES, "cpo_cases": CPO_CASES})
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # mlx's BLAS
     side = subprocess.run(
         [args.trl_python, __file__, "--trl-side"],
@@ -201,19 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     if side.returncode:
         sys.exit(f"the TRL side failed:\n{side.stderr}")
     trl = json.loads(side.stdout)
-    worst = 0.0
-    print("| loss_type | settings | TRL loss | mlx-align loss | max abs diff (loss, metrics) |")  # fmt: skip
-    print("|---|---|---:|---:|---:|")
-    for case, theirs in zip(CASES, trl, strict=True):
-        ours = mlx_side(inputs, case)
-        diff = max(abs(ours[k] - theirs[k]) for k in theirs)
-        worst = max(worst, diff)
-        settings = ", ".join(f"{k}={v}" for k, v in case.items() if k != "loss_type")
-        names = "+".join(case["loss_type"])
-        print(
-            f"| {names} | {settings or '-'} | {theirs['loss']:.6f} | "
-            f"{ours['loss']:.6f} | {diff:.1e} |"
-        )
+    header = "| loss_type | settings | TRL loss | mlx-align loss | max abs diff (loss, metrics) |"  # fmt: skip
+    print(f"DPO (DPOTrainer._compute_loss)\n\n{header}\n|---|---|---:|---:|---:|")
+    worst = print_rows(CASES, trl["dpo"], lambda case: mlx_side(inputs, case))
+    print(f"\nCPO (CPOTrainer.get_batch_loss_metrics)\n\n{header}\n|---|---|---:|---:|---:|")  # fmt: skip
+    worst = max(worst, print_rows(CPO_CASES, trl["cpo"], lambda c: cpo_mlx_side(inputs, c)))  # fmt: skip
     print(f"\nlargest difference: {worst:.1e} (tolerance 1e-5)")
     return 0 if worst <= 1e-5 else 1
 
