@@ -21,8 +21,8 @@ from mlx_align.data.jsonl import read_jsonl
 from mlx_align.losses import dpo as dpo_losses
 from mlx_align.model.adapters import attach_adapters
 from mlx_align.model.logprobs import sequence_logps
-from mlx_align.stages.dpo import dpo_loss, dpo_objective, run_dpo
 from mlx_align.stages.cpo import run_cpo
+from mlx_align.stages.dpo import dpo_loss, dpo_objective, run_dpo
 from mlx_align.stages.orpo import run_orpo
 from mlx_align.train import reference
 
