@@ -161,7 +161,7 @@ $(OUT)/rerank/figures.json: $(OUT)/dpo-fused/config.json
 #    3e-4 for 60 steps moved nothing; 5e-4 for 150 steps gave +21 points.
 $(OUT)/grpo-fused/config.json: $(OUT)/dpo-fused/config.json
 	$(TIMED) grpo -- $(ALIGN) grpo --model $(OUT)/dpo-fused --data $(OUT)/data/grpo --out $(OUT)/grpo \
-		--reward math --reward format --reward-weights 1.0,0.1 --steps $(GRPO_STEPS) --iterations 2 \
+		--reward math --reward format --reward-weights 1.0,0.1 --loss grpo --steps $(GRPO_STEPS) --iterations 2 \
 		--batch-size 4 --group-size $(GROUP_SIZE) --max-completion-tokens 48 --temperature $(GRPO_TEMP) \
 		--learning-rate $(GRPO_LR) $(LORA) --log-every 5 --save-every 20 --eval-every 0 $(GRPO_FLAGS) $(COMMON)
 	$(ALIGN) fuse --model $(OUT)/dpo-fused --adapter-path $(OUT)/grpo --save-path $(OUT)/grpo-fused

@@ -157,7 +157,9 @@ def test_grpo_ratio_one_is_minus_mean_advantage():
     grpo loss = (−1 + 0.5)/2 = −0.25 = −mean(A). Nothing is clipped."""
     logps = mx.array([[-1.0, -2.0, -0.5], [-0.7, 9.0, 9.0]])
     mask = mx.array([[1, 1, 1], [1, 0, 0]])
-    loss, metrics = grpo_loss(logps, logps, None, mx.array([1.0, -0.5]), mask)
+    loss, metrics = grpo_loss(
+        logps, logps, None, mx.array([1.0, -0.5]), mask, loss_type="grpo"
+    )
     assert_close(loss, -0.25)
     assert_close(metrics["clip_ratio"], 0.0)
     assert "kl" not in metrics
@@ -172,7 +174,7 @@ def test_grpo_single_iteration_is_plain_policy_gradient():
     advantages = mx.array([2.0, -1.0])
 
     def loss_of(x):
-        return grpo_loss(x, x, None, advantages, mask)[0]
+        return grpo_loss(x, x, None, advantages, mask, loss_type="grpo")[0]
 
     assert_close(
         mx.grad(loss_of)(mx.array([[-1.0, -2.0], [-0.5, -3.0]])),
@@ -250,17 +252,19 @@ def test_grpo_kl_penalty_hand_value():
 
 
 @pytest.mark.parametrize(
-    ("aggregation", "max_completion_tokens", "expected"),
+    ("loss_type", "max_completion_tokens", "expected"),
     [
         ("grpo", None, (-1.0 + -2.0) / 2),  # mean of per-sequence means
         ("bnpo", None, (-3.0 - 2.0) / 4),  # token sum / 4 active tokens
         ("dapo", None, (-3.0 - 2.0) / 4),  # = bnpo in one process
+        ("luspo", None, (-3.0 - 2.0) / 2),  # per-sequence sums, then their mean
+        ("sapo", None, (-2.0 + -4.0) / 2),  # gate σ(0)·4/τ = 2 (τ = 1): −2A, seq means
         ("dr_grpo", None, (-3.0 - 2.0) / (2 * 3)),  # / (B × T)
         ("dr_grpo", 5, (-3.0 - 2.0) / (2 * 5)),  # / (B × max tokens)
     ],
 )
 def test_grpo_aggregations_with_unequal_lengths(
-    aggregation, max_completion_tokens, expected
+    loss_type, max_completion_tokens, expected
 ):
     """Ratio 1 on active tokens, A = [1, 2], lengths 3 and 1 (T = 3):
     per-token losses row 0 = [−1, −1, −1], row 1 = [−2]; token sum −5.
@@ -274,19 +278,19 @@ def test_grpo_aggregations_with_unequal_lengths(
         None,
         mx.array([1.0, 2.0]),
         mask,
-        aggregation=aggregation,
+        loss_type=loss_type,
         max_completion_tokens=max_completion_tokens,
     )
     assert_close(loss, expected)
-    assert_close(metrics["clip_ratio"], 0.0)
+    assert_close(metrics.get("clip_ratio", 0.0), 0.0)
 
 
 def test_grpo_rejects_bad_arguments():
     x, mask = mx.zeros((1, 2)), mx.ones((1, 2))
     with pytest.raises(ValueError, match="ref_logps"):
         grpo_loss(x, x, None, mx.array([1.0]), mask, beta=0.1)
-    with pytest.raises(ValueError, match="aggregation"):
-        grpo_loss(x, x, None, mx.array([1.0]), mask, aggregation="mean")
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(x, x, None, mx.array([1.0]), mask, loss_type="mean")
 
 
 # --- CPO / SimPO / AlphaPO (reference-free) ----------------------------------

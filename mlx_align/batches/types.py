@@ -71,10 +71,15 @@ class GRPOBatch(NamedTuple):
     ref_logps: mx.array | None  # (N, C) of the reference (β > 0), else None
     advantages: mx.array  # (N,)
     stats: mx.array  # rollout statistics, in the order of ``Rollouts.stat_names``
+    tokens: mx.array | None = None  # () trained tokens, for a loss over all of them
 
     @property
     def n_examples(self) -> mx.array:
-        """The completions: every rank holds as many, so ranks weigh alike."""
+        """What the loss averages over: the completions (every rank holds as
+        many, so ranks weigh alike), or ``tokens`` where the loss is a token
+        mean over the whole batch (dapo, cispo, vespo: ranks weigh by tokens)."""
+        if self.tokens is not None:
+            return self.tokens
         return mx.array(float(self.advantages.shape[0]))
 
 

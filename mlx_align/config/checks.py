@@ -217,6 +217,36 @@ def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
     return None
 
 
+# GRPO settings read by some loss types only (TRL ignores them silently).
+GRPO_LOSS_SETTINGS = {
+    "sapo_temperature_pos": ("sapo",),
+    "sapo_temperature_neg": ("sapo",),
+    "vespo_k_pos": ("vespo",),
+    "vespo_lambda_pos": ("vespo",),
+    "vespo_k_neg": ("vespo",),
+    "vespo_lambda_neg": ("vespo",),
+    "delta": ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"),
+}
+
+
+def grpo_loss_settings_fit(config: GRPOConfig) -> tuple[str, str] | None:
+    """A loss setting only with a loss type that reads it; δ above the clip."""
+    defaults = {f.name: f.default for f in dataclasses.fields(GRPOConfig)}
+    for name, users in GRPO_LOSS_SETTINGS.items():
+        if getattr(config, name) != defaults[name] and config.loss not in users:
+            return flag(name), (
+                f"the {config.loss!r} loss does not use it (losses that do: "
+                f"{', '.join(users)})"
+            )
+    clip_high = config.epsilon_high or config.epsilon
+    if config.delta and config.delta <= 1.0 + clip_high:
+        return "--delta", (
+            f"must be above 1 + the upper clip ({shown(1.0 + clip_high)}), got "
+            f"{shown(config.delta)}"
+        )
+    return None
+
+
 def length_problem(config: Any) -> tuple[str, str] | None:
     """A completion must leave room for its prompt within --max-length."""
     if config.max_completion_tokens >= config.max_length:
@@ -273,6 +303,7 @@ CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (GRPOConfig, grpo_needs_a_reward),
     (RewardSettings, rewards_resolve_and_match_weights),
     (GRPOConfig, clip_and_lengths),
+    (GRPOConfig, grpo_loss_settings_fit),
     (SamplingSettings, length_problem),
     (InitModelConfig, hidden_size_fits_the_heads),
     (OnlineDPOConfig, judge_settings),

@@ -88,7 +88,9 @@ class GRPOConfig(
     )
     epsilon_high: float = setting(
         0.0,
-        "Upper clip (0: same as --epsilon; DAPO uses 0.28).",
+        "Upper clip (0: same as --epsilon; DAPO uses 0.28). For cispo it is ε_max, "
+        "the cap on the weight itself: set it well above 1 (at 0 every weight is "
+        "capped at --epsilon, as TRL's default does).",
         check=non_negative,
     )
     iterations: int = setting(
@@ -98,9 +100,47 @@ class GRPOConfig(
         check=at_least(1),
     )
     loss: str = setting(
-        "grpo",
-        "Token aggregation: grpo, bnpo, dr_grpo or dapo.",
+        "dapo",
+        "TRL's loss_type: dapo (token mean over the batch; TRL 1.16's default), grpo "
+        "(per-sequence mean), bnpo, dr_grpo, cispo (clipped importance weight), sapo "
+        "(soft gate), luspo (per-sequence sum; with --importance-sampling-level "
+        "sequence) or vespo (gamma-weighted sequence ratio).",
         choices="mlx_align.losses.grpo:GRPO_AGGREGATIONS",
+    )
+    importance_sampling_level: str = setting(
+        "token",
+        "Importance ratio per token, or per sequence (the mean log-ratio: GSPO).",
+        choices="mlx_align.losses.grpo:IMPORTANCE_SAMPLING_LEVELS",
+    )
+    delta: float = setting(
+        0.0,
+        "Two-sided clip: cap the ratio at δ (> 1 + --epsilon-high) even where the "
+        "advantage is negative (0: off, TRL's None).",
+        check=non_negative,
+    )
+    mask_truncated_completions: bool = setting(
+        False,
+        "Leave completions that hit --max-completion-tokens without EOS out of the loss.",
+    )
+    sapo_temperature_pos: float = setting(
+        1.0, "sapo: the gate's temperature where the advantage is > 0.", check=positive
+    )
+    sapo_temperature_neg: float = setting(
+        1.05,
+        "sapo: the gate's temperature where the advantage is <= 0.",
+        check=positive,
+    )
+    vespo_k_pos: float = setting(
+        2.0, "vespo: the power k of the gamma weight where A >= 0.", check=non_negative
+    )
+    vespo_lambda_pos: float = setting(
+        3.0, "vespo: the decay λ of the gamma weight where A >= 0.", check=non_negative
+    )
+    vespo_k_neg: float = setting(
+        3.0, "vespo: the power k where A < 0.", check=non_negative
+    )
+    vespo_lambda_neg: float = setting(
+        2.0, "vespo: the decay λ where A < 0.", check=non_negative
     )
     scale_rewards: str = setting(
         "group",

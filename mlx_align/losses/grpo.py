@@ -1,10 +1,19 @@
-"""GRPO's clipped policy-gradient loss and its k3 KL, pure functions of per-token log-probs.
+"""GRPO's policy losses and their k3 KL, pure functions of per-token log-probs.
 
-Public through ``mlx_align.losses.preference`` with the other losses; same conventions
-(``(losses, metrics)``, TRL's names and formulas).
+Every ``loss_type`` of TRL 1.16's ``GRPOTrainer._compute_loss``: the
+clipped surrogate (``grpo``, ``bnpo``, ``dr_grpo``, ``dapo``, ``luspo``,
+which differ in how the per-token losses are reduced), CISPO's clipped
+importance weight, SAPO's soft gate and VESPO's gamma weight; token- or
+sequence-level importance ratios (GSPO); DAPO's clip-higher and the
+two-sided clip ``delta``. Public through ``mlx_align.losses.preference``
+with the other losses; same conventions (``(loss, metrics)``, TRL's names).
 """
 
+from __future__ import annotations
+
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import mlx.core as mx
 
@@ -39,14 +48,136 @@ def _fixed_length_mean(
     return (per_token * mask).sum() / (per_token.shape[0] * max_tokens)
 
 
-# Reduction of the (B, T) per-token loss to a scalar, by TRL `loss_type`.
-# dapo equals bnpo in one process: TRL's dapo normaliser is the number of
-# active tokens in the whole (multi-process) batch; here there is one batch.
+def _sequence_sum_mean(per_token: mx.array, mask: mx.array, _: int) -> mx.array:
+    return (per_token * mask).sum(-1).mean()
+
+
+# The reduction of the (B, T) per-token loss to a scalar, by TRL ``loss_type``.
+# dapo, cispo and vespo divide by the active tokens of the whole batch: here
+# those of the micro-batch, and the loop weighs ranks by their tokens
+# (``TOKEN_MEAN_LOSSES``), so several ranks take the global token mean.
 GRPO_AGGREGATIONS: dict[str, Callable[[mx.array, mx.array, int], mx.array]] = {
     "grpo": _sequence_mean,  # per-sequence mean, then batch mean (Shao 2024)
-    "bnpo": _token_mean,  # sum over tokens / active tokens
+    "bnpo": _token_mean,  # sum over tokens / the micro-batch's active tokens
     "dr_grpo": _fixed_length_mean,  # sum / (B × max tokens) (Liu 2025)
-    "dapo": _token_mean,  # token-level mean (Yu 2025)
+    "dapo": _token_mean,  # token-level mean over the batch (Yu 2025)
+    "cispo": _token_mean,  # as dapo (MiniMax 2025)
+    "sapo": _sequence_mean,  # as grpo (Gao 2025)
+    "luspo": _sequence_sum_mean,  # per-sequence sum, then batch mean (LUSPO)
+    "vespo": _token_mean,  # as dapo (VESPO)
+}
+TOKEN_MEAN_LOSSES = frozenset({"dapo", "cispo", "vespo"})
+IMPORTANCE_SAMPLING_LEVELS = ("token", "sequence")
+
+
+@dataclass(frozen=True)
+class PolicyLossSettings:
+    """What a GRPO loss type reads besides the log-probs; TRL's names and defaults."""
+
+    loss_type: str = "dapo"
+    epsilon: float = 0.2  # ε_low
+    epsilon_high: float | None = None  # ε_high (None: ε); cispo's ε_max
+    delta: float | None = None  # two-sided clip: ratio ≤ δ (Wang 2025)
+    importance_sampling_level: str = "token"  # sequence: GSPO (Zheng 2025)
+    beta: float = 0.0  # weight of the k3 KL
+    sapo_temperature_pos: float = 1.0
+    sapo_temperature_neg: float = 1.05
+    vespo_k_pos: float = 2.0
+    vespo_lambda_pos: float = 3.0
+    vespo_k_neg: float = 3.0
+    vespo_lambda_neg: float = 2.0
+    max_completion_tokens: int | None = None  # dr_grpo's constant (default T)
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+def log_importance_weights(log_ratio: mx.array, mask: mx.array, level: str) -> mx.array:
+    """log π/π_old per token (B, T), or GSPO's per-sequence mean (B, 1)."""
+    if level == "token":
+        return log_ratio
+    if level == "sequence":
+        mean = (log_ratio * mask).sum(-1) / mx.maximum(mask.sum(-1), 1.0)
+        return mean[:, None]
+    raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}")  # fmt: skip
+
+
+def _masked_share(flags: mx.array, mask: mx.array) -> mx.array:
+    """Mean of per-token flags over active tokens, or of per-sequence ones (B, 1)."""
+    flags = flags.astype(mask.dtype)
+    if flags.shape[-1] == 1:
+        return flags.mean()
+    return masked_mean(flags, mask)
+
+
+def _clipped(coef, advantages, logps, log_ratio, mask, s: PolicyLossSettings):
+    """−min(w·A, clip(w, 1 − ε, 1 + ε_high)·A), w capped at δ when set
+    (PPO's surrogate; Shao et al. 2024 eq. 3)."""
+    clipped = mx.clip(coef, 1.0 - s.epsilon, 1.0 + s.clip_high)
+    if s.delta is not None:
+        coef = mx.minimum(coef, s.delta)
+    per_token = -mx.minimum(coef * advantages, clipped * advantages)
+    weights = mx.stop_gradient(coef)
+    low = (weights < 1.0 - s.epsilon) & (advantages < 0)
+    high = (weights > 1.0 + s.clip_high) & (advantages > 0)
+    metrics = {
+        "clip_ratio": _masked_share(low | high, mask),
+        "clip_ratio/low_mean": _masked_share(low, mask),
+        "clip_ratio/high_mean": _masked_share(high, mask),
+    }
+    return per_token, metrics
+
+
+def _cispo(coef, advantages, logps, log_ratio, mask, s: PolicyLossSettings):
+    """−sg(min(w, ε_max))·A·log π: the importance weight clipped, not the
+    update (MiniMax 2025, "MiniMax-M1", eq. 4; ε_max is ``epsilon_high``)."""
+    clamped = mx.stop_gradient(mx.minimum(coef, s.clip_high))
+    high = (mx.stop_gradient(coef) > s.clip_high) & (advantages > 0)
+    return -clamped * advantages * logps, {"cispo_clip_ratio": _masked_share(high, mask)}  # fmt: skip
+
+
+def _sapo(coef, advantages, logps, log_ratio, mask, s: PolicyLossSettings):
+    """−σ(τ(w − 1))·4/τ·A: a soft gate in place of the clip, τ by the
+    advantage's sign (Gao et al. 2025, "Soft Adaptive Policy Optimization")."""
+    temperature = mx.where(advantages > 0, s.sapo_temperature_pos, s.sapo_temperature_neg)  # fmt: skip
+    gate = mx.sigmoid(temperature * (coef - 1.0)) * 4.0 / temperature
+    return -gate * advantages, {}
+
+
+def vespo_weights(
+    advantages: mx.array, log_ratio: mx.array, mask: mx.array, s: PolicyLossSettings
+) -> mx.array:
+    """φ(w) = e^λ·w^k·e^(−λw) of the sequence ratio w = Π π/π_old, k and λ by the
+    advantage's sign (φ(1) = 1), no gradient: (B, 1). As TRL's
+    ``get_gamma_weights`` (clamps included)."""
+    lower = math.log(1e-8)
+    clamped = mx.clip(log_ratio, -20.0, 20.0)
+    log_w = mx.clip((clamped * mask).sum(-1, keepdims=True), lower, 20.0)  # (B, 1)
+    non_negative = advantages >= 0
+    k = mx.where(non_negative, s.vespo_k_pos, s.vespo_k_neg)
+    lam = mx.maximum(mx.where(non_negative, s.vespo_lambda_pos, s.vespo_lambda_neg), 1e-4)  # fmt: skip
+    phi = mx.exp(lam + k * log_w - lam * mx.exp(log_w))
+    phi = mx.where(mx.isfinite(phi), phi, 0.0)
+    return mx.stop_gradient(phi)
+
+
+def _vespo(coef, advantages, logps, log_ratio, mask, s: PolicyLossSettings):
+    """−φ(w)·A·log π (VESPO: a smooth gamma weight on the sequence ratio)."""
+    phi = vespo_weights(advantages, log_ratio, mask, s)
+    return -phi * advantages * logps, {"vespo/phi_seq_mean": phi.mean()}
+
+
+# The per-token policy objective of each loss type.
+POLICY_OBJECTIVES: dict[str, Callable] = {
+    "grpo": _clipped,
+    "bnpo": _clipped,
+    "dr_grpo": _clipped,
+    "dapo": _clipped,
+    "cispo": _cispo,
+    "sapo": _sapo,
+    "luspo": _clipped,
+    "vespo": _vespo,
 }
 
 
@@ -56,71 +187,53 @@ def grpo_loss(
     ref_logps: mx.array | None,
     advantages: mx.array,
     mask: mx.array,
+    settings: PolicyLossSettings | None = None,
     *,
-    epsilon: float = 0.2,
-    epsilon_high: float | None = None,
-    beta: float = 0.0,
-    aggregation: str = "grpo",
-    max_completion_tokens: int | None = None,
+    token_mask: mx.array | None = None,
+    **overrides,
 ) -> tuple[mx.array, Metrics]:
-    """GRPO clipped surrogate loss, per token, aggregated to a scalar.
+    """The GRPO policy loss of ``settings.loss_type``, per token, reduced to a scalar.
 
-    DeepSeekMath (Shao et al. 2024) eq. 3, as TRL ``GRPOTrainer``:
-        ratio = exp(logp − old_logp)
-        loss_t = −min(ratio·A, clip(ratio, 1 − ε, 1 + ε_high)·A) + β·k3_t
-    ε_high (DAPO's clip-higher, Yu et al. 2025) defaults to ε. With μ = 1
-    iteration per batch, pass ``old_logps=logps``: they are detached here, so
-    the ratio is 1 and the clip never acts, leaving the plain policy gradient
-    −A·∇logp. ``aggregation`` picks the reduction from ``GRPO_AGGREGATIONS``;
-    ``dr_grpo`` divides by B × ``max_completion_tokens`` (default T).
+    As TRL ``GRPOTrainer``: w = exp(log π − log π_old) per token, or per
+    sequence (the mean log-ratio, GSPO); the loss type's per-token objective
+    (``POLICY_OBJECTIVES``) on w and A; then + β·k3 per token; then the loss
+    type's reduction (``GRPO_AGGREGATIONS``). With μ = 1 iteration per batch
+    pass ``old_logps=logps``: they are detached here, so w = 1 and the clip
+    never acts, leaving the plain policy gradient −A·∇log π.
 
     Args:
         logps, old_logps: per-token log-probs of the completions, (B, T).
-        ref_logps: reference per-token log-probs, (B, T); None iff beta == 0.
+        ref_logps: reference per-token log-probs, (B, T); None iff β == 0.
         advantages: one advantage per completion, (B,).
         mask: 1 for completion tokens, 0 for padding, (B, T).
+        settings: the loss type and its settings (``overrides`` replace fields,
+            e.g. ``epsilon=0.1``).
+        token_mask: 1 on the tokens the policy term trains (``--top-entropy-
+            quantile``), (B, T); the KL and the reduction keep ``mask``.
 
     Returns:
-        scalar loss; metrics ``clip_ratio`` (share of active tokens where the
-        clip binds and the gradient is zero; TRL's ``clip_ratio/region_mean``),
-        ``clip_ratio/low_mean``, ``clip_ratio/high_mean`` and, when β > 0,
+        scalar loss; the loss type's metrics (clip ratios under TRL's names:
+        ``clip_ratio`` is its ``clip_ratio/region_mean``) and, when β > 0,
         ``kl`` (masked mean of k3).
     """
-    if aggregation not in GRPO_AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {sorted(GRPO_AGGREGATIONS)}")
-    if beta != 0.0 and ref_logps is None:
+    settings = PolicyLossSettings(**{**vars(settings or PolicyLossSettings()), **overrides})  # fmt: skip
+    if settings.loss_type not in GRPO_AGGREGATIONS:
+        raise ValueError(f"loss_type must be one of {sorted(GRPO_AGGREGATIONS)}")
+    if settings.beta != 0.0 and ref_logps is None:
         raise ValueError("grpo_loss needs ref_logps when beta > 0")
-    epsilon_high = epsilon if epsilon_high is None else epsilon_high
     mask = mask.astype(logps.dtype)  # (B, T)
     advantages = advantages[:, None]  # (B, 1)
-    ratio = mx.exp(logps - mx.stop_gradient(old_logps))  # (B, T)
-    clipped_ratio = mx.clip(ratio, 1.0 - epsilon, 1.0 + epsilon_high)  # (B, T)
-    per_token_loss = -mx.minimum(ratio * advantages, clipped_ratio * advantages)
-    metrics = _clip_metrics(
-        mx.stop_gradient(ratio), advantages, mask, epsilon, epsilon_high
-    )
-    if beta != 0.0:
+    log_ratio = logps - mx.stop_gradient(old_logps)  # (B, T)
+    level = settings.importance_sampling_level
+    coef = mx.exp(log_importance_weights(log_ratio, mask, level))  # (B, T) or (B, 1)
+    objective = POLICY_OBJECTIVES[settings.loss_type]
+    per_token, metrics = objective(coef, advantages, logps, log_ratio, mask, settings)
+    if token_mask is not None:
+        per_token = per_token * token_mask
+    if settings.beta != 0.0:
         kl = k3_kl(logps, mx.stop_gradient(ref_logps))  # (B, T)
-        per_token_loss = per_token_loss + beta * kl
+        per_token = per_token + settings.beta * kl
         metrics["kl"] = masked_mean(mx.stop_gradient(kl), mask)
-    max_tokens = max_completion_tokens or logps.shape[1]
-    loss = GRPO_AGGREGATIONS[aggregation](per_token_loss, mask, max_tokens)
+    max_tokens = settings.max_completion_tokens or logps.shape[1]
+    loss = GRPO_AGGREGATIONS[settings.loss_type](per_token, mask, max_tokens)
     return loss, metrics
-
-
-def _clip_metrics(
-    ratio: mx.array,
-    advantages: mx.array,
-    mask: mx.array,
-    epsilon: float,
-    epsilon_high: float,
-) -> Metrics:
-    """Shares of active tokens where the clip binds (gradient zero), as TRL."""
-    low_clipped = (ratio < 1.0 - epsilon) & (advantages < 0)  # (B, T)
-    high_clipped = (ratio > 1.0 + epsilon_high) & (advantages > 0)  # (B, T)
-    region_clipped = low_clipped | high_clipped  # (B, T)
-    return {
-        "clip_ratio": masked_mean(region_clipped.astype(mask.dtype), mask),
-        "clip_ratio/low_mean": masked_mean(low_clipped.astype(mask.dtype), mask),
-        "clip_ratio/high_mean": masked_mean(high_clipped.astype(mask.dtype), mask),
-    }

@@ -1,7 +1,9 @@
 """GRPO with verifiable rewards: sample groups, score them, clipped policy-gradient steps.
 
-Shao et al. 2024 (DeepSeekMath), with TRL's options: token aggregation
-(``grpo`` / ``bnpo`` / ``dr_grpo`` / ``dapo``), advantage scaling (``group`` /
+Shao et al. 2024 (DeepSeekMath), with TRL 1.16's options: its eight loss
+types (``dapo``, ``grpo``, ``bnpo``, ``dr_grpo``, ``cispo``, ``sapo``, ``luspo``,
+``vespo``; ``losses/grpo.py``), token- or sequence-level ratios (GSPO), the
+two-sided clip ``delta``, advantage scaling (``group`` /
 ``batch`` / ``none``), asymmetric clipping (``epsilon_high``) and μ
 optimisation passes per rollout batch (``iterations``). With μ = 1 the ratio
 is exactly 1 (old log-probs are the current ones, detached); with μ > 1 the
@@ -23,33 +25,45 @@ from tqdm import tqdm
 from mlx_align.batches.types import GRPOBatch
 from mlx_align.config.online import GRPOConfig
 from mlx_align.core import distributed
-from mlx_align.losses.preference import grpo_loss
+from mlx_align.losses.grpo import PolicyLossSettings, grpo_loss
 from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
 from mlx_align.stages.grpo_rollouts import Rollouts, read_prompt_splits
 from mlx_align.train.reference import live_reference
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
-def grpo_batch_loss(
-    model: nn.Module, batch: GRPOBatch, *, config: GRPOConfig, stat_names
-):
-    """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo_loss``."""
-    per_token, mask = batch.inputs.token_logps(model)  # (N, C)
-    old = mx.stop_gradient(per_token) if batch.old_logps is None else batch.old_logps
-    loss, metrics = grpo_loss(
-        per_token,
-        old,
-        batch.ref_logps if config.beta > 0 else None,
-        batch.advantages,
-        mask,
+def policy_loss_settings(config: GRPOConfig) -> PolicyLossSettings:
+    """The loss type and its settings, as ``losses.grpo`` reads them (0: TRL's None)."""
+    return PolicyLossSettings(
+        loss_type=config.loss,
         epsilon=config.epsilon,
         epsilon_high=config.epsilon_high or None,
+        delta=config.delta or None,
+        importance_sampling_level=config.importance_sampling_level,
         beta=config.beta,
-        aggregation=config.loss,
+        sapo_temperature_pos=config.sapo_temperature_pos,
+        sapo_temperature_neg=config.sapo_temperature_neg,
+        vespo_k_pos=config.vespo_k_pos,
+        vespo_lambda_pos=config.vespo_lambda_pos,
+        vespo_k_neg=config.vespo_k_neg,
+        vespo_lambda_neg=config.vespo_lambda_neg,
         max_completion_tokens=config.max_completion_tokens,
     )
+
+
+def grpo_batch_loss(
+    model: nn.Module, batch: GRPOBatch, *, settings: PolicyLossSettings, stat_names
+):
+    """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo.grpo_loss``."""
+    per_token, mask = batch.inputs.token_logps(model)  # (N, C)
+    old = mx.stop_gradient(per_token) if batch.old_logps is None else batch.old_logps
+    ref = batch.ref_logps if settings.beta > 0 else None
+    loss, metrics = grpo_loss(per_token, old, ref, batch.advantages, mask, settings)
     rollout = {name: batch.stats[i] for i, name in enumerate(stat_names)}
-    return loss, mask.sum(), {**metrics, **rollout}
+    # Not ``mask.sum()``: under mx.compile (MLX 0.32), an auxiliary output that is
+    # the very node a token-mean loss divides by breaks the trace (_Map_base::at).
+    n_tokens = mask.sum(axis=-1).sum()
+    return loss, n_tokens, {**metrics, **rollout}
 
 
 def run_grpo(config: GRPOConfig) -> Path:
@@ -76,7 +90,10 @@ def grpo_job(run: StageRun) -> Job:
     tqdm.write(
         f"GRPO: {len(run.records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )
-    loss_fn = partial(grpo_batch_loss, config=config, stat_names=rollouts.stat_names)
+    settings = policy_loss_settings(config)
+    loss_fn = partial(
+        grpo_batch_loss, settings=settings, stat_names=rollouts.stat_names
+    )
     return Job(
         loss_fn,
         rollouts.micro_batch,

@@ -28,6 +28,7 @@ from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, pad_id_of
 from mlx_align.losses.advantages import group_advantages
+from mlx_align.losses.grpo import TOKEN_MEAN_LOSSES
 from mlx_align.model.shared_prompts import supports_shared_prompts
 from mlx_align.rewards.registry import reward_columns
 from mlx_align.rewards.scoring import GroupScorer
@@ -181,6 +182,9 @@ class Rollouts:
             "completion_length_max": max(lengths),
         }
         inputs = self.inputs(groups)
+        if config.mask_truncated_completions:  # as TRL: out of the loss entirely
+            ended = [bool(c) and c[-1] in self.eos_ids for g in groups for c in g.completions]  # fmt: skip
+            inputs = without_rows(inputs, mx.array(ended, dtype=mx.float32))
         several_passes = config.iterations > 1
         return GRPOBatch(
             inputs,
@@ -188,6 +192,7 @@ class Rollouts:
             ref_logps=self.fixed_logps(self.reference, inputs),
             advantages=advantages,
             stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
+            tokens=trained_tokens(inputs) if config.loss in TOKEN_MEAN_LOSSES else None,
         )
 
     def sample_groups(self, indices: list[int]) -> list[Group]:
@@ -221,6 +226,23 @@ class Rollouts:
         per_token = mx.stop_gradient(inputs.token_logps(model)[0])
         mx.eval(per_token)
         return per_token
+
+
+def without_rows(
+    inputs: FullRows | SharedPrompt, keep: mx.array
+) -> FullRows | SharedPrompt:
+    """``inputs`` with the completions of rows where ``keep`` is 0 out of the loss mask."""
+    if isinstance(inputs, SharedPrompt):
+        return inputs._replace(completion_mask=inputs.completion_mask * keep[:, None])
+    return inputs._replace(loss_mask=inputs.loss_mask * keep[:, None])
+
+
+def trained_tokens(inputs: FullRows | SharedPrompt) -> mx.array:
+    """The completion tokens the loss trains on, a scalar."""
+    mask = inputs.completion_mask if isinstance(inputs, SharedPrompt) else inputs.loss_mask  # fmt: skip
+    tokens = mask.sum().astype(mx.float32)
+    mx.eval(tokens)  # a compiled step's input must not be a graph over another
+    return tokens
 
 
 def write_samples(

@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import print_table, trl_values  # noqa: E402
 
 CASES = [
     {"loss_type": ["sigmoid"]},
@@ -255,23 +257,6 @@ def cpo_mlx_side(inputs: dict, case: dict) -> dict:
     return {"loss": loss.item(), **{name: metrics[name].item() for name in names}}
 
 
-def print_rows(cases, theirs_all, ours_of) -> float:
-    """One table row per case; the largest difference over loss and metrics."""
-    worst = 0.0
-    for case, theirs in zip(cases, theirs_all, strict=True):
-        ours = ours_of(case)
-        diff = max(abs(ours[k] - theirs[k]) for k in theirs if k in ours)
-        worst = max(worst, diff)
-        settings = ", ".join(f"{k}={v}" for k, v in case.items() if k != "loss_type")
-        names = case["loss_type"]
-        names = names if isinstance(names, str) else "+".join(names)
-        print(
-            f"| {names} | {settings or '-'} | {theirs['loss']:.6f} | "
-            f"{ours['loss']:.6f} | {diff:.1e} |"
-        )
-    return worst
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python")
@@ -284,24 +269,22 @@ def main(argv: list[str] | None = None) -> int:
         trl_side()
         return 0
     inputs = draw_inputs(args.pairs, args.width, args.seed)
-    job = json.dumps({"inputs": inputs, "cases": CASES, "cpo_cases": CPO_CASES})
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # mlx's BLAS
-    side = subprocess.run(
-        [args.trl_python, __file__, "--trl-side"],
-        input=job,
-        capture_output=True,
-        text=True,
-        env=env,
+    job = {"inputs": inputs, "cases": CASES, "cpo_cases": CPO_CASES}
+    trl = trl_values(args.trl_python, __file__, job)
+    worst = print_table(
+        "DPO (DPOTrainer._compute_loss)",
+        CASES,
+        trl["dpo"],
+        lambda c: mlx_side(inputs, c),
     )
-    if side.returncode:
-        sys.exit(f"the TRL side failed:\n{side.stderr}")
-    trl = json.loads(side.stdout)
-    header = "| loss_type | settings | TRL loss | mlx-align loss | max abs diff (loss, metrics) |"  # fmt: skip
-    print(f"DPO (DPOTrainer._compute_loss)\n\n{header}\n|---|---|---:|---:|---:|")
-    worst = print_rows(CASES, trl["dpo"], lambda case: mlx_side(inputs, case))
-    print(f"\nCPO (CPOTrainer.get_batch_loss_metrics)\n\n{header}\n|---|---|---:|---:|---:|")  # fmt: skip
-    worst = max(worst, print_rows(CPO_CASES, trl["cpo"], lambda c: cpo_mlx_side(inputs, c)))  # fmt: skip
-    print(f"\nlargest difference: {worst:.1e} (tolerance 1e-5)")
+    cpo = print_table(
+        "CPO (CPOTrainer.get_batch_loss_metrics)",
+        CPO_CASES,
+        trl["cpo"],
+        lambda c: cpo_mlx_side(inputs, c),
+    )
+    worst = max(worst, cpo)
+    print(f"largest difference: {worst:.1e} (tolerance 1e-5)")
     return 0 if worst <= 1e-5 else 1
 
 

@@ -1,0 +1,118 @@
+"""TRL 1.16's GRPO loss types beyond the clipped surrogate (``losses/grpo.py``):
+CISPO, SAPO, VESPO, LUSPO's reduction, GSPO's sequence ratio and the
+two-sided clip. Each value and gradient is worked out in the docstring;
+agreement with TRL itself: ``tests/trl_parity/grpo_losses.py``."""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_align.config.build import build_config
+from mlx_align.config.online import GRPOConfig
+from mlx_align.core.errors import UserError
+from mlx_align.losses.grpo import grpo_loss
+
+
+def assert_close(actual, expected, tol: float = 1e-5):
+    np.testing.assert_allclose(np.array(actual), expected, rtol=0, atol=tol)
+
+
+def loss_and_grad(logps, old_logps, advantages, mask=None, **settings):
+    """(loss, metrics) and d loss / d logps."""
+    mask = mx.ones(logps.shape) if mask is None else mask
+
+    def loss_of(x):
+        return grpo_loss(x, old_logps, None, advantages, mask, **settings)[0]
+
+    loss, metrics = grpo_loss(logps, old_logps, None, advantages, mask, **settings)
+    return loss, metrics, mx.grad(loss_of)(logps)
+
+
+def test_gspo_takes_one_ratio_per_sequence():
+    """Log-ratios [ln 2, 0] over two tokens: the sequence ratio is
+    exp(ln 2 / 2) = √2 = 1.414214 on both. A = 1, ε = 0.2: clipped at 1.2, a
+    constant: loss −1.2, gradient 0, the one sequence counted clipped.
+    A = −1: −min(−√2, −1.2) = √2 (grpo: the per-sequence mean of two equal
+    tokens), and d√2/d log π_t = √2 · ½ = 0.707107 on each token."""
+    logps, old = mx.array([[math.log(2.0), 0.0]]), mx.zeros((1, 2))
+    settings = dict(loss_type="grpo", importance_sampling_level="sequence")
+    loss, metrics, grad = loss_and_grad(logps, old, mx.array([1.0]), **settings)
+    assert_close(loss, -1.2)
+    assert_close(grad, [[0.0, 0.0]])
+    assert_close(metrics["clip_ratio/high_mean"], 1.0)
+    loss, _, grad = loss_and_grad(logps, old, mx.array([-1.0]), **settings)
+    assert_close(loss, math.sqrt(2.0))
+    assert_close(grad, [[0.707107, 0.707107]])
+
+
+def test_two_sided_clip_caps_the_ratio_where_the_advantage_is_negative():
+    """Ratio 3, A = −1, ε = 0.2: without δ, −min(−3, −1.2) = 3 with gradient
+    3 (d ratio / d log π = ratio). With δ = 2 the ratio is capped first:
+    −min(−2, −1.2) = 2, a constant, gradient 0."""
+    logps, old, advantages = mx.array([[math.log(3.0)]]), mx.zeros((1, 1)), mx.array([-1.0])  # fmt: skip
+    loss, _, grad = loss_and_grad(logps, old, advantages, loss_type="dapo")
+    assert_close(loss, 3.0)
+    assert_close(grad, [[3.0]])
+    loss, _, grad = loss_and_grad(logps, old, advantages, loss_type="dapo", delta=2.0)
+    assert_close(loss, 2.0)
+    assert_close(grad, [[0.0]])
+
+
+def test_cispo_clips_the_weight_not_the_update():
+    """ε_max = 5, A = 1, two one-token sequences with ratios 6 and 0.5: the
+    weights min(w, 5) = 5 and 0.5 are constants multiplying −A·log π, so the
+    token-mean loss is −(5·ln 6 + 0.5·ln 0.5)/2 = −(8.958797 − 0.346574)/2 =
+    −4.306112 and the gradient [−5/2, −0.5/2] = [−2.5, −0.25] (a clipped
+    token still learns, unlike PPO's clip); cispo_clip_ratio 1/2."""
+    logps = mx.array([[math.log(6.0)], [math.log(0.5)]])
+    settings = dict(loss_type="cispo", epsilon_high=5.0)
+    loss, metrics, grad = loss_and_grad(
+        logps, mx.zeros((2, 1)), mx.array([1.0, 1.0]), **settings
+    )
+    assert_close(loss, -4.306112)
+    assert_close(grad, [[-2.5], [-0.25]])
+    assert_close(metrics["cispo_clip_ratio"], 0.5)
+
+
+def test_sapo_gate_is_the_policy_gradient_at_ratio_one_and_soft_beyond():
+    """Gate σ(τ(w − 1))·4/τ. At w = 1 its slope in log π is 4·σ′(0) = 1 for any
+    τ: gradient −A (A = 1: −1; A = −1, τ = 1.05: +1). At w = e (τ = 1, A = 1):
+    σ(1.718282) = 0.847907, σ′ = 0.128960, gradient −4·0.128960·e = −1.402203,
+    where the hard clip at 1.2 would give 0."""
+    one = mx.zeros((1, 1))
+    _, _, grad = loss_and_grad(one, one, mx.array([1.0]), loss_type="sapo")
+    assert_close(grad, [[-1.0]])
+    _, _, grad = loss_and_grad(one, one, mx.array([-1.0]), loss_type="sapo")
+    assert_close(grad, [[1.0]])
+    _, _, grad = loss_and_grad(mx.ones((1, 1)), one, mx.array([1.0]), loss_type="sapo")
+    assert_close(grad, [[-1.402203]])
+
+
+def test_vespo_gamma_weight_by_hand():
+    """φ(w) = e^(λ + k·log w − λw). At w = 1, φ = 1: gradient −A. A sequence
+    with log-ratio ln 2 (A ≥ 0: k = 2, λ = 3): log φ = 3 + 2 ln 2 − 6 =
+    −1.613706, φ = 0.199148, a constant: gradient −φ·A = −0.199148."""
+    old = mx.zeros((1, 1))
+    _, metrics, grad = loss_and_grad(old, old, mx.array([1.0]), loss_type="vespo")
+    assert_close(grad, [[-1.0]])
+    assert_close(metrics["vespo/phi_seq_mean"], 1.0)
+    logps = mx.array([[math.log(2.0)]])
+    _, metrics, grad = loss_and_grad(logps, old, mx.array([1.0]), loss_type="vespo")
+    assert_close(grad, [[-0.199148]])
+    assert_close(metrics["vespo/phi_seq_mean"], 0.199148)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"sapo_temperature_pos": 2.0}, "--sapo-temperature-pos: the 'dapo' loss"),
+        ({"loss": "sapo", "vespo_k_pos": 1.0}, "--vespo-k-pos: the 'sapo' loss"),
+        ({"loss": "cispo", "delta": 2.0}, "--delta: the 'cispo' loss"),
+        ({"delta": 1.1}, "--delta: must be above 1 \\+ the upper clip \\(1.2\\)"),
+    ],
+)
+def test_grpo_loss_settings_that_clash_are_refused(flags, message):
+    with pytest.raises(UserError, match=message):
+        build_config(GRPOConfig, {"model": "m", "data": "d", **flags}, None)
