@@ -18,7 +18,7 @@ from mlx_align.apps.tools import (
     score_command,
 )
 from mlx_align.config.build import build_config, choices_of
-from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig
+from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig
 from mlx_align.config.stages import (
     CPOConfig,
     DPOConfig,
@@ -279,6 +279,23 @@ def grpo_command(config: GRPOConfig) -> None:
     from mlx_align.stages.grpo import run_grpo
 
     click.echo(f"result written to {run_grpo(config)}")
+
+
+@stage_command(
+    "rloo",
+    RLOOConfig,
+    "Examples:\n\n  mlx-align rloo --model runs/dpo-fused --data data/grpo --out runs/rloo --reward math\n\n"
+    "  mlx-align rloo --model M --data D --out R --reward math --group-size 4 --beta 0   # no reference\n\n"
+    "  mlx-align rloo --model M --data D --out R --reward mod:fn --normalize-advantages\n\n"
+    "D holds prompts (train.jsonl with prompt + answer), as for grpo. Defaults are "
+    "TRL's RLOOConfig's (group size 2, beta 0.05) except the learning rate (1e-5 for "
+    "LoRA; TRL's 1e-6).",
+)
+def rloo_command(config: RLOOConfig) -> None:
+    """RLOO: G samples per prompt, each against the mean of the others; KL in the reward."""
+    from mlx_align.stages.rloo import run_rloo
+
+    click.echo(f"result written to {run_rloo(config)}")
 
 
 @stage_command(

@@ -216,3 +216,25 @@ def test_truncated_completions_leave_the_loss(tiny_model, tmp_path):
     assert all(m["loss"] == 0.0 and m["grad_norm"] == 0.0 for m in lines)
     samples = (masked / "run" / "samples.jsonl").read_text().splitlines()
     assert samples and all(json.loads(s)["completion"] for s in samples)
+
+
+def test_rloo_raises_a_learnable_reward_with_the_kl_in_the_reward(tiny_model, tmp_path):
+    """RLOO (G = 4, β = 0.05): the reward the policy can learn rises; the KL
+    is 0 at the first step (policy == reference) and positive once it moved;
+    ``reward`` is TRL's: the reward less β·KL (so at most the raw reward)."""
+    from mlx_align.config.online import RLOOConfig
+    from mlx_align.stages.rloo import run_rloo
+
+    settings = {
+        k: v
+        for k, v in vars(grpo_config(tiny_model, tmp_path)).items()
+        if k in {f for f in RLOOConfig.__dataclass_fields__}
+    }
+    settings.update(steps=20, group_size=4, beta=0.05)
+    run_rloo(RLOOConfig(**settings))
+    lines = metrics(tmp_path / "run")
+    rewards = [m["reward"] for m in lines]
+    assert sum(rewards[-4:]) / 4 > sum(rewards[:2]) / 2 + 0.3, rewards
+    assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert lines[-1]["kl"] > 1e-4
+    assert {"clip_ratio/high_mean", "frac_reward_zero_std"} <= lines[-1].keys()

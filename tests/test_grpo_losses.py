@@ -12,7 +12,8 @@ import pytest
 from mlx_align.config.build import build_config
 from mlx_align.config.online import GRPOConfig
 from mlx_align.core.errors import UserError
-from mlx_align.losses.grpo import grpo_loss
+from mlx_align.losses.advantages import leave_one_out_advantages
+from mlx_align.losses.grpo import grpo_loss, rloo_loss
 
 
 def assert_close(actual, expected, tol: float = 1e-5):
@@ -116,3 +117,75 @@ def test_vespo_gamma_weight_by_hand():
 def test_grpo_loss_settings_that_clash_are_refused(flags, message):
     with pytest.raises(UserError, match=message):
         build_config(GRPOConfig, {"model": "m", "data": "d", **flags}, None)
+
+
+def test_a_token_mean_loss_split_over_ranks_weighs_them_by_tokens():
+    """dapo divides by the tokens of the whole batch. Two ranks holding 2 and 6
+    tokens each take their own token mean; the loop weighs rank parts by
+    ``count_of`` (the batch's ``tokens`` here, not its 1 completion each), so
+    2/8·mean₁ + 6/8·mean₂ is the one-process token mean over all 8 tokens
+    (weighing by completions, ½·mean₁ + ½·mean₂, would not be)."""
+    from mlx_align.batches.types import GRPOBatch
+    from mlx_align.train.loop import count_of
+
+    logps = mx.array([[-1.0, -2.0, 0, 0, 0, 0], [-0.5, -1.5, -1.0, -2.0, -0.3, -0.7]])
+    mask = mx.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=mx.float32)
+    old = logps - mx.array([[0.3], [-0.2]])  # ratios off 1, some clipped
+    advantages = mx.array([1.0, -1.0])
+    whole, _ = grpo_loss(logps, old, None, advantages, mask, loss_type="dapo")
+    parts, counts = [], []
+    for row in (0, 1):
+        one = slice(row, row + 1)
+        loss, _ = grpo_loss(logps[one], old[one], None, advantages[one], mask[one], loss_type="dapo")  # fmt: skip
+        batch = GRPOBatch(None, None, None, advantages[one], mx.zeros(1), tokens=mask[one].sum())  # fmt: skip
+        parts.append(loss.item())
+        counts.append(count_of(batch, mx.array(0.0)).item())
+    assert counts == [2.0, 6.0]
+    shares = [c / sum(counts) for c in counts]
+    assert sum(s * p for s, p in zip(shares, parts, strict=True)) == pytest.approx(whole.item(), abs=1e-6)  # fmt: skip
+    assert sum(parts) / 2 != pytest.approx(whole.item(), abs=1e-3)
+
+
+# --- RLOO ----------------------------------------------------------------------
+
+
+def test_leave_one_out_advantages_by_hand():
+    """Group [1, 0, 0, 1] (G = 4): a 1 is measured against (1 + 0 + 0)/3 = 1/3,
+    A = 2/3; a 0 against 2/3, A = −2/3. A second group of equal rewards gets
+    0 and counts in frac_reward_zero_std (½). Normalised over the batch: the
+    mean is 0 and the population std √(4·(4/9)/8) = √(2/9) = 0.471405, so
+    ±2/3 / (0.471405 + 1e-4) = ±1.413914, and the equal group stays 0."""
+    rewards = mx.array([1.0, 0.0, 0.0, 1.0, 3.0, 3.0, 3.0, 3.0])
+    advantages, metrics = leave_one_out_advantages(rewards, 4)
+    third = 2.0 / 3.0
+    assert_close(advantages, [third, -third, -third, third, 0, 0, 0, 0])
+    assert_close(metrics["frac_reward_zero_std"], 0.5)
+    scaled, _ = leave_one_out_advantages(rewards, 4, normalize=True)
+    std = float(np.std([third, -third, -third, third, 0, 0, 0, 0]))
+    assert std == pytest.approx(0.471405, abs=1e-6)
+    assert_close(scaled, [x / (std + 1e-4) for x in advantages.tolist()])
+
+
+def test_rloo_loss_clips_the_ratio_of_whole_sequences():
+    """Token log-ratios [0.1, 0.2]: w = e^0.3 = 1.349859 for the sequence. A = 1,
+    ε = 0.2: clipped at 1.2, loss −1.2, gradient 0, the completion counted in
+    clip_ratio/high_mean. A = −1: −min(−w, −1.2) = w = 1.349859, and
+    dw/d log π_t = w on each token (a sum, not GSPO's mean)."""
+    old = mx.array([[-1.0, -2.0]])
+    logps = old + mx.array([[0.1, 0.2]])
+    mask = mx.ones((1, 2))
+
+    def run(advantage):
+        def loss_of(x):
+            return rloo_loss(x, old, mx.array([advantage]), mask)[0]
+
+        loss, metrics = rloo_loss(logps, old, mx.array([advantage]), mask)
+        return loss, metrics, mx.grad(loss_of)(logps)
+
+    loss, metrics, grad = run(1.0)
+    assert_close(loss, -1.2)
+    assert_close(grad, [[0.0, 0.0]])
+    assert_close(metrics["clip_ratio/high_mean"], 1.0)
+    loss, _, grad = run(-1.0)
+    assert_close(loss, 1.349859)
+    assert_close(grad, [[1.349859, 1.349859]])

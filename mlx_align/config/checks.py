@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_align.config.online import (
+    GroupSettings,
     GRPOConfig,
     OnlineDPOConfig,
     PPOConfig,
@@ -183,7 +184,7 @@ def split_weights(text: str) -> list[str]:
     return [w.strip() for w in text.split(",") if w.strip()]
 
 
-def grpo_needs_a_reward(config: GRPOConfig) -> tuple[str, str] | None:
+def grpo_needs_a_reward(config: GroupSettings) -> tuple[str, str] | None:
     if not config.reward:
         return "--reward", "at least one reward function is needed"
     return None
@@ -207,7 +208,7 @@ def rewards_resolve_and_match_weights(config: RewardSettings) -> tuple[str, str]
     )
 
 
-def clip_and_lengths(config: GRPOConfig) -> tuple[str, str] | None:
+def clip_and_lengths(config: GroupSettings) -> tuple[str, str] | None:
     if config.epsilon_high and config.epsilon_high < config.epsilon:
         return (
             "--epsilon-high",
@@ -300,9 +301,9 @@ CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (PreferenceSettings, reference_is_not_the_model),
     (DPOLossSettings, dpo_loss_settings_fit),
     (CPOConfig, cpo_settings_fit),
-    (GRPOConfig, grpo_needs_a_reward),
+    (GroupSettings, grpo_needs_a_reward),
     (RewardSettings, rewards_resolve_and_match_weights),
-    (GRPOConfig, clip_and_lengths),
+    (GroupSettings, clip_and_lengths),
     (GRPOConfig, grpo_loss_settings_fit),
     (SamplingSettings, length_problem),
     (InitModelConfig, hidden_size_fits_the_heads),

@@ -60,12 +60,10 @@ class RewardSettings:
     )
 
 
-@stage_defaults(
-    learning_rate=1e-5, reward=("math",), max_completion_tokens=256, max_length=1024
-)
-class GRPOConfig(
-    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
-):
+@dataclass
+class GroupSettings:
+    """The stages that sample G completions per prompt and compare them (GRPO, RLOO)."""
+
     batch_size: int = setting(
         2,
         "Prompts per micro-batch and rank (N ranks: N x this many per global "
@@ -99,6 +97,23 @@ class GRPOConfig(
         "checkpoints fall on multiples of μ, so --resume is exact.",
         check=at_least(1),
     )
+    mask_truncated_completions: bool = setting(
+        False,
+        "Leave completions that hit --max-completion-tokens without EOS out of the loss.",
+    )
+
+
+@stage_defaults(
+    learning_rate=1e-5, reward=("math",), max_completion_tokens=256, max_length=1024
+)
+class GRPOConfig(
+    RunSettings,
+    TrainSettings,
+    AdapterSettings,
+    SamplingSettings,
+    RewardSettings,
+    GroupSettings,
+):
     loss: str = setting(
         "dapo",
         "TRL's loss_type: dapo (token mean over the batch; TRL 1.16's default), grpo "
@@ -117,10 +132,6 @@ class GRPOConfig(
         "Two-sided clip: cap the ratio at δ (> 1 + --epsilon-high) even where the "
         "advantage is negative (0: off, TRL's None).",
         check=non_negative,
-    )
-    mask_truncated_completions: bool = setting(
-        False,
-        "Leave completions that hit --max-completion-tokens without EOS out of the loss.",
     )
     sapo_temperature_pos: float = setting(
         1.0, "sapo: the gate's temperature where the advantage is > 0.", check=positive
@@ -146,6 +157,34 @@ class GRPOConfig(
         "group",
         "Advantage scaling: group, batch or none (Dr. GRPO).",
         choices="mlx_align.losses.advantages:ADVANTAGE_SCALES",
+    )
+
+
+@stage_defaults(
+    learning_rate=1e-5,
+    reward=("math",),
+    max_completion_tokens=256,
+    max_length=1024,
+    group_size=2,
+)
+class RLOOConfig(
+    RunSettings,
+    TrainSettings,
+    AdapterSettings,
+    SamplingSettings,
+    RewardSettings,
+    GroupSettings,
+):
+    """RLOO (``mlx-align rloo``): TRL ``RLOOTrainer``'s settings, its names and defaults."""
+
+    beta: float = setting(
+        0.05,
+        "Weight of the KL to the reference in the reward: β·Σ_t (log π_old − log π_ref) "
+        "per completion, as TRL's RLOO (0: no reference pass).",
+        check=non_negative,
+    )
+    normalize_advantages: bool = setting(
+        False, "Scale the advantages over the batch to mean 0 and std 1."
     )
 
 

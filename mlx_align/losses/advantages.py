@@ -1,4 +1,4 @@
-"""Group-relative advantages for GRPO and the reward sum they start from."""
+"""Group-relative advantages (GRPO, RLOO) and the reward sum they start from."""
 
 import math
 from collections.abc import Sequence
@@ -61,17 +61,50 @@ def group_advantages(
     return advantages, metrics
 
 
-def batch_std(rewards: mx.array) -> mx.array:
-    """The population std of the rewards of the whole global batch (every rank's)."""
+def batch_moments(values: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean and population std of ``values`` over the whole global batch (every rank's)."""
     if distributed.size() == 1:
-        return mx.std(rewards)
+        return values.mean(), mx.std(values)
     n, total, squares = distributed.all_sum(
-        mx.stack(
-            [mx.array(rewards.size, mx.float32), rewards.sum(), (rewards**2).sum()]
-        )
+        mx.stack([mx.array(values.size, mx.float32), values.sum(), (values**2).sum()])
     )
     mean = total / n
-    return mx.sqrt(mx.maximum(squares / n - mean**2, 0.0))
+    return mean, mx.sqrt(mx.maximum(squares / n - mean**2, 0.0))
+
+
+def batch_std(rewards: mx.array) -> mx.array:
+    """The population std of the rewards of the whole global batch (every rank's)."""
+    return batch_moments(rewards)[1]
+
+
+def leave_one_out_advantages(
+    rewards: mx.array, group_size: int, normalize: bool = False
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """RLOO advantages: each reward minus the mean of its group's other G − 1.
+
+    Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style
+    Optimization for Learning from Human Feedback in LLMs", eq. 7 (Kool et
+    al. 2019's leave-one-out baseline), as TRL ``RLOOTrainer``. ``normalize``
+    then scales them over the global batch to mean 0 and std 1 (+ ``STD_EPS``;
+    a population std, as ``group_advantages``).
+
+    Args:
+        rewards: total reward per completion (KL penalty included), (N,), a
+            prompt's G completions contiguous.
+
+    Returns:
+        advantages (N,); ``frac_reward_zero_std`` as ``group_advantages``.
+    """
+    if group_size < 2 or rewards.size % group_size:
+        raise ValueError(f"{rewards.size} rewards do not split into groups of {group_size} >= 2")  # fmt: skip
+    grouped = rewards.reshape(-1, group_size)  # (P, G)
+    others = (grouped.sum(axis=1, keepdims=True) - grouped) / (group_size - 1)
+    advantages = (grouped - others).reshape(-1)  # (N,)
+    if normalize:
+        mean, std = batch_moments(advantages)
+        advantages = (advantages - mean) / (std + STD_EPS)
+    all_equal = grouped.max(axis=1) == grouped.min(axis=1)
+    return advantages, {"frac_reward_zero_std": all_equal.astype(mx.float32).mean()}
 
 
 def combine_rewards(

@@ -237,3 +237,27 @@ def grpo_loss(
     max_tokens = settings.max_completion_tokens or logps.shape[1]
     loss = GRPO_AGGREGATIONS[settings.loss_type](per_token, mask, max_tokens)
     return loss, metrics
+
+
+def rloo_loss(
+    logps: mx.array,
+    old_logps: mx.array,
+    advantages: mx.array,
+    mask: mx.array,
+    *,
+    epsilon: float = 0.2,
+    epsilon_high: float | None = None,
+) -> tuple[mx.array, Metrics]:
+    """RLOO's loss: PPO's clip on whole sequences, w = exp(Σ_t log π − Σ_t log π_old),
+    −min(w·A, clip(w, 1 − ε, 1 + ε_high)·A), the mean over completions. As TRL
+    ``RLOOTrainer._compute_loss`` (Ahmadian et al. 2024 with TRL's clip); the
+    KL is in the reward, not here. Shapes as ``grpo_loss``; the clip metrics
+    are shares of completions.
+    """
+    settings = PolicyLossSettings(epsilon=epsilon, epsilon_high=epsilon_high)
+    mask = mask.astype(logps.dtype)
+    log_ratio = ((logps - mx.stop_gradient(old_logps)) * mask).sum(-1, keepdims=True)
+    per_sequence, metrics = _clipped(
+        mx.exp(log_ratio), advantages[:, None], logps, log_ratio, mask, settings
+    )
+    return per_sequence.mean(), metrics

@@ -80,7 +80,10 @@ def grpo_reference(run: StageRun) -> nn.Module | None:
     return live_reference(run.config, run.model) if run.config.beta > 0 else None
 
 
-def grpo_job(run: StageRun) -> Job:
+def group_job(run: StageRun, name: str, loss_fn) -> Job:
+    """The loop's job for a group-sampling stage (GRPO, RLOO): ``loss_fn(model,
+    batch, stat_names=...)`` on the rollouts ``run.data``, sampled by the fused
+    twin where it pays, the reference (β > 0) scored once per rollout."""
     config, rollouts = run.config, run.data
     if should_fuse(run.model, config.fuse_rollout):
         rollouts.sampler = FusedSampler(run.model)
@@ -88,22 +91,27 @@ def grpo_job(run: StageRun) -> Job:
     if distributed.is_main():  # another rank may not remove what rank 0 wrote
         (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
-        f"GRPO: {len(run.records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
-    )
-    settings = policy_loss_settings(config)
-    loss_fn = partial(
-        grpo_batch_loss, settings=settings, stat_names=rollouts.stat_names
+        f"{name}: {len(run.records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )
     return Job(
-        loss_fn,
+        partial(loss_fn, stat_names=rollouts.stat_names),
         rollouts.micro_batch,
         checkpoint_multiple=config.iterations,  # resume at a rollout boundary
     )
 
 
+def grpo_job(run: StageRun) -> Job:
+    settings = policy_loss_settings(run.config)
+    return group_job(run, "GRPO", partial(grpo_batch_loss, settings=settings))
+
+
+def read_train_prompts(config) -> list:
+    return read_prompt_splits(config, "train")[0]
+
+
 GRPO = Stage(
     grpo_job,
-    read=lambda config: read_prompt_splits(config, "train")[0],
+    read=read_train_prompts,
     data=grpo_data,
     reference=grpo_reference,
 )

@@ -167,33 +167,49 @@ class Rollouts:
         records = [self.records[i] for i in indices]
         rewards, reward_metrics = self.scorer(records, config.group_size, texts)
         emit("rewards", seconds=time.perf_counter() - tic)
-        advantages, adv_metrics = group_advantages(
-            rewards, config.group_size, config.scale_rewards
-        )
         if rollout_id % max(config.log_every, 1) == 0 and distributed.is_main():
             write_samples(
                 self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
             )
-        lengths = [len(c) for g in groups for c in g.completions]
-        stats = {
-            **reward_metrics,
-            "frac_reward_zero_std": adv_metrics["frac_reward_zero_std"].item(),
-            "completion_length_mean": sum(lengths) / len(lengths),
-            "completion_length_max": max(lengths),
-        }
         inputs = self.inputs(groups)
         if config.mask_truncated_completions:  # as TRL: out of the loss entirely
             ended = [bool(c) and c[-1] in self.eos_ids for g in groups for c in g.completions]  # fmt: skip
             inputs = without_rows(inputs, mx.array(ended, dtype=mx.float32))
-        several_passes = config.iterations > 1
+        old_logps = self.fixed_logps(self.model, inputs) if self.needs_old_logps else None  # fmt: skip
+        ref_logps = self.fixed_logps(self.reference, inputs)
+        advantages, adv_metrics = self.advantages(rewards, inputs, old_logps, ref_logps)
+        lengths = [len(c) for g in groups for c in g.completions]
+        stats = {
+            **reward_metrics,
+            **{name: value.item() for name, value in adv_metrics.items()},
+            "completion_length_mean": sum(lengths) / len(lengths),
+            "completion_length_max": max(lengths),
+        }
         return GRPOBatch(
             inputs,
-            old_logps=self.fixed_logps(self.model, inputs) if several_passes else None,
-            ref_logps=self.fixed_logps(self.reference, inputs),
+            old_logps=old_logps,
+            ref_logps=ref_logps,
             advantages=advantages,
             stats=mx.array([float(stats.get(n, 0.0)) for n in self.stat_names]),
-            tokens=trained_tokens(inputs) if config.loss in TOKEN_MEAN_LOSSES else None,
+            tokens=trained_tokens(inputs) if self.token_mean else None,
         )
+
+    @property
+    def needs_old_logps(self) -> bool:
+        """The policy's log-probs at sampling time, held fixed: with μ > 1 (the ratio)."""
+        return self.config.iterations > 1
+
+    @property
+    def token_mean(self) -> bool:
+        """The loss is a token mean over the whole batch: ranks weigh by tokens."""
+        return self.config.loss in TOKEN_MEAN_LOSSES
+
+    def advantages(
+        self, rewards: mx.array, inputs, old_logps, ref_logps
+    ) -> tuple[mx.array, dict[str, mx.array]]:
+        """GRPO's: each reward against its group (``--scale-rewards``)."""
+        del inputs, old_logps, ref_logps
+        return group_advantages(rewards, self.config.group_size, self.config.scale_rewards)  # fmt: skip
 
     def sample_groups(self, indices: list[int]) -> list[Group]:
         """G completions of each prompt ``indices`` from the policy (or its fused twin)."""
