@@ -1,5 +1,5 @@
-"""mlx-align's GRPO losses against TRL's own ``GRPOTrainer._compute_loss``, on the
-same per-token log-probs.
+"""mlx-align's GRPO and RLOO losses against TRL's own ``GRPOTrainer._compute_loss``
+and ``RLOOTrainer._compute_loss``, on the same per-token log-probs.
 
 Not a test of the suite (torch and TRL are no project dependency): run it by
 hand with a throwaway TRL venv (see ``preference_losses.py``),
@@ -53,6 +53,7 @@ METRICS = {
     "vespo/phi_seq_mean": "vespo/phi_seq_mean",
     "kl": "kl",
 }
+RLOO_CASES = [{"loss_type": "rloo"}, {"loss_type": "rloo", "epsilon_high": 0.28}]
 TRL_DEFAULTS = dict(
     epsilon=0.2,
     epsilon_high=None,
@@ -145,7 +146,45 @@ def trl_side() -> None:
         logged = trainer._metrics["train"]
         metrics = {k: logged[k][0] for k in METRICS if k in logged}
         results.append({"loss": float(loss), **metrics})
-    json.dump(results, sys.stdout)
+    rloo = [rloo_trl(data, case) for case in job["rloo_cases"]]
+    json.dump({"grpo": results, "rloo": rloo}, sys.stdout)
+
+
+def rloo_trl(data: dict, case: dict) -> dict:
+    """TRL's RLOO loss and clip metrics, its forward replaced by the policy's values."""
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    import torch
+    from trl.trainer.rloo_trainer import RLOOTrainer
+
+    mask = torch.tensor(data["mask"])
+    policy = torch.tensor(data["policy"], dtype=torch.float32)
+    old = torch.tensor(data["old"], dtype=torch.float32)
+    identity = lambda x, **_: x  # noqa: E731
+    trainer = RLOOTrainer.__new__(RLOOTrainer)
+    trainer.model = SimpleNamespace(training=True)
+    trainer.accelerator = SimpleNamespace(gather=identity, reduce=identity)
+    trainer.epsilon_low = 0.2
+    trainer.epsilon_high = case.get("epsilon_high") or 0.2
+    trainer.aux_loss_enabled = False
+    trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+    trainer._get_per_token_logps_and_entropies = lambda *a, **k: (
+        policy,
+        torch.zeros_like(policy),
+        None,
+    )
+    inputs = {
+        "prompt_ids": torch.zeros((len(mask), 1), dtype=torch.long),
+        "prompt_mask": torch.ones((len(mask), 1), dtype=torch.long),
+        "completion_ids": torch.zeros_like(mask),
+        "completion_mask": mask,
+        "old_logps": (old * mask).sum(1),
+        "advantages": torch.tensor(data["advantages"], dtype=torch.float32),
+    }
+    loss = trainer._compute_loss(None, inputs)
+    logged = trainer._metrics["train"]
+    return {"loss": float(loss), **{k: logged[k][0] for k in METRICS if k in logged}}
 
 
 def mlx_side(inputs: dict, case: dict) -> dict:
@@ -179,6 +218,25 @@ def mlx_side(inputs: dict, case: dict) -> dict:
     return {"loss": loss.item(), **{k: metrics[v].item() for k, v in named.items()}}
 
 
+def rloo_mlx_side(inputs: dict, case: dict) -> dict:
+    """``rloo_loss`` with the RLOO stage's settings."""
+    import mlx.core as mx
+
+    from mlx_align.losses.grpo import rloo_loss
+
+    mask = mx.array(inputs["mask"]).astype(mx.float32)
+    loss, metrics = rloo_loss(
+        mx.array(inputs["policy"]),
+        mx.array(inputs["old"]),
+        mx.array(inputs["advantages"]),
+        mask,
+        epsilon=0.2,
+        epsilon_high=case.get("epsilon_high"),
+    )
+    named = {theirs: ours for theirs, ours in METRICS.items() if ours in metrics}
+    return {"loss": loss.item(), **{k: metrics[v].item() for k, v in named.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trl-python", default="/tmp/trl-venv/bin/python")
@@ -190,10 +248,21 @@ def main(argv: list[str] | None = None) -> int:
         trl_side()
         return 0
     inputs = draw_inputs(args.completions, args.seed)
-    trl = trl_values(args.trl_python, __file__, {"inputs": inputs, "cases": CASES})
+    job = {"inputs": inputs, "cases": CASES, "rloo_cases": RLOO_CASES}
+    trl = trl_values(args.trl_python, __file__, job)
     worst = print_table(
-        "GRPO (GRPOTrainer._compute_loss)", CASES, trl, lambda c: mlx_side(inputs, c)
+        "GRPO (GRPOTrainer._compute_loss)",
+        CASES,
+        trl["grpo"],
+        lambda c: mlx_side(inputs, c),
     )
+    rloo = print_table(
+        "RLOO (RLOOTrainer._compute_loss)",
+        RLOO_CASES,
+        trl["rloo"],
+        lambda c: rloo_mlx_side(inputs, c),
+    )
+    worst = max(worst, rloo)
     print(f"largest difference: {worst:.1e} (tolerance 1e-5)")
     return 0 if worst <= 1e-5 else 1
 
