@@ -238,3 +238,26 @@ def test_rloo_raises_a_learnable_reward_with_the_kl_in_the_reward(tiny_model, tm
     assert lines[0]["kl"] == pytest.approx(0.0, abs=1e-5)
     assert lines[-1]["kl"] > 1e-4
     assert {"clip_ratio/high_mean", "frac_reward_zero_std"} <= lines[-1].keys()
+
+
+def test_gdpo_trains_with_two_rewards(tiny_model, tmp_path):
+    """--multi-objective-aggregation normalize_then_sum with two reward
+    functions (the learnable one and a constant, which adds 0 in every group):
+    the learnable reward still rises."""
+    run_grpo(
+        grpo_config(
+            tiny_model,
+            tmp_path,
+            steps=16,
+            reward=("test_grpo:starts_with_space", "test_grpo:constant_one"),
+            multi_objective_aggregation="normalize_then_sum",
+        )
+    )
+    lines = metrics(tmp_path / "run")
+    learned = [m["rewards/starts_with_space/mean"] for m in lines]
+    assert sum(learned[-4:]) / 4 > sum(learned[:2]) / 2 + 0.3, learned
+    assert all(m["rewards/constant_one/mean"] == 1.0 for m in lines)
+
+
+def constant_one(prompts, completions, **_):
+    return [1.0] * len(completions)

@@ -112,6 +112,13 @@ def test_vespo_gamma_weight_by_hand():
         ({"loss": "sapo", "vespo_k_pos": 1.0}, "--vespo-k-pos: the 'sapo' loss"),
         ({"loss": "cispo", "delta": 2.0}, "--delta: the 'cispo' loss"),
         ({"delta": 1.1}, "--delta: must be above 1 \\+ the upper clip \\(1.2\\)"),
+        (
+            {
+                "multi_objective_aggregation": "normalize_then_sum",
+                "scale_rewards": "none",
+            },
+            "--scale-rewards: normalize_then_sum normalises",
+        ),
     ],
 )
 def test_grpo_loss_settings_that_clash_are_refused(flags, message):
@@ -189,3 +196,20 @@ def test_rloo_loss_clips_the_ratio_of_whole_sequences():
     loss, _, grad = run(-1.0)
     assert_close(loss, 1.349859)
     assert_close(grad, [[1.349859, 1.349859]])
+
+
+def test_gdpo_normalises_each_reward_within_its_group_before_the_sum():
+    """One group of 4, a dense reward f1 = [1, 0, 0, 1] and a sparse one f2 =
+    [0, 0, 0, 1]. Each within the group: f1 -> ±1 (mean ½, std ½), f2 ->
+    [−0.577, −0.577, −0.577, 1.732] (mean ¼, std 0.433); the sum [0.423,
+    −1.577, −1.577, 2.731] over the batch (mean 0, std 1.776): [0.238, −0.888,
+    −0.888, 1.538]. Summing first ([1, 0, 0, 2], GRPO's default) gives [0.301,
+    −0.904, −0.904, 1.507]: GDPO lifts the sparse reward's one success more."""
+    from mlx_align.losses.advantages import decoupled_advantages, group_advantages
+
+    table = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 1.0]]
+    advantages, metrics = decoupled_advantages(table, None, 4)
+    assert_close(advantages, [0.237959, -0.888028, -0.888028, 1.538096], tol=1e-4)
+    assert_close(metrics["frac_reward_zero_std"], 0.0)
+    summed, _ = group_advantages(mx.array([1.0, 0.0, 0.0, 2.0]), 4)
+    assert_close(summed, [0.301475, -0.904425, -0.904425, 1.507375], tol=1e-4)

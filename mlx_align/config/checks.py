@@ -239,6 +239,12 @@ def grpo_loss_settings_fit(config: GRPOConfig) -> tuple[str, str] | None:
                 f"the {config.loss!r} loss does not use it (losses that do: "
                 f"{', '.join(users)})"
             )
+    gdpo = config.multi_objective_aggregation == "normalize_then_sum"
+    if gdpo and config.scale_rewards != "group":
+        return "--scale-rewards", (
+            "normalize_then_sum normalises each reward within its group and the sum "
+            "over the batch itself; leave --scale-rewards at group"
+        )
     clip_high = config.epsilon_high or config.epsilon
     if config.delta and config.delta <= 1.0 + clip_high:
         return "--delta", (

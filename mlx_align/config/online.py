@@ -153,6 +153,13 @@ class GRPOConfig(
     vespo_lambda_neg: float = setting(
         2.0, "vespo: the decay λ where A < 0.", check=non_negative
     )
+    multi_objective_aggregation: str = setting(
+        "sum_then_normalize",
+        "Several --reward functions: sum them, then take advantages "
+        "(sum_then_normalize), or normalise each within its group, sum, then "
+        "normalise over the batch (normalize_then_sum: GDPO; --scale-rewards unused).",
+        choices="mlx_align.losses.advantages:MULTI_OBJECTIVE_AGGREGATIONS",
+    )
     scale_rewards: str = setting(
         "group",
         "Advantage scaling: group, batch or none (Dr. GRPO).",

@@ -1,6 +1,7 @@
 """Group-relative advantages (GRPO, RLOO) and the reward sum they start from."""
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import mlx.core as mx
@@ -105,6 +106,47 @@ def leave_one_out_advantages(
         advantages = (advantages - mean) / (std + STD_EPS)
     all_equal = grouped.max(axis=1) == grouped.min(axis=1)
     return advantages, {"frac_reward_zero_std": all_equal.astype(mx.float32).mean()}
+
+
+MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
+
+
+def decoupled_advantages(
+    per_function: np.ndarray, weights: Sequence[float] | None, group_size: int
+) -> tuple[mx.array, dict[str, mx.array]]:
+    """GDPO: each reward function normalised within its group, then the weighted
+    sum normalised over the global batch.
+
+    Liu et al. 2026, "GDPO: Group reward-Decoupled Normalization Policy
+    Optimization for Multi-reward RL Optimization", as TRL's
+    ``multi_objective_aggregation="normalize_then_sum"``: a function whose
+    rewards are all equal within a group adds 0 there, so a sparse reward
+    is not drowned by a dense one. Stds are population stds (+ ``STD_EPS``),
+    as ``group_advantages``; a missing reward (NaN) is left out of its
+    function's group statistics and adds 0.
+
+    Args:
+        per_function: (F, N) rewards, NaN where a function returned None.
+        weights: F weights (default all 1).
+
+    Returns:
+        advantages (N,); ``frac_reward_zero_std``: 1 when the summed rewards
+        have no spread over the batch (TRL's meaning on this path).
+    """
+    table = np.asarray(per_function, dtype=np.float32)
+    grouped = table.reshape(table.shape[0], -1, group_size)  # (F, P, G)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a group all missing
+        mean = np.nanmean(grouped, axis=2, keepdims=True)
+        std = np.nanstd(grouped, axis=2, keepdims=True)
+    normalised = (grouped - mean) / (std + STD_EPS)  # (F, P, G)
+    column = np.ones(table.shape[0]) if weights is None else np.asarray(weights)
+    summed = np.nansum(normalised * column[:, None, None], axis=0).reshape(-1)
+    rewards = mx.array(summed.astype(np.float32))  # (N,)
+    mean, std = batch_moments(rewards)
+    advantages = (rewards - mean) / (std + STD_EPS)
+    zero_std = (std < 1e-6).astype(mx.float32)
+    return advantages, {"frac_reward_zero_std": zero_std}
 
 
 def combine_rewards(

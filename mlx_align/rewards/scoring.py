@@ -35,7 +35,19 @@ class GroupScorer:
     def __call__(
         self, records: Sequence[Record], group_size: int, completions: Sequence[str]
     ) -> tuple[mx.array, dict[str, float]]:
-        """Rewards (N,) of ``completions`` (G per record, consecutive) and their metrics.
+        """Rewards (N,) of ``completions`` (G per record, consecutive) and their metrics."""
+        return self.combine(self.per_function(records, group_size, completions))
+
+    def combine(
+        self, per_function: list[list[float | None]]
+    ) -> tuple[mx.array, dict[str, float]]:
+        """The weighted sum of ``per_function`` rewards, and their metrics."""
+        return combine_rewards(per_function, self.weights, self.names)
+
+    def per_function(
+        self, records: Sequence[Record], group_size: int, completions: Sequence[str]
+    ) -> list[list[float | None]]:
+        """Each function's rewards of ``completions``, F lists of N (None: missing).
 
         Each function gets TRL's arguments: ``prompts``, ``completions`` and
         every other column of the records, one entry per completion.
@@ -47,7 +59,4 @@ class GroupScorer:
             if key != "prompt"
         }
         prompts = [r.fields["prompt"] for r in rows]
-        per_function = [
-            fn(prompts, list(completions), **columns) for fn in self.functions
-        ]
-        return combine_rewards(per_function, self.weights, self.names)
+        return [fn(prompts, list(completions), **columns) for fn in self.functions]

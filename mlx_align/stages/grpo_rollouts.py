@@ -10,6 +10,7 @@ Micro-batch k of the run uses rollout batch ``(step // μ) · A + micro``
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from mlx_align.data.jsonl import Record
 from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, pad_id_of
-from mlx_align.losses.advantages import group_advantages
+from mlx_align.losses.advantages import decoupled_advantages, group_advantages
 from mlx_align.losses.grpo import TOKEN_MEAN_LOSSES
 from mlx_align.model.shared_prompts import supports_shared_prompts
 from mlx_align.rewards.registry import reward_columns
@@ -165,7 +166,8 @@ class Rollouts:
         ]
         tic = time.perf_counter()
         records = [self.records[i] for i in indices]
-        rewards, reward_metrics = self.scorer(records, config.group_size, texts)
+        per_function = self.scorer.per_function(records, config.group_size, texts)
+        rewards, reward_metrics = self.scorer.combine(per_function)
         emit("rewards", seconds=time.perf_counter() - tic)
         if rollout_id % max(config.log_every, 1) == 0 and distributed.is_main():
             write_samples(
@@ -177,7 +179,9 @@ class Rollouts:
             inputs = without_rows(inputs, mx.array(ended, dtype=mx.float32))
         old_logps = self.fixed_logps(self.model, inputs) if self.needs_old_logps else None  # fmt: skip
         ref_logps = self.fixed_logps(self.reference, inputs)
-        advantages, adv_metrics = self.advantages(rewards, inputs, old_logps, ref_logps)
+        advantages, adv_metrics = self.advantages(
+            rewards, per_function, inputs, old_logps, ref_logps
+        )
         lengths = [len(c) for g in groups for c in g.completions]
         stats = {
             **reward_metrics,
@@ -205,11 +209,16 @@ class Rollouts:
         return self.config.loss in TOKEN_MEAN_LOSSES
 
     def advantages(
-        self, rewards: mx.array, inputs, old_logps, ref_logps
+        self, rewards: mx.array, per_function, inputs, old_logps, ref_logps
     ) -> tuple[mx.array, dict[str, mx.array]]:
-        """GRPO's: each reward against its group (``--scale-rewards``)."""
+        """GRPO's: the weighted reward against its group (``--scale-rewards``), or
+        each function's against its group, then their sum over the batch (GDPO)."""
         del inputs, old_logps, ref_logps
-        return group_advantages(rewards, self.config.group_size, self.config.scale_rewards)  # fmt: skip
+        config = self.config
+        if config.multi_objective_aggregation == "normalize_then_sum":
+            table = [[math.nan if r is None else r for r in f] for f in per_function]
+            return decoupled_advantages(table, self.scorer.weights, config.group_size)
+        return group_advantages(rewards, config.group_size, config.scale_rewards)
 
     def sample_groups(self, indices: list[int]) -> list[Group]:
         """G completions of each prompt ``indices`` from the policy (or its fused twin)."""

@@ -46,8 +46,9 @@ class RLOORollouts(Rollouts):
         return False  # a mean over completions
 
     def advantages(
-        self, rewards: mx.array, inputs, old_logps, ref_logps
+        self, rewards: mx.array, per_function, inputs, old_logps, ref_logps
     ) -> tuple[mx.array, dict[str, mx.array]]:
+        del per_function  # RLOO sums the functions first, as TRL's
         config, metrics = self.config, {}
         if config.beta > 0:  # per-token log-probs are 0 off the completions
             per_token_kl = old_logps - ref_logps  # (N, C)
