@@ -345,6 +345,69 @@ def test_cpo_family_widens_the_held_out_margin_without_a_reference(
     assert all(math.isfinite(x) for x in nll) and bool(nll) == with_nll
 
 
+@pytest.mark.parametrize("layout", ["full", "shared", "packed"])
+def test_ld_dpo_weighs_the_tokens_past_the_shorter_completion(
+    layout, tiny_model, tmp_path
+):
+    """--ld-alpha 0.5 on pairs whose chosen is longer than its rejected: each
+    pair's first min(l_c, l_r) tokens count once, the longer one's rest half,
+    in every layout (checked against the full rows' per-token log-probs, a
+    filler pair included); α = 1 is the plain sum."""
+    from mlx_align.batches.layouts import pair_logps
+
+    data = tmp_path / "pairs"
+    write_jsonl(
+        data / "train.jsonl",
+        preference_rows(
+            WORDS[:4], chosen=" It is good and fine, yes.", rejected=" Bad."
+        ),
+    )
+    model, batches = batch_of(tiny_model, data)
+    if layout == "packed":
+        from mlx_align.batches.packing import enable_packing
+
+        enable_packing(model)
+    indices = batches.plan.batches[-1][:3]  # three pairs and a filler
+    per_token, mask = batches.full(indices).token_logps(model)
+    per_token, mask = np.array(per_token), np.array(mask)
+    pairs = len(mask) // 2
+    expected = []
+    for row in range(len(mask)):
+        other = row + pairs if row < pairs else row - pairs
+        shared = min(mask[row].sum(), mask[other].sum())
+        position = np.cumsum(mask[row]) * mask[row]
+        weights = np.where(position <= shared, 1.0, 0.5) * mask[row]
+        expected.append(float((per_token[row] * weights).sum()))
+    assert any(mask[r].sum() > mask[r + pairs].sum() for r in range(3))
+    inputs = (
+        batches.inputs(indices, layout) if layout != "full" else batches.full(indices)
+    )
+    summed, lengths = pair_logps(inputs, model, 0.5)
+    np.testing.assert_allclose(np.array(summed), expected, atol=1e-4)
+    np.testing.assert_allclose(np.array(lengths), mask.sum(axis=1))
+    plain, _ = pair_logps(inputs, model, 1.0)
+    np.testing.assert_allclose(np.array(plain), per_token.sum(axis=1), atol=1e-4)
+
+
+def test_ld_dpo_trains_with_its_own_cached_reference(tiny_model, tmp_path):
+    """The reference is cached LD-weighted, under its own key (a run with α = 1
+    on the same data does not reuse it), and the margin rises from 0."""
+    data = tmp_path / "pairs"
+    rows = preference_rows(
+        WORDS[:8], chosen=" It is good and fine, yes.", rejected=" Bad."
+    )
+    write_jsonl(data / "train.jsonl", rows)
+    for alpha in (1.0, 0.5):
+        out = tmp_path / f"ld-{alpha}"
+        config = dpo_config(tiny_model, data, out, steps=8, log_every=1, ld_alpha=alpha)
+        run_dpo(DPOConfig(**config))
+    cached = list((tmp_path / "cache" / "reference").glob("*.npy"))
+    assert len(cached) == 2
+    lines = [m for m in metrics_of(tmp_path / "ld-0.5") if "loss" in m]
+    assert lines[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)
+    assert lines[-1]["rewards/margins"] > 0.05
+
+
 @pytest.mark.parametrize("layout", ["shared", "packed"])
 def test_shared_prompt_pairs_give_the_full_row_loss_and_gradients(
     layout, tiny_model, pref_dir

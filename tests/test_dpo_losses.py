@@ -354,6 +354,9 @@ def test_weighted_losses_sum_each_with_its_weight():
             "js_divergence works only with .* not bco_pair",
         ),
         ({"f_alpha_divergence_coef": 0.3}, "only --f-divergence-type alpha_div"),
+        ({"ld_alpha": 0.5, "loss": ("sigmoid", "sft")}, "--ld-alpha: the sft term"),
+        ({"ld_alpha": 0.5, "sft_weight": 1.0}, "--ld-alpha: the sft term"),
+        ({"ld_alpha": 1.5}, "--ld-alpha: must be in \\[0, 1\\]"),
     ],
 )
 def test_loss_settings_that_clash_are_refused(flags, message):

@@ -31,6 +31,7 @@ import numpy as np
 from mlx_align.batches.packing import (
     enable_packing,
     packed_completion_logps,
+    packed_target_logps,
     supports_packing,
 )
 from mlx_align.batches.planning import pad_examples
@@ -179,6 +180,35 @@ class Packed(NamedTuple):
 
 
 Layout = FullRows | SharedPrompt | Packed
+
+
+def pair_logps(
+    inputs: Layout, model: nn.Module, ld_alpha: float = 1.0
+) -> tuple[mx.array, mx.array]:
+    """(summed log-probs, lengths) of 2B pair completions in slot order (chosen
+    first), each token past the pair's shared length weighted by ``ld_alpha``.
+
+    LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference
+    Optimization", eq. 9), as TRL's ``ld_alpha``: of two completions of
+    lengths l_c and l_r, the first min(l_c, l_r) tokens count fully, the
+    longer one's rest α times. α = 1 is the plain sum (``inputs.logps``).
+    """
+    if ld_alpha == 1.0:
+        return inputs.logps(model)
+    if isinstance(inputs, Packed):
+        targets, mask = packed_target_logps(model, inputs)  # (T,), (S, T)
+        per_token = mask * targets[None, :]  # (S, T)
+    else:
+        per_token, mask = inputs.token_logps(model)
+        if isinstance(inputs, SharedPrompt):
+            per_token, mask = inputs.slot_order(per_token), inputs.slot_order(mask)
+    mask = mask.astype(per_token.dtype)
+    lengths = mask.sum(axis=-1)  # (2B,)
+    shared = mx.tile(mx.minimum(*mx.split(lengths, 2)), 2)  # (2B,)
+    position = mx.cumsum(mask, axis=-1) * mask  # 1-based, 0 off the completion
+    weights = mx.where(position <= shared[:, None], 1.0, ld_alpha) * mask
+    return (per_token * weights).sum(axis=-1), lengths
+
 
 LAYOUTS: dict[str, type] = {"full": FullRows, "shared": SharedPrompt, "packed": Packed}
 

@@ -230,10 +230,16 @@ def packed_completion_logps(
     predict a completion token. Equal to scoring each prompt + completion
     row on its own (tested).
     """
+    logps, membership = packed_target_logps(model, packed)
+    return membership @ logps, membership.sum(axis=-1)
+
+
+def packed_target_logps(model: nn.Module, packed: tuple) -> tuple[mx.array, mx.array]:
+    """Log-probs of the T completion targets, (T,), and which slot holds each,
+    the (S, T) ``membership`` (a slot's targets in order along T)."""
     tokens, positions, tree_ids, branches, sources, targets, membership = packed
     enable_packing(model)
     caches = [PackedCache(positions, tree_ids, branches) for _ in model.model.layers]
     hidden = model.model(tokens, cache=caches)  # (R, W, D)
     hidden = hidden.reshape(-1, hidden.shape[-1])[sources]  # (T, D)
-    logps = head_logps(model, hidden, targets)  # (T,)
-    return membership @ logps, membership.sum(axis=-1)
+    return head_logps(model, hidden, targets), membership  # (T,), (S, T)

@@ -131,6 +131,12 @@ def dpo_loss_settings_fit(config: DPOLossSettings) -> tuple[str, str] | None:
             f"{config.f_divergence_type} works only with the losses built on "
             f"s_c − s_r ({', '.join(sorted(F_DIVERGENCE_LOSSES))}), not {', '.join(outside)}"
         )
+    nll = "sft" in names or getattr(config, "sft_weight", 0.0)
+    if config.ld_alpha != 1.0 and nll:
+        return "--ld-alpha", (
+            "the sft term (--loss sft, --sft-weight) reads the plain log-probs; "
+            "LD-DPO with it is not supported"
+        )
     alpha_given = config.f_alpha_divergence_coef != defaults["f_alpha_divergence_coef"]
     if alpha_given and config.f_divergence_type != "alpha_divergence":
         return "--f-alpha-divergence-coef", (

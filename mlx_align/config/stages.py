@@ -279,6 +279,12 @@ class DPOLossSettings:
     f_alpha_divergence_coef: float = setting(
         0.5, "α of --f-divergence-type alpha_divergence.", check=positive
     )
+    ld_alpha: float = setting(
+        1.0,
+        "LD-DPO's α: of each pair, the tokens past the shorter completion's length "
+        "count α times in both log-probs (1: plain sums; TRL's None).",
+        check=in_range(0, 1),
+    )
 
 
 @stage_defaults(learning_rate=5e-5)

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_align.batches.layouts import choose_layout
+from mlx_align.batches.layouts import choose_layout, pair_logps
 from mlx_align.batches.planning import visited_batches
 from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
@@ -63,12 +63,13 @@ def dpo_loss(
     objective: Callable,
     sft_weight: float = 0.0,
     reference: nn.Module | None = None,
+    ld_alpha: float = 1.0,
 ):
     """One pair batch -> (loss, n_tokens, metrics); the reference log-probs are
     ``batch.reference`` (cached) unless ``reference`` runs now."""
-    summed, lengths = batch.inputs.logps(model)  # (2B,) each, chosen first
+    summed, lengths = pair_logps(batch.inputs, model, ld_alpha)  # (2B,), chosen first
     if reference is not None:
-        ref_logps = mx.stop_gradient(batch.inputs.logps(reference)[0])
+        ref_logps = mx.stop_gradient(pair_logps(batch.inputs, reference, ld_alpha)[0])
     else:
         ref_logps = batch.reference
     pc, pr = mx.split(summed, 2)
@@ -104,6 +105,7 @@ def dpo_job(run: StageRun) -> Job:
         objective=dpo_objective(config),
         sft_weight=config.sft_weight,
         reference=reference.model,
+        ld_alpha=config.ld_alpha,
     )
     layout = choose_layout(config.padding_free, run.model, reference.model)
     makers = [
@@ -129,4 +131,5 @@ def pair_split(batches: PairBatches | None, config, split: str) -> ScoredSplit |
         lambda indices, layout: batches.maker(layout)(indices),
         batches.plan,
         visited_batches(batches.plan, config, split),
+        ld_alpha=config.ld_alpha,
     )

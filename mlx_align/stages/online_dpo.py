@@ -26,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from tqdm import tqdm
 
-from mlx_align.batches.layouts import FullRows, SharedPrompt
+from mlx_align.batches.layouts import FullRows, SharedPrompt, pair_logps
 from mlx_align.batches.planning import BatchPlan, bucket_for, bucket_lengths
 from mlx_align.batches.types import OnlineDPOBatch
 from mlx_align.config.online import OnlineDPOConfig
@@ -93,7 +93,8 @@ class OnlinePairs:
             for g, p in zip(groups, verdicts.preferred, strict=True)
         ]
         inputs = self.inputs([g.prompt for g in groups], ordered)
-        reference = mx.stop_gradient(inputs.logps(self.reference)[0])
+        reference = pair_logps(inputs, self.reference, self.config.ld_alpha)[0]
+        reference = mx.stop_gradient(reference)
         index = [i if p is not None else -1 for i, p in zip(indices, verdicts.preferred, strict=True)]  # fmt: skip
         stats = self.stats(groups, verdicts)
         mx.eval(reference)
@@ -134,6 +135,7 @@ def online_dpo_loss(
     objective,
     beta: float,
     stat_names: list[str],
+    ld_alpha: float = 1.0,
 ):
     """``dpo_loss`` on the judged pairs, with TRL's online-DPO metrics.
 
@@ -142,7 +144,9 @@ def online_dpo_loss(
     sampled estimate), ``objective/non_score_reward`` = −β·kl, and with
     scores ``objective/rlhf_reward`` = scores − β·kl.
     """
-    loss, n_tokens, metrics = dpo_loss(model, batch, objective=objective)
+    loss, n_tokens, metrics = dpo_loss(
+        model, batch, objective=objective, ld_alpha=ld_alpha
+    )
     stats = {name: batch.stats[i] for i, name in enumerate(stat_names)}
     kl = (metrics["rewards/chosen"] + metrics["rewards/rejected"]) / (2 * beta)
     extra = {
@@ -207,6 +211,7 @@ def online_job(run: StageRun) -> Job:
         objective=dpo_objective(config),
         beta=config.beta,
         stat_names=pairs.stat_names,
+        ld_alpha=config.ld_alpha,
     )
     return Job(loss_fn, pairs.micro_batch)
 

@@ -31,7 +31,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tqdm import tqdm
 
-from mlx_align.batches.layouts import choose_layout
+from mlx_align.batches.layouts import choose_layout, pair_logps
 from mlx_align.batches.planning import BatchPlan
 from mlx_align.core import distributed
 from mlx_align.core.events import emit
@@ -79,14 +79,16 @@ def score_items(
     batches: Iterable,
     logps: np.ndarray,
     total: int | None = None,
+    ld_alpha: float = 1.0,
 ) -> None:
-    """Fill ``logps`` (n_items, 2) with summed completion log-probs, in place.
+    """Fill ``logps`` (n_items, 2) with summed completion log-probs, in place
+    (LD-DPO-weighted with ``ld_alpha`` < 1, ``layouts.pair_logps``).
 
     Each batch has ``inputs`` (a layout, 2B completions in slot order: first
     columns, then second) and ``index`` (B,), -1 on filler.
     """
     for batch in tqdm(batches, total=total, desc="reference log-probs", leave=False):
-        summed = batch.inputs.logps(model)[0].reshape(2, -1).T  # (B, 2)
+        summed = pair_logps(batch.inputs, model, ld_alpha)[0].reshape(2, -1).T  # (B, 2)
         summed, index = np.array(summed), np.array(batch.index)
         keep = index >= 0
         logps[index[keep]] = summed[keep]
@@ -147,6 +149,7 @@ class ScoredSplit:
     ]  # (this rank's item indices, layout) -> batch
     plan: BatchPlan  # whose ``local`` gives this rank's items of a global batch
     needed: list[list[int]]  # the global batches this run visits
+    ld_alpha: float = 1.0  # LD-DPO's weight past a pair's shared length (pairs)
 
 
 def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.array:
@@ -164,7 +167,8 @@ def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.arra
     key = cache_key(
         settings.ref_model or settings.model,
         rows,
-        {"quantize": settings.quantize, "batch": settings.batch_size},
+        {"quantize": settings.quantize, "batch": settings.batch_size}
+        | ({"ld_alpha": split.ld_alpha} if split.ld_alpha != 1.0 else {}),
     )
     tic = time.perf_counter()
     logps = load_cached(key) if distributed.is_main() else None
@@ -176,7 +180,7 @@ def precomputed_logps(settings, model: nn.Module, split: ScoredSplit) -> mx.arra
         layout = choose_layout(getattr(settings, "padding_free", False), model)
         batches = (split.batch(split.plan.local(b), layout) for b in todo)
         scored = np.full_like(logps, np.nan)
-        score_items(model, batches, scored, total=len(todo))
+        score_items(model, batches, scored, total=len(todo), ld_alpha=split.ld_alpha)
         rows = [i for b in todo for i in b]  # each scored by exactly one rank
         logps[rows] = np.array(distributed.all_sum(mx.array(np.nan_to_num(scored))))[
             rows

@@ -57,6 +57,8 @@ CASES = [
     {"loss_type": ["sigmoid_norm"]},
     {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
     {"loss_type": ["sigmoid"], "f_divergence_type": "js_divergence"},
+    {"loss_type": ["sigmoid"], "ld_alpha": 0.5},
+    {"loss_type": ["ipo"], "ld_alpha": 0.3},
 ]
 METRICS = [
     "loss",
@@ -115,11 +117,11 @@ def build(work: Path) -> tuple[Path, Path, Path]:
 
 def mlx_side(base: Path, policy: Path, data: Path, work: Path, case: dict) -> dict:
     """One step at learning rate 1e-12, then the evaluation over the 8 valid pairs."""
-    out = work / ("mlx-" + "-".join(case["loss_type"]))
+    out = work / ("mlx-" + "-".join(f"{k}={v}" for k, v in case.items()))
     flags = []
     for name in case["loss_type"]:
         flags += ["--loss", name]
-    for key in ("label_smoothing", "f_divergence_type"):
+    for key in ("label_smoothing", "f_divergence_type", "ld_alpha"):
         if key in case:
             flags += ["--" + key.replace("_", "-"), str(case[key])]
     if "loss_weights" in case:
