@@ -20,14 +20,15 @@ def assert_close(actual, expected, tol: float = 1e-5):
     np.testing.assert_allclose(np.array(actual), expected, rtol=0, atol=tol)
 
 
-def loss_and_grad(logps, old_logps, advantages, mask=None, **settings):
+def loss_and_grad(logps, old_logps, advantages, mask=None, entropy=None, **settings):
     """(loss, metrics) and d loss / d logps."""
     mask = mx.ones(logps.shape) if mask is None else mask
+    args = (None, advantages, mask)
 
     def loss_of(x):
-        return grpo_loss(x, old_logps, None, advantages, mask, **settings)[0]
+        return grpo_loss(x, old_logps, *args, entropy=entropy, **settings)[0]
 
-    loss, metrics = grpo_loss(logps, old_logps, None, advantages, mask, **settings)
+    loss, metrics = grpo_loss(logps, old_logps, *args, entropy=entropy, **settings)
     return loss, metrics, mx.grad(loss_of)(logps)
 
 
@@ -213,3 +214,28 @@ def test_gdpo_normalises_each_reward_within_its_group_before_the_sum():
     assert_close(metrics["frac_reward_zero_std"], 0.0)
     summed, _ = group_advantages(mx.array([1.0, 0.0, 0.0, 2.0]), 4)
     assert_close(summed, [0.301475, -0.904425, -0.904425, 1.507375], tol=1e-4)
+
+
+def test_high_entropy_mask_keeps_the_top_quantile_of_active_tokens():
+    """Active entropies [0.1, 0.5, 0.9, 0.3] (a padded 5.0 ignored). q = 0.5:
+    the 0.5-quantile of [0.1, 0.3, 0.5, 0.9] sits at position 3·0.5 = 1.5,
+    0.3 + 0.5·(0.5 − 0.3) = 0.4: tokens 0.5 and 0.9 train. q = 0: position 3,
+    only 0.9. q = 1: position 0, every active token."""
+    from mlx_align.losses.grpo import high_entropy_mask
+
+    entropy = mx.array([[0.1, 0.5, 0.9], [0.3, 5.0, 0.0]])
+    mask = mx.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert_close(high_entropy_mask(entropy, mask, 0.5), [[0, 1, 1], [0, 0, 0]])
+    assert_close(high_entropy_mask(entropy, mask, 0.0), [[0, 0, 1], [0, 0, 0]])
+    assert_close(high_entropy_mask(entropy, mask, 1.0), [[1, 1, 1], [1, 0, 0]])
+    _, metrics, grad = loss_and_grad(
+        mx.zeros((2, 3)),
+        mx.zeros((2, 3)),
+        mx.array([1.0, 1.0]),
+        mask,
+        loss_type="dapo",
+        top_entropy_quantile=0.5,
+        entropy=entropy,
+    )
+    assert_close(grad, [[0, -0.25, -0.25], [0, 0, 0]])  # −A / 4 active tokens
+    assert_close(metrics["entropy"], (0.1 + 0.5 + 0.9 + 0.3) / 4)

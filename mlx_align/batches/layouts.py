@@ -142,6 +142,13 @@ class SharedPrompt(NamedTuple):
         per_token = grouped_completion_logps(model, *self)
         return per_token, self.completion_mask
 
+    def token_logps_and_entropy(
+        self, model: nn.Module
+    ) -> tuple[mx.array, mx.array, mx.array]:
+        """``token_logps`` and each scored position's entropy (no gradient), as ``FullRows``'."""
+        per_token, entropy = grouped_completion_logps(model, *self, entropy=True)
+        return per_token, self.completion_mask, entropy
+
     def logps(self, model: nn.Module) -> tuple[mx.array, mx.array]:
         """(summed log-probs, completion lengths), (P*G,) each, in slot order."""
         summed = grouped_completion_logps(model, *self).sum(axis=-1)

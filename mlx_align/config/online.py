@@ -153,6 +153,12 @@ class GRPOConfig(
     vespo_lambda_neg: float = setting(
         2.0, "vespo: the decay λ where A < 0.", check=non_negative
     )
+    top_entropy_quantile: float = setting(
+        1.0,
+        "Train the policy term on the top q of completion tokens by entropy only "
+        "(0.2: the high-entropy 'forking' tokens; 1: every token).",
+        check=in_range(0, 1),
+    )
     multi_objective_aggregation: str = setting(
         "sum_then_normalize",
         "Several --reward functions: sum them, then take advantages "

@@ -87,6 +87,7 @@ class PolicyLossSettings:
     vespo_k_neg: float = 3.0
     vespo_lambda_neg: float = 2.0
     max_completion_tokens: int | None = None  # dr_grpo's constant (default T)
+    top_entropy_quantile: float = 1.0  # train only the top q of tokens by entropy
 
     @property
     def clip_high(self) -> float:
@@ -101,6 +102,28 @@ def log_importance_weights(log_ratio: mx.array, mask: mx.array, level: str) -> m
         mean = (log_ratio * mask).sum(-1) / mx.maximum(mask.sum(-1), 1.0)
         return mean[:, None]
     raise ValueError(f"importance_sampling_level must be one of {IMPORTANCE_SAMPLING_LEVELS}")  # fmt: skip
+
+
+def high_entropy_mask(
+    entropy: mx.array, mask: mx.array, top_quantile: float
+) -> mx.array:
+    """1 on the active tokens whose entropy is at least the (1 − q) quantile of
+    all active tokens' (linear interpolation, as ``torch.quantile``), (B, T).
+
+    Wang et al. 2025, "Beyond the 80/20 Rule: High-Entropy Minority Tokens
+    Drive Effective Reinforcement Learning for LLM Reasoning", as TRL's
+    ``top_entropy_quantile``; q = 0 keeps the highest-entropy token (and
+    its ties). The quantile is over this micro-batch (TRL's: every rank's).
+    """
+    active = mask > 0
+    ordered = mx.sort(mx.where(active, entropy, mx.inf).reshape(-1))
+    last = mx.maximum(active.sum() - 1, 0).astype(mx.float32)
+    position = last * (1.0 - top_quantile)
+    low = mx.floor(position)
+    high = mx.minimum(low + 1, last)
+    below, above = ordered[low.astype(mx.int32)], ordered[high.astype(mx.int32)]
+    threshold = below + (position - low) * (above - below)
+    return ((entropy >= threshold) & active).astype(mask.dtype)
 
 
 def _masked_share(flags: mx.array, mask: mx.array) -> mx.array:
@@ -189,7 +212,7 @@ def grpo_loss(
     mask: mx.array,
     settings: PolicyLossSettings | None = None,
     *,
-    token_mask: mx.array | None = None,
+    entropy: mx.array | None = None,
     **overrides,
 ) -> tuple[mx.array, Metrics]:
     """The GRPO policy loss of ``settings.loss_type``, per token, reduced to a scalar.
@@ -208,13 +231,15 @@ def grpo_loss(
         mask: 1 for completion tokens, 0 for padding, (B, T).
         settings: the loss type and its settings (``overrides`` replace fields,
             e.g. ``epsilon=0.1``).
-        token_mask: 1 on the tokens the policy term trains (``--top-entropy-
-            quantile``), (B, T); the KL and the reduction keep ``mask``.
+        entropy: each position's next-token entropy (no gradient), (B, T):
+            needed with ``top_entropy_quantile`` < 1, where only the tokens
+            ``high_entropy_mask`` keeps train the policy term (the KL and the
+            reduction keep ``mask``, as TRL's).
 
     Returns:
         scalar loss; the loss type's metrics (clip ratios under TRL's names:
-        ``clip_ratio`` is its ``clip_ratio/region_mean``) and, when β > 0,
-        ``kl`` (masked mean of k3).
+        ``clip_ratio`` is its ``clip_ratio/region_mean``), ``entropy`` (its
+        masked mean) when given and, when β > 0, ``kl`` (masked mean of k3).
     """
     settings = PolicyLossSettings(**{**vars(settings or PolicyLossSettings()), **overrides})  # fmt: skip
     if settings.loss_type not in GRPO_AGGREGATIONS:
@@ -228,8 +253,14 @@ def grpo_loss(
     coef = mx.exp(log_importance_weights(log_ratio, mask, level))  # (B, T) or (B, 1)
     objective = POLICY_OBJECTIVES[settings.loss_type]
     per_token, metrics = objective(coef, advantages, logps, log_ratio, mask, settings)
-    if token_mask is not None:
-        per_token = per_token * token_mask
+    if settings.top_entropy_quantile < 1.0:
+        if entropy is None:
+            raise ValueError("top_entropy_quantile < 1 needs the tokens' entropy")
+        per_token = per_token * high_entropy_mask(
+            entropy, mask, settings.top_entropy_quantile
+        )
+    if entropy is not None:
+        metrics["entropy"] = masked_mean(mx.stop_gradient(entropy), mask)
     if settings.beta != 0.0:
         kl = k3_kl(logps, mx.stop_gradient(ref_logps))  # (B, T)
         per_token = per_token + settings.beta * kl

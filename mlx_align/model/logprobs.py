@@ -54,6 +54,14 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     return _head_logps(model, hidden, targets, entropy=False)[0]
 
 
+def head_logps_and_entropy(
+    model: nn.Module, hidden: mx.array, targets: mx.array
+) -> tuple[mx.array, mx.array]:
+    """``head_logps`` and the entropy of each position's whole next-token
+    distribution (no gradient), from the same logits."""
+    return _head_logps(model, hidden, targets, entropy=True)
+
+
 def _head_logps(
     model: nn.Module, hidden: mx.array, targets: mx.array, entropy: bool
 ) -> tuple[mx.array, mx.array | None]:

@@ -48,6 +48,7 @@ def policy_loss_settings(config: GRPOConfig) -> PolicyLossSettings:
         vespo_k_neg=config.vespo_k_neg,
         vespo_lambda_neg=config.vespo_lambda_neg,
         max_completion_tokens=config.max_completion_tokens,
+        top_entropy_quantile=config.top_entropy_quantile,
     )
 
 
@@ -55,10 +56,16 @@ def grpo_batch_loss(
     model: nn.Module, batch: GRPOBatch, *, settings: PolicyLossSettings, stat_names
 ):
     """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo.grpo_loss``."""
-    per_token, mask = batch.inputs.token_logps(model)  # (N, C)
+    entropy = None
+    if settings.top_entropy_quantile < 1.0:
+        per_token, mask, entropy = batch.inputs.token_logps_and_entropy(model)
+    else:
+        per_token, mask = batch.inputs.token_logps(model)  # (N, C)
     old = mx.stop_gradient(per_token) if batch.old_logps is None else batch.old_logps
     ref = batch.ref_logps if settings.beta > 0 else None
-    loss, metrics = grpo_loss(per_token, old, ref, batch.advantages, mask, settings)
+    loss, metrics = grpo_loss(
+        per_token, old, ref, batch.advantages, mask, settings, entropy=entropy
+    )
     rollout = {name: batch.stats[i] for i, name in enumerate(stat_names)}
     # Not ``mask.sum()``: under mx.compile (MLX 0.32), an auxiliary output that is
     # the very node a token-mean loss divides by breaks the trace (_Map_base::at).

@@ -43,6 +43,8 @@ CASES = [
     {"loss_type": "luspo"},
     {"loss_type": "vespo"},
     {"loss_type": "vespo", "vespo_k_pos": 1.0, "vespo_lambda_neg": 4.0, "beta": 0.1},
+    {"loss_type": "dapo", "top_entropy_quantile": 0.2},
+    {"loss_type": "grpo", "top_entropy_quantile": 0.5, "beta": 0.04},
 ]
 # TRL's metric name -> mlx-align's.
 METRICS = {
@@ -52,6 +54,7 @@ METRICS = {
     "cispo_clip_ratio": "cispo_clip_ratio",
     "vespo/phi_seq_mean": "vespo/phi_seq_mean",
     "kl": "kl",
+    "entropy": "entropy",
 }
 RLOO_CASES = [{"loss_type": "rloo"}, {"loss_type": "rloo", "epsilon_high": 0.28}]
 TRL_DEFAULTS = dict(
@@ -66,6 +69,7 @@ TRL_DEFAULTS = dict(
     vespo_lambda_pos=3.0,
     vespo_k_neg=3.0,
     vespo_lambda_neg=2.0,
+    top_entropy_quantile=1.0,
 )
 
 
@@ -87,6 +91,7 @@ def draw_inputs(completions: int, seed: int) -> dict:
         "old": old.tolist(),
         "reference": reference.tolist(),
         "advantages": rng.normal(0.0, 1.0, size=completions).tolist(),
+        "entropy": (rng.gamma(2.0, 0.5, size=mask.shape) * mask).tolist(),
     }
 
 
@@ -102,7 +107,7 @@ def trl_side() -> None:
     data = job["inputs"]
     tensor = lambda k: torch.tensor(data[k], dtype=torch.float32)  # noqa: E731
     mask = torch.tensor(data["mask"])
-    policy = tensor("policy")
+    policy, entropy = tensor("policy"), tensor("entropy")
     identity = lambda x, **_: x  # noqa: E731  (one process)
     results = []
     for case in job["cases"]:
@@ -110,7 +115,10 @@ def trl_side() -> None:
         trainer = GRPOTrainer.__new__(GRPOTrainer)
         trainer.model = SimpleNamespace(training=True)
         trainer.accelerator = SimpleNamespace(
-            gather=identity, reduce=identity, num_processes=1
+            gather=identity,
+            reduce=identity,
+            pad_across_processes=identity,
+            num_processes=1,
         )
         trainer.args = SimpleNamespace(
             use_bias_correction_kl=False, steps_per_generation=1, **settings
@@ -122,14 +130,15 @@ def trl_side() -> None:
         trainer.importance_sampling_level = settings["importance_sampling_level"]
         trainer.beta = settings["beta"]
         trainer.max_completion_length = MAX_COMPLETION
-        trainer.top_entropy_quantile, trainer.off_policy_mask_threshold = 1.0, None
+        trainer.top_entropy_quantile = settings["top_entropy_quantile"]
+        trainer.off_policy_mask_threshold = None
         trainer.use_vllm, trainer.aux_loss_enabled = False, False
         trainer._entropy_bonus_enabled = False
         trainer.current_gradient_accumulation_steps = 1
         trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         trainer._get_per_token_logps_and_entropies = lambda *a, **k: (
             policy,
-            torch.zeros_like(policy),
+            entropy,
             None,
         )
         inputs = {
@@ -213,6 +222,7 @@ def mlx_side(inputs: dict, case: dict) -> dict:
         mx.array(inputs["advantages"]),
         mask,
         policy_loss_settings(config),
+        entropy=mx.array(inputs["entropy"]),
     )
     named = {theirs: ours for theirs, ours in METRICS.items() if ours in metrics}
     return {"loss": loss.item(), **{k: metrics[v].item() for k, v in named.items()}}
