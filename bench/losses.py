@@ -152,6 +152,7 @@ class Result:
     figures: dict = field(default_factory=dict)
     failed: str = ""
     stderr_tail: list[str] = field(default_factory=list)
+    start: Result | None = None  # CPO: the same evaluation before training
 
 
 # ------------------------------------------------------------------ runs
@@ -226,14 +227,20 @@ def last(lines: list[dict], key: str):
     return values[-1] if values else None
 
 
-def preference_run(opts, family: str, name: str, flags: list[str], models, env):
-    """One `dpo` / `cpo` run from sft-fused; the final held-out evaluation's figures."""
-    run = opts.work / "runs" / family / name
+def preference_run(
+    opts, family: str, name: str, flags: list[str], models, env, start: bool = False
+):
+    """One `dpo` / `cpo` run from sft-fused; the final held-out evaluation's figures.
+
+    ``start``: one step at lr 1e-12 instead (the CLI takes no step 0 nor lr 0;
+    LoRA's B starts at 0, so the evaluated policy is sft-fused to ~1e-12).
+    """
+    run = opts.work / "runs" / family / (f"{name}-start" if start else name)
     fresh_dir(run)
-    steps = opts.steps
+    steps, lr = (1, "1e-12") if start else (opts.steps, "2e-4")
     args = [family, "--model", str(models / "sft-fused")]
     args += ["--data", str(models / "data" / "preference"), "--out", str(run)]
-    args += ["--steps", str(steps), "--batch-size", "8", "--learning-rate", "2e-4"]
+    args += ["--steps", str(steps), "--batch-size", "8", "--learning-rate", lr]
     args += [] if family == "cpo" else ["--beta", "0.1"]
     args += [*LORA, *COMMON, "--eval-every", str(steps), "--eval-batches", "-1"]
     args += ["--save-every", str(steps), "--log-every", "5", *flags]
@@ -335,21 +342,29 @@ def flags_cell(flags: list[str]) -> str:
     return f"`{shlex.join(flags)}`" if flags else "-"
 
 
+def val_figures(r: Result) -> list[str]:
+    """val acc, val margin, val loss; or FAILED and two dashes."""
+    if r.failed:
+        return [f"FAILED: {cell(r.failed)}", "-", "-"]
+    f = r.figures
+    return [
+        fmt(f["val_rewards/accuracies"]),
+        fmt(f["val_rewards/margins"]),
+        fmt(f["val_loss"], ".4f"),
+    ]
+
+
 def preference_table(results: list[Result]) -> list[str]:
     columns = ["loss", "flags", "steps", "val acc", "val margin", "val loss"]
+    starts = any(r.start for r in results)
+    if starts:
+        columns += ["start acc", "start margin", "start loss"]
     lines = table_head([*columns, "wall s"], left=2)
     for r in results:
-        f = r.figures
-        if r.failed:
-            figures = [f"FAILED: {cell(r.failed)}", "-", "-"]
-        else:
-            figures = [
-                fmt(f["val_rewards/accuracies"]),
-                fmt(f["val_rewards/margins"]),
-                fmt(f["val_loss"], ".4f"),
-            ]
-        row = [r.name, flags_cell(r.flags), str(r.steps), *figures, f"{r.wall_s:.0f}"]
-        lines.append("| " + " | ".join(row) + " |")
+        row = [r.name, flags_cell(r.flags), str(r.steps), *val_figures(r)]
+        if starts:
+            row += val_figures(r.start) if r.start else ["-"] * 3
+        lines.append("| " + " | ".join([*row, f"{r.wall_s:.0f}"]) + " |")
     return lines
 
 
@@ -371,9 +386,10 @@ def grpo_table(results: list[Result]) -> list[str]:
 def failures(results: dict[str, list[Result]]) -> list[str]:
     lines = []
     for family, rs in results.items():
-        for r in rs:
+        for r in [x for r in rs for x in (r, r.start) if x]:
             if r.failed:
-                lines += ["", f"`{family}` {r.name} (last lines of stderr):", "", "```"]
+                what = f"{r.name} (start)" if r.steps == 1 else r.name
+                lines += ["", f"`{family}` {what} (last lines of stderr):", "", "```"]
                 lines += r.stderr_tail or [r.failed]
                 lines.append("```")
     return ["", "### Failures", *lines] if lines else []
@@ -384,8 +400,8 @@ def failures(results: dict[str, list[Result]]) -> list[str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30, help="DPO / CPO steps per run")
-    p.add_argument("--grpo-steps", type=int, default=20, help="GRPO steps per run")
+    p.add_argument("--steps", type=int, default=40, help="DPO / CPO steps per run")
+    p.add_argument("--grpo-steps", type=int, default=30, help="GRPO steps per run")
     p.add_argument(
         "--only",
         choices=FAMILIES,
@@ -422,10 +438,19 @@ def main() -> None:
                 result = grpo_run(opts, name, flags, models, env)
             else:
                 result = preference_run(opts, family, name, flags, models, env)
+                if family == "cpo":
+                    result.start = preference_run(
+                        opts, family, name, flags, models, env, start=True
+                    )
             done.append(result)
             status = f"FAILED: {result.failed}" if result.failed else "ok"
+            wall = (
+                result.wall_s
+                + result.eval_s
+                + (result.start or result).wall_s * (result.start is not None)
+            )
             print(
-                f"{family} {name}: {status} ({result.wall_s + result.eval_s:.0f} s)",
+                f"{family} {name}: {status} ({wall:.0f} s)",
                 flush=True,
             )
     total = time.perf_counter() - start

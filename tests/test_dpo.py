@@ -540,7 +540,10 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
         piece_loss, _, _, grad = gradients(piece, mx.array(weight))
         total += weight * piece_loss.item()
         summed = grad if summed is None else tree_map(mx.add, summed, grad)
-    assert total == pytest.approx(loss.item(), abs=1e-6)
+    # The loss here is ~6.5e6 (random adapters against made-up reference
+    # log-probs): float32 holds it to ~0.5, so the pieces' sum is compared to
+    # a relative 1e-7, not an absolute 1e-6 that only bit-equal sums would meet.
+    assert total == pytest.approx(loss.item(), rel=1e-7, abs=1e-6)
     largest = max(mx.abs(g).max().item() for _, g in tree_flatten(expected))
     assert largest > 1e-3
     for (name, a), (_, b) in zip(

@@ -343,8 +343,10 @@ def weighted_dpo_losses(
 ) -> mx.array:
     """Σ_k w_k · loss_k(pair), (B,): TRL's ``loss_type`` list with
     ``loss_weights``. Each loss gets the ``settings`` its signature names."""
-    total = mx.zeros(pair.policy_chosen.shape)
+    total = None
     for name, weight in losses:
         taken = {s: settings[s] for s in dpo_loss_settings(name)}
-        total = total + weight * DPO_LOSSES[name](pair, beta, **taken)
+        term = DPO_LOSSES[name](pair, beta, **taken)
+        term = term if weight == 1.0 else weight * term
+        total = term if total is None else total + term
     return total
