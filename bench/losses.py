@@ -386,7 +386,7 @@ def grpo_table(results: list[Result]) -> list[str]:
 def failures(results: dict[str, list[Result]]) -> list[str]:
     lines = []
     for family, rs in results.items():
-        for r in [x for r in rs for x in (r, r.start) if x]:
+        for r in [x for run in rs for x in (run, run.start) if x]:
             if r.failed:
                 what = f"{r.name} (start)" if r.steps == 1 else r.name
                 lines += ["", f"`{family}` {what} (last lines of stderr):", "", "```"]
@@ -418,6 +418,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def one_run(opts, family: str, name: str, flags: list[str], models, env) -> Result:
+    """One loss's run (CPO: and its start), with a progress line."""
+    if family == "grpo":
+        result = grpo_run(opts, name, flags, models, env)
+    else:
+        result = preference_run(opts, family, name, flags, models, env)
+        if family == "cpo":
+            start = preference_run(opts, family, name, flags, models, env, start=True)
+            result.start = start
+    wall = result.wall_s + result.eval_s + (result.start.wall_s if result.start else 0)
+    status = f"FAILED: {result.failed}" if result.failed else "ok"
+    print(f"{family} {name}: {status} ({wall:.0f} s)", flush=True)
+    return result
+
+
 def main() -> None:
     opts = parse_args()
     families = [f for f in FAMILIES if f in (opts.only or FAMILIES)]
@@ -434,25 +449,7 @@ def main() -> None:
         if family == "grpo":
             done.append(grpo_baseline(opts, models, env))
         for name, flags in runs[family]:
-            if family == "grpo":
-                result = grpo_run(opts, name, flags, models, env)
-            else:
-                result = preference_run(opts, family, name, flags, models, env)
-                if family == "cpo":
-                    result.start = preference_run(
-                        opts, family, name, flags, models, env, start=True
-                    )
-            done.append(result)
-            status = f"FAILED: {result.failed}" if result.failed else "ok"
-            wall = (
-                result.wall_s
-                + result.eval_s
-                + (result.start or result).wall_s * (result.start is not None)
-            )
-            print(
-                f"{family} {name}: {status} ({wall:.0f} s)",
-                flush=True,
-            )
+            done.append(one_run(opts, family, name, flags, models, env))
     total = time.perf_counter() - start
     text = [
         f"# Every loss type on the capstone's model ({machine('openblas', (load_before, os.getloadavg()[0]))})",

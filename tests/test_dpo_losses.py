@@ -370,6 +370,9 @@ def test_several_losses_from_a_config_file(tmp_path):
     path.write_text("loss: [sigmoid, sft]\nloss_weights: '1.0,0.5'\n")
     config = build_config(DPOConfig, {"model": "m", "data": "d"}, str(path))
     assert config.loss == ("sigmoid", "sft")
+    path.write_text("loss: []\n")
+    with pytest.raises(UserError, match="--loss: at least one loss type"):
+        build_config(DPOConfig, {"model": "m", "data": "d"}, str(path))
     path.write_text("loss: [sigmoid, nope]\n")
     with pytest.raises(UserError, match="'nope' is not one of sigmoid, hinge"):
         build_config(DPOConfig, {"model": "m", "data": "d"}, str(path))

@@ -107,6 +107,8 @@ def dpo_loss_settings_fit(config: DPOLossSettings) -> tuple[str, str] | None:
     )
 
     names = config.loss
+    if not names:
+        return "--loss", "at least one loss type is needed"
     problem = weights_problem(
         "--loss-weights", config.loss_weights, names, "--loss", "losses"
     )
