@@ -395,6 +395,29 @@ def failures(results: dict[str, list[Result]]) -> list[str]:
     return ["", "### Failures", *lines] if lines else []
 
 
+def report(opts, models: Path, results, total: float, load) -> str:
+    """The tables (one per family) under a header, failures quoted below."""
+    text = [
+        "# Every loss type on the capstone's model",
+        "",
+        f"{machine('openblas', load)}. Models: `{models}`; runs: "
+        f"`{opts.work / 'runs'}`; {total:.0f} s for the runs (model build not "
+        "included).",
+    ]
+    held_out = "held-out = valid.jsonl (200 pairs)"
+    titles = {
+        "dpo": f"`mlx-align dpo` from sft-fused, {opts.steps} steps, {held_out}",
+        "cpo": f"`mlx-align cpo` from sft-fused, {opts.steps} steps, {held_out}; "
+        "start = the same evaluation after one step at lr 1e-12",
+        "grpo": f"`mlx-align grpo` from dpo-fused, {opts.grpo_steps} steps x 2 "
+        "iterations, held-out = eval-math on grpo/test.jsonl (greedy, 64 tokens)",
+    }
+    for family, rs in results.items():
+        table = grpo_table(rs) if family == "grpo" else preference_table(rs)
+        text += ["", f"## {titles[family]}", "", *table]
+    return "\n".join(text + failures(results))
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -451,25 +474,11 @@ def main() -> None:
         for name, flags in runs[family]:
             done.append(one_run(opts, family, name, flags, models, env))
     total = time.perf_counter() - start
-    text = [
-        f"# Every loss type on the capstone's model ({machine('openblas', (load_before, os.getloadavg()[0]))})",
-        "",
-        f"Models: `{models}`; runs: `{opts.work / 'runs'}`; "
-        f"{total:.0f} s for the runs (model build not included).",
-    ]
-    titles = {
-        "dpo": f"`mlx-align dpo` from sft-fused, {opts.steps} steps, held-out = valid.jsonl (200 pairs)",
-        "cpo": f"`mlx-align cpo` from sft-fused, {opts.steps} steps, held-out = valid.jsonl (200 pairs)",
-        "grpo": f"`mlx-align grpo` from dpo-fused, {opts.grpo_steps} steps x 2 iterations, "
-        "held-out = eval-math on grpo/test.jsonl",
-    }
-    for family, rs in results.items():
-        table = grpo_table(rs) if family == "grpo" else preference_table(rs)
-        text += ["", f"## {titles[family]}", "", *table]
-    text += failures(results)
-    print("\n".join(text))
+    load = (load_before, os.getloadavg()[0])
+    text = report(opts, models, results, total, load)
+    print(text)
     suffix = "" if families == list(FAMILIES) else "-" + "-".join(families)
-    write_results(RESULTS_DIR / f"losses{suffix}.md", "\n".join(text))
+    write_results(RESULTS_DIR / f"losses{suffix}.md", text)
     print(f"total wall: {total:.0f} s")
 
 

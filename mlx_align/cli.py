@@ -272,7 +272,15 @@ def kto_command(config: KTOConfig) -> None:
     "Examples:\n\n  mlx-align grpo --model runs/sft-fused --data data/grpo --out runs/grpo --reward math\n\n"
     "  mlx-align grpo --model M --data D --out R --reward math --reward format --reward-weights 1.0,0.2\n\n"
     "  mlx-align grpo --model M --data D --out R --reward my_pkg.rewards:length_penalty --iterations 2 "
-    "--epsilon-high 0.28 --loss dapo --scale-rewards none",
+    "--epsilon-high 0.28 --loss dapo --scale-rewards none\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --loss grpo "
+    "--importance-sampling-level sequence   # GSPO\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --loss cispo --epsilon-high 5.0\n\n"
+    "Defaults are TRL 1.16's GRPOConfig's (loss dapo, G = 8, β = 0, ε = 0.2, "
+    "temperature 1.0, 256 new tokens) except: --learning-rate 1e-5 (TRL's 1e-6, "
+    "for full fine-tuning; LoRA wants more), --batch-size counts prompts (TRL's "
+    "per_device_train_batch_size counts completions), and the advantages' std is a "
+    "population std (TRL's is unbiased).",
 )
 def grpo_command(config: GRPOConfig) -> None:
     """Group relative policy optimisation with verifiable rewards (no reward model, no critic)."""
