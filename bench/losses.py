@@ -11,7 +11,7 @@ The models are the capstone's own, built once by the Makefile into
 
 (data, pretraining, LoRA SFT, reward model, DPO; ~10 min on 2 CPUs). Then one
 run per loss, each with the CLI as a subprocess into WORK/runs/FAMILY/NAME
-(stdout.log, stderr.log, metrics.jsonl):
+(train.cmd, train.stdout.log, train.stderr.log, metrics.jsonl):
 
 - DPO (16 runs: the 15 ``--loss`` types and one weighted sum, MPO) and CPO
   (5: sigmoid, hinge, ipo, SimPO, AlphaPO) from ``sft-fused`` on the
@@ -29,9 +29,11 @@ run per loss, each with the CLI as a subprocess into WORK/runs/FAMILY/NAME
   chosen reward is strictly above the rejected one), ``val_rewards/margins``
   and ``val_loss``. DPO's rewards are β·(log π − log π_ref); at step 0 policy ==
   reference, so every margin is 0 and the accuracy 0: any figure above is
-  learned. CPO's rewards are β·(mean or summed) log π with no reference, so its
-  figures do not start at 0 (the sft-fused model already prefers the short
-  plain answers); read its rows against each other, not against DPO's.
+  learned. CPO's rewards are β·log π (summed; ipo and simpo: per-token mean;
+  alphapo: (1 − p^(−α))/α) with no reference, so its figures do not start at
+  0: each CPO run has a "start" run beside it, the same command for one step
+  at lr 1e-12 (the CLI takes neither 0 steps nor lr 0; LoRA's B starts at 0,
+  so that evaluation is sft-fused's own), and the table gives both.
 
 - GRPO (8 runs: grpo bnpo dr_grpo dapo cispo sapo luspo vespo) from
   ``dpo-fused`` on the capstone's math questions, with the Makefile's GRPO

@@ -13,6 +13,27 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+# One case per DPO loss type of TRL 1.16 (with the setting it needs), and a
+# weighted sum: what every DPO parity script checks, before its own extras.
+DPO_CASES = [
+    {"loss_type": ["sigmoid"]},
+    {"loss_type": ["hinge"]},
+    {"loss_type": ["ipo"]},
+    {"loss_type": ["exo_pair"], "label_smoothing": 1e-3},
+    {"loss_type": ["nca_pair"]},
+    {"loss_type": ["robust"], "label_smoothing": 0.1},
+    {"loss_type": ["bco_pair"]},
+    {"loss_type": ["sppo_hard"]},
+    {"loss_type": ["aot"]},
+    {"loss_type": ["aot_unpaired"]},
+    {"loss_type": ["apo_zero"]},
+    {"loss_type": ["apo_down"]},
+    {"loss_type": ["discopop"]},
+    {"loss_type": ["sft"]},
+    {"loss_type": ["sigmoid_norm"]},
+    {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+]
+
 HEADER = "| loss_type | settings | TRL loss | mlx-align loss | max abs diff (loss, metrics) |"  # fmt: skip
 
 
@@ -48,3 +69,11 @@ def print_table(title: str, cases: list[dict], theirs_all: list[dict], ours_of: 
         )
     print()
     return worst
+
+
+def compare(tables: list[tuple], tolerance: float) -> int:
+    """``print_table`` for each (title, cases, TRL's values, ours_of); 0 when the
+    largest difference is within ``tolerance``, else 1."""
+    worst = max(print_table(*table) for table in tables)
+    print(f"largest difference: {worst:.1e} (tolerance {tolerance:g})")
+    return 0 if worst <= tolerance else 1

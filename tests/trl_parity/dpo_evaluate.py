@@ -37,25 +37,10 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table, trl_values  # noqa: E402
+from common import DPO_CASES, compare, trl_values  # noqa: E402
 
 CASES = [
-    {"loss_type": ["sigmoid"]},
-    {"loss_type": ["hinge"]},
-    {"loss_type": ["ipo"]},
-    {"loss_type": ["exo_pair"], "label_smoothing": 1e-3},
-    {"loss_type": ["nca_pair"]},
-    {"loss_type": ["robust"], "label_smoothing": 0.1},
-    {"loss_type": ["bco_pair"]},
-    {"loss_type": ["sppo_hard"]},
-    {"loss_type": ["aot"]},
-    {"loss_type": ["aot_unpaired"]},
-    {"loss_type": ["apo_zero"]},
-    {"loss_type": ["apo_down"]},
-    {"loss_type": ["discopop"]},
-    {"loss_type": ["sft"]},
-    {"loss_type": ["sigmoid_norm"]},
-    {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
+    *DPO_CASES,
     {"loss_type": ["sigmoid"], "f_divergence_type": "js_divergence"},
     {"loss_type": ["sigmoid"], "ld_alpha": 0.5},
     {"loss_type": ["ipo"], "ld_alpha": 0.3},
@@ -194,14 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     job = {"base": str(base), "policy": str(policy), "data": str(data), "cases": CASES}
     job["same_head"] = not args.trl_reference_head
     trl = trl_values(args.trl_python, __file__, job)
-    worst = print_table(
-        "DPO evaluate (DPOTrainer.evaluate vs mlx-align dpo's val_*)",
-        CASES,
-        trl,
-        lambda case: mlx_side(base, policy, data, work, case),
-    )
-    print(f"largest difference: {worst:.1e} (tolerance 1e-4)")
-    return 0 if worst <= 1e-4 else 1
+    title = "DPO evaluate (DPOTrainer.evaluate vs mlx-align dpo's val_*)"
+    ours = lambda case: mlx_side(base, policy, data, work, case)  # noqa: E731
+    return compare([(title, CASES, trl, ours)], tolerance=1e-4)
 
 
 if __name__ == "__main__":

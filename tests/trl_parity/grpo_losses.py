@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import print_table, trl_values  # noqa: E402
+from common import compare, trl_values  # noqa: E402
 
 MAX_COMPLETION = 10
 CASES = [
@@ -260,21 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     inputs = draw_inputs(args.completions, args.seed)
     job = {"inputs": inputs, "cases": CASES, "rloo_cases": RLOO_CASES}
     trl = trl_values(args.trl_python, __file__, job)
-    worst = print_table(
-        "GRPO (GRPOTrainer._compute_loss)",
-        CASES,
-        trl["grpo"],
-        lambda c: mlx_side(inputs, c),
-    )
-    rloo = print_table(
-        "RLOO (RLOOTrainer._compute_loss)",
-        RLOO_CASES,
-        trl["rloo"],
-        lambda c: rloo_mlx_side(inputs, c),
-    )
-    worst = max(worst, rloo)
-    print(f"largest difference: {worst:.1e} (tolerance 1e-5)")
-    return 0 if worst <= 1e-5 else 1
+    return compare(
+        [
+            ("GRPO (GRPOTrainer._compute_loss)", CASES, trl["grpo"], lambda c: mlx_side(inputs, c)),
+            ("RLOO (RLOOTrainer._compute_loss)", RLOO_CASES, trl["rloo"], lambda c: rloo_mlx_side(inputs, c)),
+        ],
+        tolerance=1e-5,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":
