@@ -12,7 +12,7 @@ from __future__ import annotations
 import mlx.core as mx
 
 from mlx_align.losses.dpo import smoothed_sigmoid
-from mlx_align.losses.preference import Metrics
+from mlx_align.losses.preference import Metrics, reward_metrics
 
 # TRL's CPO ``loss_type``s; ``alphapo`` is ``simpo`` without the NLL term.
 CPO_LOSSES = ("sigmoid", "hinge", "ipo", "simpo", "alphapo")
@@ -69,14 +69,5 @@ def cpo_loss(
         losses = (logits - 1.0 / (2.0 * beta)) ** 2
     else:
         raise ValueError(f"unknown CPO loss {loss_type!r}: one of {CPO_LOSSES}")
-    chosen_rewards = beta * mx.stop_gradient(chosen)
-    rejected_rewards = beta * mx.stop_gradient(rejected)
-    metrics = {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32),
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": mx.stop_gradient(chosen_logps),
-        "logps/rejected": mx.stop_gradient(rejected_logps),
-    }
+    metrics = reward_metrics(beta, chosen, rejected, chosen_logps, rejected_logps)
     return losses, metrics

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import mlx.core as mx
 
-from mlx_align.losses.preference import Metrics, log_sigmoid
+from mlx_align.losses.preference import Metrics, log_sigmoid, reward_metrics
 
 # The settings a loss may take besides ``pair`` and ``beta``, by keyword.
 LOSS_SETTINGS = ("label_smoothing", "discopop_tau")
@@ -122,16 +122,13 @@ class DPOPair(NamedTuple):
 def dpo_metrics(pair: DPOPair, beta: float) -> Metrics:
     """TRL's DPO metrics, the same for every loss: β·r as ``rewards/*``, their
     margin and accuracy (strict >), the policy's summed log-probs as ``logps/*``."""
-    chosen_rewards = beta * mx.stop_gradient(pair.chosen_logratios)
-    rejected_rewards = beta * mx.stop_gradient(pair.rejected_logratios)
-    return {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32),
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": mx.stop_gradient(pair.policy_chosen),
-        "logps/rejected": mx.stop_gradient(pair.policy_rejected),
-    }
+    return reward_metrics(
+        beta,
+        pair.chosen_logratios,
+        pair.rejected_logratios,
+        pair.policy_chosen,
+        pair.policy_rejected,
+    )
 
 
 def smoothed_sigmoid(logits: mx.array, label_smoothing: float) -> mx.array:

@@ -25,6 +25,28 @@ def log_sigmoid(x: mx.array) -> mx.array:
     return -mx.logaddexp(0.0, -x)
 
 
+def reward_metrics(
+    beta: float,
+    chosen: mx.array,
+    rejected: mx.array,
+    chosen_logps: mx.array,
+    rejected_logps: mx.array,
+) -> Metrics:
+    """TRL's pair metrics, without gradient: ``rewards/chosen`` = β·``chosen``
+    (a stage's implicit reward), ``rewards/rejected``, their margin and
+    accuracy (strict >), and ``logps/chosen`` / ``logps/rejected``; (B,) each."""
+    chosen_rewards = beta * mx.stop_gradient(chosen)
+    rejected_rewards = beta * mx.stop_gradient(rejected)
+    return {
+        "rewards/chosen": chosen_rewards,
+        "rewards/rejected": rejected_rewards,
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32),
+        "rewards/margins": chosen_rewards - rejected_rewards,
+        "logps/chosen": mx.stop_gradient(chosen_logps),
+        "logps/rejected": mx.stop_gradient(rejected_logps),
+    }
+
+
 def bt_loss(
     chosen_rewards: mx.array,
     rejected_rewards: mx.array,
@@ -88,15 +110,9 @@ def orpo_loss(
     log_odds = _log_odds(chosen_mean_logps) - _log_odds(rejected_mean_logps)  # (B,)
     log_odds_ratio = log_sigmoid(log_odds)  # (B,)
     losses = chosen_nll - beta * log_odds_ratio  # (B,)
-    chosen_rewards = beta * mx.stop_gradient(chosen_mean_logps)  # (B,)
-    rejected_rewards = beta * mx.stop_gradient(rejected_mean_logps)  # (B,)
+    means = (chosen_mean_logps, rejected_mean_logps)
     metrics = {
-        "rewards/chosen": chosen_rewards,
-        "rewards/rejected": rejected_rewards,
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).astype(mx.float32),
-        "rewards/margins": chosen_rewards - rejected_rewards,
-        "logps/chosen": mx.stop_gradient(chosen_mean_logps),
-        "logps/rejected": mx.stop_gradient(rejected_mean_logps),
+        **reward_metrics(beta, *means, *means),
         "nll_loss": mx.stop_gradient(chosen_nll),
         "log_odds_ratio": mx.stop_gradient(log_odds_ratio),
         "log_odds_chosen": mx.stop_gradient(log_odds),
