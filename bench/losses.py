@@ -9,7 +9,7 @@ The models are the capstone's own, built once by the Makefile into
 
     make -C . OUT=WORK/capstone WORK/capstone/dpo-fused/config.json
 
-(data, pretraining, LoRA SFT, reward model, DPO; ~10 min on 2 CPUs). Then one
+(data, pretraining, LoRA SFT, reward model, DPO; ~9 min on 2 CPUs). Then one
 run per loss, each with the CLI as a subprocess into WORK/runs/FAMILY/NAME
 (train.cmd, train.stdout.log, train.stderr.log, metrics.jsonl):
 
@@ -35,7 +35,8 @@ run per loss, each with the CLI as a subprocess into WORK/runs/FAMILY/NAME
   at lr 1e-12 (the CLI takes neither 0 steps nor lr 0; LoRA's B starts at 0,
   so that evaluation is sft-fused's own), and the table gives both.
 
-- GRPO (8 runs: grpo bnpo dr_grpo dapo cispo sapo luspo vespo) from
+- GRPO (8 runs: grpo bnpo dr_grpo dapo cispo sapo luspo vespo, and
+  ``mlx-align rloo`` with the same flags) from
   ``dpo-fused`` on the capstone's math questions, with the Makefile's GRPO
   flags::
 
@@ -59,9 +60,12 @@ run per loss, each with the CLI as a subprocess into WORK/runs/FAMILY/NAME
 A run that exits non-zero (or outlives ``--timeout``) shows as ``FAILED:`` and
 its stderr's last line; the last lines of its stderr are quoted under the
 tables. Wall seconds are the whole subprocess (start, loading, reference pass,
-compile, training, evaluation, saving).
+compile, training, evaluation, saving; CPO: the trained run, not its start;
+GRPO: training, then fuse + eval-math apart). DPO's reference log-probs are
+cached in WORK/cache (``MLX_ALIGN_CACHE``), so only the first DPO run of a
+fresh work dir pays the reference pass (~5 s).
 
-    .venv/bin/python bench/losses.py                     # all 29 runs (~20-25 min on 2 CPUs, models built)
+    .venv/bin/python bench/losses.py                     # all 29 runs (~9-12 min on 2 CPUs once the models are built)
     .venv/bin/python bench/losses.py --only grpo --grpo-steps 10
     .venv/bin/python bench/losses.py --only dpo --only cpo --steps 60
 
@@ -140,6 +144,7 @@ GRPO_CASES: list[tuple[str, list[str]]] = [
     ("vespo", []),
 ]
 GRPO_RUNS = [(name, ["--loss", name, *flags]) for name, flags in GRPO_CASES]
+GRPO_RUNS.append(("rloo", []))  # `mlx-align rloo` on the same rollouts and flags
 
 
 @dataclass
@@ -290,7 +295,8 @@ def grpo_run(opts, name: str, flags: list[str], models: Path, env: dict) -> Resu
     fresh_dir(run)
     steps = opts.grpo_steps
     data = models / "data" / "grpo"
-    args = ["grpo", "--model", str(models / "dpo-fused"), "--data", str(data)]
+    command = "rloo" if name == "rloo" else "grpo"
+    args = [command, "--model", str(models / "dpo-fused"), "--data", str(data)]
     args += ["--out", str(run), "--reward", "math", "--reward", "format"]
     args += ["--reward-weights", "1.0,0.1", "--steps", str(steps), "--iterations", "2"]
     args += ["--batch-size", "4", "--group-size", "8", "--max-completion-tokens", "48"]
@@ -397,12 +403,26 @@ def failures(results: dict[str, list[Result]]) -> list[str]:
     return ["", "### Failures", *lines] if lines else []
 
 
-def report(opts, models: Path, results, total: float, load) -> str:
+def code_version() -> str:
+    """HEAD's short hash, and whether mlx_align/ differs from it (another
+    process editing the package while the runs go would show here)."""
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+    dirty = subprocess.run(
+        [*git, "status", "--porcelain", "mlx_align"], capture_output=True
+    )
+    if head.returncode != 0:
+        return "code: not a git checkout"
+    edits = " + uncommitted edits in mlx_align/" if dirty.stdout.strip() else ""
+    return f"code: {head.stdout.decode().strip()}{edits}"
+
+
+def report(opts, models: Path, results, total: float, load, code: str) -> str:
     """The tables (one per family) under a header, failures quoted below."""
     text = [
         "# Every loss type on the capstone's model",
         "",
-        f"{machine('openblas', load)}. Models: `{models}`; runs: "
+        f"{machine('openblas', load)}; {code}. Models: `{models}`; runs: "
         f"`{opts.work / 'runs'}`; {total:.0f} s for the runs (model build not "
         "included).",
     ]
@@ -465,7 +485,7 @@ def main() -> None:
     # The reference log-probs (DPO) are cached with the runs, not in ~/.cache.
     env["MLX_ALIGN_CACHE"] = str(opts.work / "cache")
     models = capstone_models(opts, env)
-    load_before = os.getloadavg()[0]
+    load_before, code = os.getloadavg()[0], code_version()
     start = time.perf_counter()
     results: dict[str, list[Result]] = {}
     runs = {"dpo": DPO_RUNS, "cpo": CPO_RUNS, "grpo": GRPO_RUNS}
@@ -477,7 +497,9 @@ def main() -> None:
             done.append(one_run(opts, family, name, flags, models, env))
     total = time.perf_counter() - start
     load = (load_before, os.getloadavg()[0])
-    text = report(opts, models, results, total, load)
+    if (after := code_version()) != code:
+        code = f"{code} at the start, {after.removeprefix('code: ')} at the end"
+    text = report(opts, models, results, total, load, code)
     print(text)
     suffix = "" if families == list(FAMILIES) else "-" + "-".join(families)
     write_results(RESULTS_DIR / f"losses{suffix}.md", text)
