@@ -389,6 +389,52 @@ def test_ld_dpo_weighs_the_tokens_past_the_shorter_completion(
     np.testing.assert_allclose(np.array(plain), per_token.sum(axis=1), atol=1e-4)
 
 
+@pytest.mark.parametrize("layout", ["shared", "packed"])
+def test_wpo_alignment_term_is_the_same_in_every_layout(layout, tiny_model, pref_dir):
+    """log Σ_v π(v)² at each completion position, from the full rows' own
+    logits by hand, equals what the shared-prompt and packed layouts compute
+    (with the log-probs), so WPO weighs alike whatever the layout."""
+    from mlx_align.batches.layouts import pair_token_logps
+    from mlx_align.model.logprobs import log_sum_sq_stat
+
+    model, batches = batch_of(tiny_model, pref_dir)
+    if layout == "packed":
+        from mlx_align.batches.packing import enable_packing
+
+        enable_packing(model)
+    indices = batches.plan.batches[0][:3]
+    full = batches.full(indices)
+    logits = model(full.tokens[:, :-1]).astype(mx.float32)
+    probs = mx.softmax(logits, axis=-1)
+    mask = full.loss_mask[:, 1:]
+    by_hand = mx.log((probs * probs).sum(axis=-1)) * mask  # (2B, T-1)
+    _, full_mask, full_stat = pair_token_logps(full, model, log_sum_sq_stat)
+    np.testing.assert_allclose(np.array(full_stat), np.array(by_hand), atol=1e-5)
+    per_token, other_mask, stat = pair_token_logps(
+        batches.inputs(indices, layout), model, log_sum_sq_stat
+    )
+    # per completion, the statistics in order, whatever the padding
+    for row in range(full_mask.shape[0]):
+        expected = np.array(by_hand[row])[np.array(full_mask[row]) > 0]
+        got = np.array(stat[row])[np.array(other_mask[row]) > 0]
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+
+def test_wpo_scales_the_first_loss_by_the_pairs_weights(tiny_model, pref_dir, tmp_path):
+    """--use-weighting: at step 1 (policy == reference) every pair's loss is
+    ln 2 · w_c · w_r with weights in (0, 1], so the logged loss is below ln 2
+    (without it, exactly ln 2), and training still widens the margin."""
+    runs = {}
+    for weighting in (False, True):
+        out = tmp_path / f"wpo-{weighting}"
+        settings = dict(steps=10, log_every=1, use_weighting=weighting)
+        run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, out, **settings)))
+        runs[weighting] = [m for m in metrics_of(out) if "loss" in m]
+    assert runs[False][0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+    assert 0 < runs[True][0]["loss"] < math.log(2) - 1e-3
+    assert runs[True][-1]["rewards/margins"] > runs[True][0]["rewards/margins"] + 0.05
+
+
 def test_ld_dpo_trains_with_its_own_cached_reference(tiny_model, tmp_path):
     """The reference is cached LD-weighted, under its own key (a run with α = 1
     on the same data does not reuse it), and the margin rises from 0."""

@@ -357,6 +357,7 @@ def test_weighted_losses_sum_each_with_its_weight():
         ({"ld_alpha": 0.5, "loss": ("sigmoid", "sft")}, "--ld-alpha: the sft term"),
         ({"ld_alpha": 0.5, "sft_weight": 1.0}, "--ld-alpha: the sft term"),
         ({"ld_alpha": 1.5}, "--ld-alpha: must be in \\[0, 1\\]"),
+        ({"loss": ("aot",), "use_weighting": True}, "--use-weighting: aot sorts"),
     ],
 )
 def test_loss_settings_that_clash_are_refused(flags, message):
@@ -389,3 +390,25 @@ def test_several_losses_from_a_config_file(tmp_path):
 def test_cpo_settings_that_clash_are_refused(flags, message):
     with pytest.raises(UserError, match=message):
         build_config(CPOConfig, {"model": "m", "data": "d", **flags}, None)
+
+
+# --- WPO -------------------------------------------------------------------------
+
+
+def test_wpo_weights_by_hand():
+    """Two tokens drawn from p = (0.75, 0.25): log Σ p² = log 0.625 = −0.470004
+    at both positions. Completion (token 0, token 1): mean log π = (log 0.75 +
+    log 0.25)/2 = −0.836988; weight exp(−0.836988 + 0.470004) = 0.692820. A
+    uniform 4-way distribution: log Σ p² = log ¼ = −1.386294."""
+    from mlx_align.losses.dpo import wpo_weights
+    from mlx_align.model.logprobs import distribution_stat, log_sum_sq_stat
+
+    logits = mx.array([[math.log(3.0), 0.0], [0.0, 0.0]])
+    sum_sq = distribution_stat(logits, log_sum_sq_stat)
+    assert_close(sum_sq, [math.log(0.625), math.log(0.5)])
+    uniform = distribution_stat(mx.zeros((1, 4)), log_sum_sq_stat)
+    assert_close(uniform, [-1.386294])
+    per_token = mx.array([[math.log(0.75), math.log(0.25), 0.0]])
+    log_sum_sq = mx.array([[math.log(0.625), math.log(0.625), 0.0]])
+    mask = mx.array([[1.0, 1.0, 0.0]])
+    assert_close(wpo_weights(per_token, log_sum_sq, mask), [0.692820])

@@ -36,7 +36,13 @@ from mlx_align.batches.packing import (
 )
 from mlx_align.batches.planning import pad_examples
 from mlx_align.data.tokenize import Encoded
-from mlx_align.model.logprobs import sequence_logps, sequence_logps_and_entropy
+from mlx_align.model.logprobs import (
+    TokenStat,
+    entropy_stat,
+    sequence_logps,
+    sequence_logps_and_entropy,
+    sequence_logps_and_stat,
+)
 from mlx_align.model.shared_prompts import (
     grouped_completion_logps,
     supports_shared_prompts,
@@ -146,7 +152,7 @@ class SharedPrompt(NamedTuple):
         self, model: nn.Module
     ) -> tuple[mx.array, mx.array, mx.array]:
         """``token_logps`` and each scored position's entropy (no gradient), as ``FullRows``'."""
-        per_token, entropy = grouped_completion_logps(model, *self, entropy=True)
+        per_token, entropy = grouped_completion_logps(model, *self, stat=entropy_stat)
         return per_token, self.completion_mask, entropy
 
     def logps(self, model: nn.Module) -> tuple[mx.array, mx.array]:
@@ -189,32 +195,56 @@ class Packed(NamedTuple):
 Layout = FullRows | SharedPrompt | Packed
 
 
-def pair_logps(
-    inputs: Layout, model: nn.Module, ld_alpha: float = 1.0
-) -> tuple[mx.array, mx.array]:
-    """(summed log-probs, lengths) of 2B pair completions in slot order (chosen
-    first), each token past the pair's shared length weighted by ``ld_alpha``.
+def pair_token_logps(
+    inputs: Layout, model: nn.Module, stat: TokenStat | None = None
+) -> tuple[mx.array, mx.array, mx.array | None]:
+    """Per-token log-probs, mask, and with ``stat`` that statistic of each
+    position's distribution (no gradient; else None), of 2B pair completions
+    in slot order (chosen first), (2B, L) each, 0 off the completions."""
+    if isinstance(inputs, Packed):
+        targets, mask, stats = packed_target_logps(model, inputs, stat)  # (S, T)
+        spread = lambda per_target: mask * per_target[None, :]  # noqa: E731
+        return spread(targets), mask, stats if stats is None else spread(stats)
+    if isinstance(inputs, SharedPrompt):
+        out = grouped_completion_logps(model, *inputs, stat=stat)
+        per_token, stats = out if stat else (out, None)
+        order = inputs.slot_order
+        return order(per_token), order(inputs.completion_mask), stats if stats is None else order(stats)  # fmt: skip
+    if stat:
+        return sequence_logps_and_stat(model, inputs.tokens, inputs.loss_mask, stat)[:3]
+    per_token, _, mask = sequence_logps(model, inputs.tokens, inputs.loss_mask)
+    return per_token, mask, None
+
+
+def ld_sums(per_token: mx.array, mask: mx.array, ld_alpha: float) -> mx.array:
+    """Summed log-probs of 2B pair completions (slot order), each token past the
+    pair's shared length weighted by ``ld_alpha``, (2B,).
 
     LD-DPO (Liu et al. 2024, "Length Desensitization in Direct Preference
     Optimization", eq. 9), as TRL's ``ld_alpha``: of two completions of
     lengths l_c and l_r, the first min(l_c, l_r) tokens count fully, the
-    longer one's rest α times. α = 1 is the plain sum (``inputs.logps``).
+    longer one's rest α times. α = 1 is the plain sum.
     """
-    if ld_alpha == 1.0:
-        return inputs.logps(model)
-    if isinstance(inputs, Packed):
-        targets, mask = packed_target_logps(model, inputs)  # (T,), (S, T)
-        per_token = mask * targets[None, :]  # (S, T)
-    else:
-        per_token, mask = inputs.token_logps(model)
-        if isinstance(inputs, SharedPrompt):
-            per_token, mask = inputs.slot_order(per_token), inputs.slot_order(mask)
     mask = mask.astype(per_token.dtype)
+    if ld_alpha == 1.0:
+        return (per_token * mask).sum(axis=-1)
     lengths = mask.sum(axis=-1)  # (2B,)
     shared = mx.tile(mx.minimum(*mx.split(lengths, 2)), 2)  # (2B,)
     position = mx.cumsum(mask, axis=-1) * mask  # 1-based, 0 off the completion
     weights = mx.where(position <= shared[:, None], 1.0, ld_alpha) * mask
-    return (per_token * weights).sum(axis=-1), lengths
+    return (per_token * weights).sum(axis=-1)
+
+
+def pair_logps(
+    inputs: Layout, model: nn.Module, ld_alpha: float = 1.0
+) -> tuple[mx.array, mx.array]:
+    """(summed log-probs, lengths) of 2B pair completions in slot order, LD-DPO-
+    weighted past each pair's shared length (``ld_sums``); α = 1 is
+    ``inputs.logps``."""
+    if ld_alpha == 1.0:
+        return inputs.logps(model)
+    per_token, mask, _ = pair_token_logps(inputs, model)
+    return ld_sums(per_token, mask, ld_alpha), mask.sum(axis=-1)
 
 
 LAYOUTS: dict[str, type] = {"full": FullRows, "shared": SharedPrompt, "packed": Packed}

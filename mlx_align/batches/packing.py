@@ -30,7 +30,13 @@ import mlx.nn as nn
 import numpy as np
 
 from mlx_align.batches.planning import bucket_for, bucket_lengths
-from mlx_align.model.logprobs import generation_logps, head_logps, vocab_size
+from mlx_align.model.logprobs import (
+    TokenStat,
+    generation_logps,
+    head_logps,
+    head_logps_and_stat,
+    vocab_size,
+)
 from mlx_align.model.probes import differs, probe_tokens, probed
 from mlx_align.model.shared_prompts import supports_shared_prompts
 
@@ -230,16 +236,22 @@ def packed_completion_logps(
     predict a completion token. Equal to scoring each prompt + completion
     row on its own (tested).
     """
-    logps, membership = packed_target_logps(model, packed)
+    logps, membership, _ = packed_target_logps(model, packed)
     return membership @ logps, membership.sum(axis=-1)
 
 
-def packed_target_logps(model: nn.Module, packed: tuple) -> tuple[mx.array, mx.array]:
-    """Log-probs of the T completion targets, (T,), and which slot holds each,
-    the (S, T) ``membership`` (a slot's targets in order along T)."""
+def packed_target_logps(
+    model: nn.Module, packed: tuple, stat: TokenStat | None = None
+) -> tuple[mx.array, mx.array, mx.array | None]:
+    """Log-probs of the T completion targets, (T,), which slot holds each, the
+    (S, T) ``membership`` (a slot's targets in order along T), and with
+    ``stat`` that statistic of each target's distribution (T,) (else None)."""
     tokens, positions, tree_ids, branches, sources, targets, membership = packed
     enable_packing(model)
     caches = [PackedCache(positions, tree_ids, branches) for _ in model.model.layers]
     hidden = model.model(tokens, cache=caches)  # (R, W, D)
     hidden = hidden.reshape(-1, hidden.shape[-1])[sources]  # (T, D)
-    return head_logps(model, hidden, targets), membership  # (T,), (S, T)
+    if stat:
+        logps, stats = head_logps_and_stat(model, hidden, targets, stat)
+        return logps, membership, stats
+    return head_logps(model, hidden, targets), membership, None

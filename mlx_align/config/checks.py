@@ -133,6 +133,12 @@ def dpo_loss_settings_fit(config: DPOLossSettings) -> tuple[str, str] | None:
             f"{config.f_divergence_type} works only with the losses built on "
             f"s_c − s_r ({', '.join(sorted(F_DIVERGENCE_LOSSES))}), not {', '.join(outside)}"
         )
+    sorted_losses = [n for n in names if n in ("aot", "aot_unpaired")]
+    if config.use_weighting and sorted_losses:
+        return "--use-weighting", (
+            f"{', '.join(sorted_losses)} sorts the pairs of a batch, which would "
+            "misalign the pairs' weights (TRL refuses it too)"
+        )
     nll = "sft" in names or getattr(config, "sft_weight", 0.0)
     if config.ld_alpha != 1.0 and nll:
         return "--ld-alpha", (

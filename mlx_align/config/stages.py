@@ -279,6 +279,11 @@ class DPOLossSettings:
     f_alpha_divergence_coef: float = setting(
         0.5, "α of --f-divergence-type alpha_divergence.", check=positive
     )
+    use_weighting: bool = setting(
+        False,
+        "WPO: scale each pair's loss by the policy's own per-token probability of "
+        "its chosen and rejected completions (against two draws agreeing).",
+    )
     ld_alpha: float = setting(
         1.0,
         "LD-DPO's α: of each pair, the tokens past the shorter completion's length "

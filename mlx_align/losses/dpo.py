@@ -302,6 +302,20 @@ def dpo_sigmoid_norm_loss(pair: DPOPair, beta: float) -> mx.array:
     return -log_sigmoid(beta * pair.mean_delta_score())
 
 
+def wpo_weights(per_token: mx.array, log_sum_sq: mx.array, mask: mx.array) -> mx.array:
+    """exp(mean_t (log π(y_t) − log Σ_v π(v)²)) per completion, no gradient, (n,).
+
+    Zhou et al. 2024, "WPO: Enhancing RLHF with Weighted Preference
+    Optimization", eq. 2, as TRL's ``use_weighting``: how likely the policy
+    itself is to produce the completion, per token, against the chance that
+    two of its draws agree; a pair's loss is scaled by its chosen's weight
+    times its rejected's. Args (n, T), 0 off ``mask``.
+    """
+    lengths = mx.maximum(mask.sum(axis=-1), 1)
+    aligned = ((per_token - log_sum_sq) * mask).sum(axis=-1) / lengths
+    return mx.exp(mx.stop_gradient(aligned))
+
+
 DPO_LOSSES: dict[str, Callable[..., mx.array]] = {
     "sigmoid": dpo_sigmoid_loss,
     "hinge": dpo_hinge_loss,

@@ -42,6 +42,30 @@ def output_layer(model: nn.Module) -> tuple[nn.Module, Callable]:
     return model.model.embed_tokens, model.model.embed_tokens.as_linear
 
 
+# A statistic of each position's whole next-token distribution, read off the
+# float32 logits, their softmax and logsumexp where the log-probs are formed
+# (one exp per logit for both), never differentiated: (N, V) x3 -> (N,).
+TokenStat = Callable[[mx.array, mx.array, mx.array], mx.array]
+
+
+def entropy_stat(logits: mx.array, softmax: mx.array, lse: mx.array) -> mx.array:
+    """−Σ p log p = logsumexp − Σ p·logit."""
+    return lse - (softmax * logits).sum(axis=-1)
+
+
+def log_sum_sq_stat(logits: mx.array, softmax: mx.array, lse: mx.array) -> mx.array:
+    """log Σ p²: the log-probability that two draws agree (WPO's alignment term)."""
+    del logits, lse
+    return mx.log((softmax * softmax).sum(axis=-1))
+
+
+def distribution_stat(logits: mx.array, stat: TokenStat) -> mx.array:
+    """``stat`` of softmax(logits) per position, float32, no gradient: (..., V) -> (...)."""
+    logits = mx.stop_gradient(logits).astype(mx.float32)
+    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
+    return stat(logits, mx.exp(logits - lse), lse[..., 0])
+
+
 def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.array:
     """log p(target) from the backbone's final hidden states: (..., D), (...) -> (...), float32.
 
@@ -51,23 +75,22 @@ def head_logps(model: nn.Module, hidden: mx.array, targets: mx.array) -> mx.arra
     ``linear_logps``, or above ``LOGITS_IN_ONE_PIECE`` through
     ``chunked_linear_logps``.
     """
-    return _head_logps(model, hidden, targets, entropy=False)[0]
+    return _head_logps(model, hidden, targets, None)[0]
 
 
-def head_logps_and_entropy(
-    model: nn.Module, hidden: mx.array, targets: mx.array
+def head_logps_and_stat(
+    model: nn.Module, hidden: mx.array, targets: mx.array, stat: TokenStat
 ) -> tuple[mx.array, mx.array]:
-    """``head_logps`` and the entropy of each position's whole next-token
+    """``head_logps`` and ``stat`` of each position's whole next-token
     distribution (no gradient), from the same logits."""
-    return _head_logps(model, hidden, targets, entropy=True)
+    return _head_logps(model, hidden, targets, stat)
 
 
 def _head_logps(
-    model: nn.Module, hidden: mx.array, targets: mx.array, entropy: bool
+    model: nn.Module, hidden: mx.array, targets: mx.array, stat: TokenStat | None
 ) -> tuple[mx.array, mx.array | None]:
-    """``head_logps``, and with ``entropy`` the entropy of each position's whole
-    next-token distribution (no gradient), from the same logits where they are
-    formed whole."""
+    """``head_logps``, and with ``stat`` that statistic of each position's whole
+    next-token distribution (no gradient), from the same logits."""
     owner, head = output_layer(model)
     weight = owner.get("weight")
     # A weight matrix and nothing else: not quantized, no LoRA, no bias.
@@ -76,18 +99,18 @@ def _head_logps(
     if not plain:
         logits = head(hidden)
         return token_logps(logits, targets), (
-            token_entropy(logits) if entropy else None
+            distribution_stat(logits, stat) if stat else None
         )
     flat_hidden, flat_targets = hidden.reshape(n, -1), targets.reshape(n)
     if n * vocab <= LOGITS_IN_ONE_PIECE:
-        out = _linear_logps(weight, flat_hidden, flat_targets, entropy)
+        out = _linear_logps(weight, flat_hidden, flat_targets, stat)
     else:
         rows = chunk_rows(vocab)
-        out = _chunked_linear_logps(weight, flat_hidden, flat_targets, rows, entropy)
-    logps, entropies = out
-    if entropies is not None:
-        entropies = entropies.reshape(targets.shape)
-    return logps.reshape(targets.shape), entropies
+        out = _chunked_linear_logps(weight, flat_hidden, flat_targets, rows, stat)
+    logps, stats = out
+    if stats is not None:
+        stats = stats.reshape(targets.shape)
+    return logps.reshape(targets.shape), stats
 
 
 def chunk_rows(vocab: int) -> int:
@@ -110,16 +133,14 @@ def linear_logps(weight: mx.array, hidden: mx.array, targets: mx.array) -> mx.ar
     backward in place of the logits (the same size), so the backward has no
     ``exp`` at all: d logits = g (onehot - softmax).
     """
-    return _linear_logps(weight, hidden, targets, entropy=False)[0]
+    return _linear_logps(weight, hidden, targets, None)[0]
 
 
 def softmax_parts(
     logits: mx.array, targets: mx.array
 ) -> tuple[mx.array, mx.array, mx.array]:
-    """(log p(target), softmax, logsumexp) per row of float32 (N, V) logits, one ``exp`` per logit.
-
-    The entropy is then ``logsumexp - (softmax * logits).sum(-1)``.
-    """
+    """(log p(target), softmax, logsumexp) per row of float32 (N, V) logits, one
+    ``exp`` per logit; a ``TokenStat`` reads the last two."""
     top = logits.max(axis=-1, keepdims=True)
     exps = mx.exp(logits - top)
     total = exps.sum(axis=-1, keepdims=True)
@@ -129,18 +150,21 @@ def softmax_parts(
 
 
 def _linear_logps(
-    weight: mx.array, hidden: mx.array, targets: mx.array, entropy: bool
+    weight: mx.array,
+    hidden: mx.array,
+    targets: mx.array,
+    stat: TokenStat | None,
 ) -> tuple[mx.array, mx.array | None]:
-    """``linear_logps``, and with ``entropy`` each row's −Σ p log p from the same
+    """``linear_logps``, and with ``stat`` each row's statistic from the same
     softmax (a third output whose cotangent the backward drops: no gradient)."""
 
     @mx.custom_function
     def logps(weight, hidden, targets):
         logits = (hidden @ weight.T).astype(mx.float32)
         picked, softmax, lse = softmax_parts(logits, targets)
-        if not entropy:
+        if not stat:
             return picked, softmax
-        return picked, softmax, lse - (softmax * logits).sum(axis=-1)
+        return picked, softmax, stat(logits, softmax, lse)
 
     @logps.vjp
     def logps_vjp(primals, cotangents, outputs):
@@ -152,7 +176,7 @@ def _linear_logps(
         return d_logits.T @ hidden, d_logits @ weight, mx.zeros_like(targets)
 
     out = logps(weight, hidden, targets)
-    return out[0], (out[2] if entropy else None)
+    return out[0], (out[2] if stat else None)
 
 
 def chunked_linear_logps(
@@ -167,14 +191,18 @@ def chunked_linear_logps(
     logits are alive at once with the chain, twice that without), so the
     saving needs many chunks (``bench/logits_memory.py``).
     """
-    return _chunked_linear_logps(weight, hidden, targets, rows, entropy=False)[0]
+    return _chunked_linear_logps(weight, hidden, targets, rows, None)[0]
 
 
 def _chunked_linear_logps(
-    weight: mx.array, hidden: mx.array, targets: mx.array, rows: int, entropy: bool
+    weight: mx.array,
+    hidden: mx.array,
+    targets: mx.array,
+    rows: int,
+    stat: TokenStat | None,
 ) -> tuple[mx.array, mx.array | None]:
-    """``chunked_linear_logps``, and with ``entropy`` each row's −Σ p log p from
-    the same chunk's logits (a second output whose cotangent the backward drops)."""
+    """``chunked_linear_logps``, and with ``stat`` each row's statistic from the
+    same chunk's logits (a second output whose cotangent the backward drops)."""
     starts = range(0, targets.shape[0], rows)
 
     @mx.custom_function
@@ -182,21 +210,21 @@ def _chunked_linear_logps(
         parts, spreads = [], []
         for i in starts:
             logits = in_turn(hidden[i : i + rows], parts) @ weight.T
-            if not entropy:
+            if not stat:
                 parts.append(token_logps(logits, targets[i : i + rows]))
                 continue
             logits = logits.astype(mx.float32)
             picked, softmax, lse = softmax_parts(logits, targets[i : i + rows])
             parts.append(picked)
-            spreads.append(lse - (softmax * logits).sum(axis=-1))
-        if not entropy:
+            spreads.append(stat(logits, softmax, lse))
+        if not stat:
             return mx.concatenate(parts)
         return mx.concatenate(parts), mx.concatenate(spreads)
 
     @logps.vjp
     def logps_vjp(primals, cotangents, outputs):
         weight, hidden, targets = primals
-        cotangent = cotangents[0] if entropy else cotangents
+        cotangent = cotangents[0] if stat else cotangents
         d_hidden, d_weight = [], None
         for i in starts:
             h, g = in_turn(hidden[i : i + rows], d_hidden), cotangent[i : i + rows]
@@ -209,7 +237,7 @@ def _chunked_linear_logps(
         return d_weight, mx.concatenate(d_hidden), mx.zeros_like(targets)
 
     out = logps(weight, hidden, targets)
-    return (out[0], out[1]) if entropy else (out, None)
+    return (out[0], out[1]) if stat else (out, None)
 
 
 def sequence_logps(
@@ -227,7 +255,7 @@ def sequence_logps(
         off the mask, their sum per row (B,), and the shifted mask (B, T-1).
     """
     mask = loss_mask[:, 1:]  # (B, T-1)
-    per_token = next_token_logps(model, tokens, entropy=False)[0] * mask
+    per_token = next_token_logps(model, tokens, None)[0] * mask
     return per_token, per_token.sum(axis=-1), mask
 
 
@@ -236,15 +264,23 @@ def sequence_logps_and_entropy(
 ) -> tuple[mx.array, mx.array, mx.array]:
     """``sequence_logps``'s per-token log-probs and mask, and the entropy of the model's
     whole next-token distribution at each scored position (no gradient), all (B, T-1), 0 off the mask."""
+    return sequence_logps_and_stat(model, tokens, loss_mask, entropy_stat)
+
+
+def sequence_logps_and_stat(
+    model: nn.Module, tokens: mx.array, loss_mask: mx.array, stat: TokenStat
+) -> tuple[mx.array, mx.array, mx.array]:
+    """``sequence_logps``'s per-token log-probs and mask, and ``stat`` at each
+    scored position (no gradient), all (B, T-1), 0 off the mask."""
     mask = loss_mask[:, 1:]
-    per_token, entropy = next_token_logps(model, tokens, entropy=True)
-    return per_token * mask, mask, entropy * mask
+    per_token, stats = next_token_logps(model, tokens, stat)
+    return per_token * mask, mask, stats * mask
 
 
 def next_token_logps(
-    model: nn.Module, tokens: mx.array, entropy: bool
+    model: nn.Module, tokens: mx.array, stat: TokenStat | None
 ) -> tuple[mx.array, mx.array | None]:
-    """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked the entropy of that distribution), (B, T-1) each.
+    """(log p(tokens[:, t+1] | tokens[:, :t+1]), and if asked ``stat`` of that distribution), (B, T-1) each.
 
     The forward is the one generation runs: through a fresh prompt cache
     where the model computes another function without one (gemma3n's
@@ -254,9 +290,11 @@ def next_token_logps(
     if scores_without_cache(model) and splits_head(
         model
     ):  # chunked at a large vocabulary
-        return _head_logps(model, model.model(inputs), targets, entropy)
+        return _head_logps(model, model.model(inputs), targets, stat)
     logits = full_logits(model, inputs)
-    return token_logps(logits, targets), (token_entropy(logits) if entropy else None)
+    return token_logps(logits, targets), (
+        distribution_stat(logits, stat) if stat else None
+    )
 
 
 def full_logits(model: nn.Module, tokens: mx.array) -> mx.array:
@@ -332,7 +370,4 @@ def splits_head(model: nn.Module) -> bool:
 
 def token_entropy(logits: mx.array) -> mx.array:
     """−Σ p log p of softmax(logits) per position, float32, no gradient: (..., V) -> (...)."""
-    logits = mx.stop_gradient(logits).astype(mx.float32)
-    lse = mx.logsumexp(logits, axis=-1, keepdims=True)
-    probs = mx.exp(logits - lse)
-    return lse[..., 0] - (probs * logits).sum(axis=-1)
+    return distribution_stat(logits, entropy_stat)

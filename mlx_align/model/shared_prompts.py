@@ -15,9 +15,10 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_align.model.logprobs import (
+    TokenStat,
     generation_logps,
     head_logps,
-    head_logps_and_entropy,
+    head_logps_and_stat,
     splits_head,
     vocab_size,
 )
@@ -87,7 +88,7 @@ def grouped_completion_logps(
     prompt_mask: mx.array,
     completions: mx.array,
     completion_mask: mx.array,
-    entropy: bool = False,
+    stat: TokenStat | None = None,
 ) -> mx.array | tuple[mx.array, mx.array]:
     """Per-token log-probs of G completions per prompt, each prompt run through the model ONCE.
 
@@ -104,8 +105,9 @@ def grouped_completion_logps(
         completion_mask: (P*G, C), 1 on real completion tokens.
 
     Returns:
-        (P*G, C) log-probs, 0 off the mask; with ``entropy``, also the entropy
-        of each position's next-token distribution (no gradient), 0 off the mask.
+        (P*G, C) log-probs, 0 off the mask; with ``stat`` (e.g. the entropy),
+        also that statistic of each position's next-token distribution (no
+        gradient), 0 off the mask.
     """
     group_size = completions.shape[0] // prompts.shape[0]
     backbone = model.model
@@ -118,9 +120,9 @@ def grouped_completion_logps(
         prefix = [_PrefixCache(c, group_size) for c in prompt_caches]
         rest = backbone(completions[:, :-1], cache=prefix)  # (N, C-1, D)
         hidden = mx.concatenate([hidden, rest], axis=1)
-    if entropy:
-        logps, entropies = head_logps_and_entropy(model, hidden, completions)
-        return logps * completion_mask, entropies * completion_mask
+    if stat:
+        logps, stats = head_logps_and_stat(model, hidden, completions, stat)
+        return logps * completion_mask, stats * completion_mask
     return head_logps(model, hidden, completions) * completion_mask  # (N, C)
 
 

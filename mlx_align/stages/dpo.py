@@ -18,7 +18,12 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_align.batches.layouts import choose_layout, pair_logps
+from mlx_align.batches.layouts import (
+    choose_layout,
+    ld_sums,
+    pair_logps,
+    pair_token_logps,
+)
 from mlx_align.batches.planning import visited_batches
 from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
@@ -29,8 +34,10 @@ from mlx_align.losses.dpo import (
     DPOPair,
     dpo_metrics,
     weighted_dpo_losses,
+    wpo_weights,
 )
 from mlx_align.losses.masked import masked_means
+from mlx_align.model.logprobs import log_sum_sq_stat
 from mlx_align.train.pairs import pair_job, pair_splits
 from mlx_align.train.reference import Reference, ScoredSplit, prepare_reference
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
@@ -64,10 +71,18 @@ def dpo_loss(
     sft_weight: float = 0.0,
     reference: nn.Module | None = None,
     ld_alpha: float = 1.0,
+    use_weighting: bool = False,
 ):
     """One pair batch -> (loss, n_tokens, metrics); the reference log-probs are
-    ``batch.reference`` (cached) unless ``reference`` runs now."""
-    summed, lengths = pair_logps(batch.inputs, model, ld_alpha)  # (2B,), chosen first
+    ``batch.reference`` (cached) unless ``reference`` runs now. With
+    ``use_weighting`` each pair's loss is scaled by its WPO weights."""
+    weights = None
+    if use_weighting:  # the alignment term from the same forward's logits
+        per_token, mask, sum_sq = pair_token_logps(batch.inputs, model, log_sum_sq_stat)
+        summed, lengths = ld_sums(per_token, mask, ld_alpha), mask.sum(axis=-1)
+        weights = wpo_weights(per_token, sum_sq, mask)  # (2B,)
+    else:
+        summed, lengths = pair_logps(batch.inputs, model, ld_alpha)  # (2B,)
     if reference is not None:
         ref_logps = mx.stop_gradient(pair_logps(batch.inputs, reference, ld_alpha)[0])
     else:
@@ -76,6 +91,9 @@ def dpo_loss(
     rc, rr = mx.split(ref_logps, 2)
     lc, lr = mx.split(lengths, 2)
     pair_losses, metrics = objective(pc, pr, rc, rr, lc, lr, batch.valid)  # (B,)
+    if weights is not None:
+        chosen_weights, rejected_weights = mx.split(weights, 2)
+        pair_losses = pair_losses * chosen_weights * rejected_weights
     if sft_weight:  # RPO: + α · mean NLL of the chosen completion
         nll = -pc / mx.maximum(lc, 1)
         pair_losses = pair_losses + sft_weight * nll
@@ -106,6 +124,7 @@ def dpo_job(run: StageRun) -> Job:
         sft_weight=config.sft_weight,
         reference=reference.model,
         ld_alpha=config.ld_alpha,
+        use_weighting=config.use_weighting,
     )
     layout = choose_layout(config.padding_free, run.model, reference.model)
     makers = [

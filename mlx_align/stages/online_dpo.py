@@ -136,6 +136,7 @@ def online_dpo_loss(
     beta: float,
     stat_names: list[str],
     ld_alpha: float = 1.0,
+    use_weighting: bool = False,
 ):
     """``dpo_loss`` on the judged pairs, with TRL's online-DPO metrics.
 
@@ -145,7 +146,11 @@ def online_dpo_loss(
     scores ``objective/rlhf_reward`` = scores − β·kl.
     """
     loss, n_tokens, metrics = dpo_loss(
-        model, batch, objective=objective, ld_alpha=ld_alpha
+        model,
+        batch,
+        objective=objective,
+        ld_alpha=ld_alpha,
+        use_weighting=use_weighting,
     )
     stats = {name: batch.stats[i] for i, name in enumerate(stat_names)}
     kl = (metrics["rewards/chosen"] + metrics["rewards/rejected"]) / (2 * beta)
@@ -212,6 +217,7 @@ def online_job(run: StageRun) -> Job:
         beta=config.beta,
         stat_names=pairs.stat_names,
         ld_alpha=config.ld_alpha,
+        use_weighting=config.use_weighting,
     )
     return Job(loss_fn, pairs.micro_batch)
 

@@ -44,6 +44,8 @@ CASES = [
     {"loss_type": ["sigmoid"], "f_divergence_type": "js_divergence"},
     {"loss_type": ["sigmoid"], "ld_alpha": 0.5},
     {"loss_type": ["ipo"], "ld_alpha": 0.3},
+    {"loss_type": ["sigmoid"], "use_weighting": True},
+    {"loss_type": ["apo_zero", "bco_pair"], "use_weighting": True},
 ]
 METRICS = [
     "loss",
@@ -109,6 +111,8 @@ def mlx_side(base: Path, policy: Path, data: Path, work: Path, case: dict) -> di
     for key in ("label_smoothing", "f_divergence_type", "ld_alpha"):
         if key in case:
             flags += ["--" + key.replace("_", "-"), str(case[key])]
+    if case.get("use_weighting"):
+        flags += ["--use-weighting"]
     if "loss_weights" in case:
         flags += ["--loss-weights", ",".join(map(str, case["loss_weights"]))]
     align("dpo", "--model", str(policy), "--ref-model", str(base), "--data", str(data),
@@ -154,6 +158,8 @@ def trl_side() -> None:
                 from trl.trainer.utils import add_fused_lm_head
 
                 outputs = ("log_probs", "entropy", "mean_logits", "is_top1")
+                if case.get("use_weighting"):
+                    outputs += ("log_sum_sq_probs",)
                 add_fused_lm_head(trainer.ref_model, outputs=outputs)
             metrics = trainer.evaluate()
         results.append({name: metrics["eval_" + name] for name in METRICS})
