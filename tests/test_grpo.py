@@ -271,3 +271,17 @@ def test_top_entropy_quantile_trains_on_the_forking_tokens(tiny_model, tmp_path)
     rewards = [m["reward"] for m in lines]
     assert sum(rewards[-4:]) / 4 > sum(rewards[:2]) / 2 + 0.3, rewards
     assert all(m["entropy"] > 0 for m in lines)
+
+
+def test_an_entropy_bonus_keeps_the_policy_more_uncertain(tiny_model, tmp_path):
+    """The same run with --entropy-coef 1.0 against a negligible 1e-9 (which
+    logs the entropy but leaves the update alone): after 12 steps the policy's
+    entropy is higher with the bonus; policy_loss is logged beside the loss."""
+    ends = {}
+    for coef in (1e-9, 1.0):
+        out = tmp_path / f"coef-{coef}"
+        run_grpo(grpo_config(tiny_model, out, steps=12, entropy_coef=coef))
+        lines = metrics(out / "run")
+        assert all("policy_loss" in m for m in lines)
+        ends[coef] = sum(m["entropy"] for m in lines[-4:]) / 4
+    assert ends[1.0] > ends[1e-9] + 0.05, ends

@@ -239,3 +239,27 @@ def test_high_entropy_mask_keeps_the_top_quantile_of_active_tokens():
     )
     assert_close(grad, [[0, -0.25, -0.25], [0, 0, 0]])  # −A / 4 active tokens
     assert_close(metrics["entropy"], (0.1 + 0.5 + 0.9 + 0.3) / 4)
+
+
+def test_entropy_bonus_subtracts_the_mean_entropy_of_the_trained_tokens():
+    """c = 0.5, ratio 1, A = 0 (no policy term): loss = −0.5 · mean H over the
+    active tokens = −0.5 · (0.1 + 0.5 + 0.9 + 0.3)/4 = −0.225, and
+    d loss / d H = −0.5/4 = −0.125 on each active token (the bonus raises
+    entropy); with --top-entropy-quantile 0.5 only tokens 0.5 and 0.9 count:
+    −0.5 · 0.7 = −0.35. policy_loss logs the loss without the bonus (0)."""
+    entropy = mx.array([[0.1, 0.5, 0.9], [0.3, 5.0, 0.0]])
+    mask = mx.array([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    zeros, advantages = mx.zeros((2, 3)), mx.zeros(2)
+
+    def loss_of(h, **settings):
+        return grpo_loss(zeros, zeros, None, advantages, mask, entropy=h, **settings)
+
+    loss, metrics = loss_of(entropy, loss_type="dapo", entropy_coef=0.5)
+    assert_close(loss, -0.225)
+    assert_close(metrics["policy_loss"], 0.0)
+    grad = mx.grad(lambda h: loss_of(h, loss_type="dapo", entropy_coef=0.5)[0])(entropy)
+    assert_close(grad, [[-0.125, -0.125, -0.125], [-0.125, 0, 0]])
+    top, _ = loss_of(
+        entropy, loss_type="dapo", entropy_coef=0.5, top_entropy_quantile=0.5
+    )
+    assert_close(top, -0.35)

@@ -395,3 +395,49 @@ def test_entropy_beside_the_log_probs_equals_one_from_the_whole_logits(
     assert no_grads and all(mx.all(g == 0).item() for g in no_grads.values())
     grads = dict(tree_flatten(nn.value_and_grad(model, logps_sum)(model)[1]))
     assert any(mx.any(g != 0).item() for g in grads.values())  # the test can fail
+
+
+@pytest.mark.parametrize("layout", ["full", "shared"])
+def test_a_differentiable_entropy_carries_its_gradient(layout, tiny_model):
+    """The entropy an entropy bonus trains: its values equal the plain one's,
+    and its gradient equals MLX's autodiff of −Σ p log p of the model's own
+    logits; the plain (logging) entropy has none."""
+    from mlx_align.batches.layouts import FullRows, SharedPrompt
+
+    model, tokenizer = mlx_lm.load(str(tiny_model))
+    prompt = tokenizer.encode("Question: What is 2 + 3?\nAnswer:")
+    completions = [tokenizer.encode(" 5."), tokenizer.encode(" Five!")]
+    if layout == "shared":
+        width = max(map(len, completions))
+        inputs = SharedPrompt.pad([prompt], completions, 1, 0, (len(prompt), width))
+    else:
+        from mlx_align.data.tokenize import Encoded
+
+        rows = [Encoded(prompt + c, len(prompt)) for c in completions]
+        inputs = FullRows.pad(rows, 2, (32,), 0)
+
+    def total(m, differentiable):
+        _, mask, entropy = inputs.token_logps_and_entropy(m, differentiable)
+        return (entropy * mask).sum()
+
+    plain, grads = nn.value_and_grad(model, lambda m: total(m, True))(model)
+    logging_value, none = nn.value_and_grad(model, lambda m: total(m, False))(model)
+    assert plain.item() == pytest.approx(logging_value.item(), abs=1e-4)
+    assert max(mx.abs(g).max().item() for _, g in tree_flatten(none)) == 0.0
+
+    def by_autodiff(m):
+        rows = [prompt + c for c in completions]
+        total = 0.0
+        for row in rows:
+            logits = m(mx.array([row[:-1]]))[0, len(prompt) - 1 :].astype(mx.float32)
+            logp = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            total = total + -(mx.exp(logp) * logp).sum()
+        return total
+
+    expected, expected_grads = nn.value_and_grad(model, by_autodiff)(model)
+    assert plain.item() == pytest.approx(expected.item(), abs=1e-3)
+    expected_grads = dict(tree_flatten(expected_grads))
+    for name, grad in tree_flatten(grads):
+        np.testing.assert_allclose(
+            np.array(grad), np.array(expected_grads[name]), atol=2e-4, err_msg=name
+        )

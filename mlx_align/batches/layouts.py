@@ -38,9 +38,9 @@ from mlx_align.batches.planning import pad_examples
 from mlx_align.data.tokenize import Encoded
 from mlx_align.model.logprobs import (
     TokenStat,
+    differentiable_entropy_stat,
     entropy_stat,
     sequence_logps,
-    sequence_logps_and_entropy,
     sequence_logps_and_stat,
 )
 from mlx_align.model.shared_prompts import (
@@ -81,11 +81,13 @@ class FullRows(NamedTuple):
         return per_token, mask
 
     def token_logps_and_entropy(
-        self, model: nn.Module
+        self, model: nn.Module, differentiable: bool = False
     ) -> tuple[mx.array, mx.array, mx.array]:
         """``token_logps`` and the entropy of each scored position's whole next-token
-        distribution (no gradient; PPO's ``policy/entropy_avg``), (n, T-1) each."""
-        return sequence_logps_and_entropy(model, self.tokens, self.loss_mask)
+        distribution (PPO's ``policy/entropy_avg``), (n, T-1) each; no gradient
+        unless ``differentiable`` (an entropy bonus)."""
+        stat = differentiable_entropy_stat if differentiable else entropy_stat
+        return sequence_logps_and_stat(model, self.tokens, self.loss_mask, stat)
 
     def logps(self, model: nn.Module) -> tuple[mx.array, mx.array]:
         """(summed log-probs, completion lengths), (n,) each, in row order."""
@@ -149,10 +151,11 @@ class SharedPrompt(NamedTuple):
         return per_token, self.completion_mask
 
     def token_logps_and_entropy(
-        self, model: nn.Module
+        self, model: nn.Module, differentiable: bool = False
     ) -> tuple[mx.array, mx.array, mx.array]:
-        """``token_logps`` and each scored position's entropy (no gradient), as ``FullRows``'."""
-        per_token, entropy = grouped_completion_logps(model, *self, stat=entropy_stat)
+        """``token_logps`` and each scored position's entropy, as ``FullRows``'."""
+        stat = differentiable_entropy_stat if differentiable else entropy_stat
+        per_token, entropy = grouped_completion_logps(model, *self, stat=stat)
         return per_token, self.completion_mask, entropy
 
     def logps(self, model: nn.Module) -> tuple[mx.array, mx.array]:

@@ -159,6 +159,13 @@ class GRPOConfig(
         "(0.2: the high-entropy 'forking' tokens; 1: every token).",
         check=in_range(0, 1),
     )
+    entropy_coef: float = setting(
+        0.0,
+        "An entropy bonus: subtract c x the policy's mean token entropy (over the "
+        "trained tokens) from the loss; the logits are then formed whole, with "
+        "their gradient (more memory at a large vocabulary).",
+        check=non_negative,
+    )
     multi_objective_aggregation: str = setting(
         "sum_then_normalize",
         "Several --reward functions: sum them, then take advantages "

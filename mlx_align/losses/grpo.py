@@ -88,6 +88,7 @@ class PolicyLossSettings:
     vespo_lambda_neg: float = 2.0
     max_completion_tokens: int | None = None  # dr_grpo's constant (default T)
     top_entropy_quantile: float = 1.0  # train only the top q of tokens by entropy
+    entropy_coef: float = 0.0  # an entropy bonus: loss − c · mean entropy
 
     @property
     def clip_high(self) -> float:
@@ -231,10 +232,12 @@ def grpo_loss(
         mask: 1 for completion tokens, 0 for padding, (B, T).
         settings: the loss type and its settings (``overrides`` replace fields,
             e.g. ``epsilon=0.1``).
-        entropy: each position's next-token entropy (no gradient), (B, T):
-            needed with ``top_entropy_quantile`` < 1, where only the tokens
+        entropy: each position's next-token entropy, (B, T): needed with
+            ``top_entropy_quantile`` < 1, where only the tokens
             ``high_entropy_mask`` keeps train the policy term (the KL and the
-            reduction keep ``mask``, as TRL's).
+            reduction keep ``mask``, as TRL's), and with ``entropy_coef``,
+            whose bonus −c·H (H its mean over the trained tokens) trains it:
+            then it must carry its gradient.
 
     Returns:
         scalar loss; the loss type's metrics (clip ratios under TRL's names:
@@ -253,20 +256,28 @@ def grpo_loss(
     coef = mx.exp(log_importance_weights(log_ratio, mask, level))  # (B, T) or (B, 1)
     objective = POLICY_OBJECTIVES[settings.loss_type]
     per_token, metrics = objective(coef, advantages, logps, log_ratio, mask, settings)
-    if settings.top_entropy_quantile < 1.0:
+    trained = mask  # the tokens the policy term (and an entropy bonus) acts on
+    if settings.top_entropy_quantile < 1.0 or settings.entropy_coef:
         if entropy is None:
-            raise ValueError("top_entropy_quantile < 1 needs the tokens' entropy")
-        per_token = per_token * high_entropy_mask(
-            entropy, mask, settings.top_entropy_quantile
-        )
-    if entropy is not None:
-        metrics["entropy"] = masked_mean(mx.stop_gradient(entropy), mask)
+            raise ValueError("top_entropy_quantile < 1 or entropy_coef needs the tokens' entropy")  # fmt: skip
+    if settings.top_entropy_quantile < 1.0:
+        trained = high_entropy_mask(entropy, mask, settings.top_entropy_quantile)
+        per_token = per_token * trained
+    entropy_mean = None
+    if entropy is not None:  # one node for the metric and the bonus: MLX 0.32's
+        # compile breaks (_Map_base::at) on a metric equal to a loss node.
+        entropy_mean = masked_mean(entropy, mask)
+        metrics["entropy"] = mx.stop_gradient(entropy_mean)
     if settings.beta != 0.0:
         kl = k3_kl(logps, mx.stop_gradient(ref_logps))  # (B, T)
         per_token = per_token + settings.beta * kl
         metrics["kl"] = masked_mean(mx.stop_gradient(kl), mask)
     max_tokens = settings.max_completion_tokens or logps.shape[1]
     loss = GRPO_AGGREGATIONS[settings.loss_type](per_token, mask, max_tokens)
+    if settings.entropy_coef:  # TRL: L − c·H, H a mean over the trained tokens
+        metrics["policy_loss"] = mx.stop_gradient(loss)
+        bonus = entropy_mean if trained is mask else masked_mean(entropy, trained)
+        loss = loss - settings.entropy_coef * bonus
     return loss, metrics
 
 

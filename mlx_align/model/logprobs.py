@@ -59,9 +59,23 @@ def log_sum_sq_stat(logits: mx.array, softmax: mx.array, lse: mx.array) -> mx.ar
     return mx.log((softmax * softmax).sum(axis=-1))
 
 
+def differentiable_entropy_stat(
+    logits: mx.array, softmax: mx.array, lse: mx.array
+) -> mx.array:
+    """The entropy, differentiated (an entropy bonus trains it): the logits are
+    then formed whole, by MLX's autodiff, not the head's fast paths."""
+    return entropy_stat(logits, softmax, lse)
+
+
+DIFFERENTIABLE_STATS = frozenset({differentiable_entropy_stat})
+
+
 def distribution_stat(logits: mx.array, stat: TokenStat) -> mx.array:
-    """``stat`` of softmax(logits) per position, float32, no gradient: (..., V) -> (...)."""
-    logits = mx.stop_gradient(logits).astype(mx.float32)
+    """``stat`` of softmax(logits) per position, float32: (..., V) -> (...); no
+    gradient unless ``stat`` is one of ``DIFFERENTIABLE_STATS``."""
+    if stat not in DIFFERENTIABLE_STATS:
+        logits = mx.stop_gradient(logits)
+    logits = logits.astype(mx.float32)
     lse = mx.logsumexp(logits, axis=-1, keepdims=True)
     return stat(logits, mx.exp(logits - lse), lse[..., 0])
 
@@ -96,7 +110,7 @@ def _head_logps(
     # A weight matrix and nothing else: not quantized, no LoRA, no bias.
     plain = type(owner) in (nn.Linear, nn.Embedding) and "bias" not in owner
     n, vocab = targets.size, weight.shape[0]
-    if not plain:
+    if not plain or stat in DIFFERENTIABLE_STATS:
         logits = head(hidden)
         return token_logps(logits, targets), (
             distribution_stat(logits, stat) if stat else None

@@ -49,6 +49,7 @@ def policy_loss_settings(config: GRPOConfig) -> PolicyLossSettings:
         vespo_lambda_neg=config.vespo_lambda_neg,
         max_completion_tokens=config.max_completion_tokens,
         top_entropy_quantile=config.top_entropy_quantile,
+        entropy_coef=config.entropy_coef,
     )
 
 
@@ -57,8 +58,11 @@ def grpo_batch_loss(
 ):
     """Sampled completions -> (loss, n_tokens, metrics); see ``losses.grpo.grpo_loss``."""
     entropy = None
-    if settings.top_entropy_quantile < 1.0:
-        per_token, mask, entropy = batch.inputs.token_logps_and_entropy(model)
+    if settings.top_entropy_quantile < 1.0 or settings.entropy_coef:
+        differentiable = bool(settings.entropy_coef)  # the bonus trains it
+        per_token, mask, entropy = batch.inputs.token_logps_and_entropy(
+            model, differentiable
+        )
     else:
         per_token, mask = batch.inputs.token_logps(model)  # (N, C)
     old = mx.stop_gradient(per_token) if batch.old_logps is None else batch.old_logps

@@ -45,6 +45,8 @@ CASES = [
     {"loss_type": "vespo", "vespo_k_pos": 1.0, "vespo_lambda_neg": 4.0, "beta": 0.1},
     {"loss_type": "dapo", "top_entropy_quantile": 0.2},
     {"loss_type": "grpo", "top_entropy_quantile": 0.5, "beta": 0.04},
+    {"loss_type": "dapo", "entropy_coef": 0.1},
+    {"loss_type": "grpo", "entropy_coef": 0.05, "top_entropy_quantile": 0.5},
 ]
 # TRL's metric name -> mlx-align's.
 METRICS = {
@@ -55,6 +57,7 @@ METRICS = {
     "vespo/phi_seq_mean": "vespo/phi_seq_mean",
     "kl": "kl",
     "entropy": "entropy",
+    "policy_loss": "policy_loss",
 }
 RLOO_CASES = [{"loss_type": "rloo"}, {"loss_type": "rloo", "epsilon_high": 0.28}]
 TRL_DEFAULTS = dict(
@@ -70,6 +73,7 @@ TRL_DEFAULTS = dict(
     vespo_k_neg=3.0,
     vespo_lambda_neg=2.0,
     top_entropy_quantile=1.0,
+    entropy_coef=0.0,
 )
 
 
@@ -119,6 +123,7 @@ def trl_side() -> None:
             reduce=identity,
             pad_across_processes=identity,
             num_processes=1,
+            sync_gradients=True,
         )
         trainer.args = SimpleNamespace(
             use_bias_correction_kl=False, steps_per_generation=1, **settings
@@ -133,7 +138,9 @@ def trl_side() -> None:
         trainer.top_entropy_quantile = settings["top_entropy_quantile"]
         trainer.off_policy_mask_threshold = None
         trainer.use_vllm, trainer.aux_loss_enabled = False, False
-        trainer._entropy_bonus_enabled = False
+        trainer._entropy_bonus_enabled = settings["entropy_coef"] != 0.0
+        trainer.entropy_coef = settings["entropy_coef"]
+        trainer.use_adaptive_entropy = False
         trainer.current_gradient_accumulation_steps = 1
         trainer._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
         trainer._get_per_token_logps_and_entropies = lambda *a, **k: (
