@@ -119,8 +119,8 @@ def test_second_pass_over_a_rollout_is_clipped_and_kl_is_measured(tiny_model, tm
     )
     lines = metrics(tmp_path / "run")
     first_passes, second_passes = lines[0::2], lines[1::2]
-    assert all(m["clip_ratio"] == 0 for m in first_passes)
-    assert any(m["clip_ratio"] > 0 for m in second_passes)
+    assert all(m["clip_ratio/region_mean"] == 0 for m in first_passes)
+    assert any(m["clip_ratio/region_mean"] > 0 for m in second_passes)
     assert lines[0]["kl"] == pytest.approx(
         0.0, abs=1e-6
     )  # policy == reference before any update

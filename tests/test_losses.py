@@ -161,7 +161,7 @@ def test_grpo_ratio_one_is_minus_mean_advantage():
         logps, logps, None, mx.array([1.0, -0.5]), mask, loss_type="grpo"
     )
     assert_close(loss, -0.25)
-    assert_close(metrics["clip_ratio"], 0.0)
+    assert_close(metrics["clip_ratio/region_mean"], 0.0)
     assert "kl" not in metrics
 
 
@@ -197,7 +197,7 @@ def test_grpo_clip_removes_gradient_and_is_counted():
     loss, metrics = grpo_loss(logps, old_logps, None, advantages, mask, epsilon=0.2)
     assert_close(loss, -1.1)
     assert_close(mx.grad(loss_of)(logps), [[0.0, -0.5]])
-    assert_close(metrics["clip_ratio"], 0.5)
+    assert_close(metrics["clip_ratio/region_mean"], 0.5)
     assert_close(metrics["clip_ratio/high_mean"], 0.5)
     assert_close(metrics["clip_ratio/low_mean"], 0.0)
 
@@ -218,7 +218,7 @@ def test_grpo_clip_binds_only_on_the_side_the_advantage_pushes():
 
     _, metrics = grpo_loss(logps, old_logps, None, advantages, mask)
     assert_close(mx.grad(loss_of)(logps), [[0.0], [-0.125], [0.375], [0.0]])
-    assert_close(metrics["clip_ratio"], 0.5)
+    assert_close(metrics["clip_ratio/region_mean"], 0.5)
     assert_close(metrics["clip_ratio/low_mean"], 0.25)
     assert_close(metrics["clip_ratio/high_mean"], 0.25)
 
@@ -234,9 +234,9 @@ def test_grpo_epsilon_high_widens_the_upper_clip():
 
     _, metrics = grpo_loss(logps, old_logps, None, advantages, mask, epsilon_high=0.28)
     assert_close(mx.grad(loss_of)(logps), [[-1.25]])
-    assert_close(metrics["clip_ratio"], 0.0)
+    assert_close(metrics["clip_ratio/region_mean"], 0.0)
     _, symmetric = grpo_loss(logps, old_logps, None, advantages, mask)
-    assert_close(symmetric["clip_ratio"], 1.0)
+    assert_close(symmetric["clip_ratio/region_mean"], 1.0)
 
 
 def test_grpo_kl_penalty_hand_value():
@@ -282,7 +282,7 @@ def test_grpo_aggregations_with_unequal_lengths(
         max_completion_tokens=max_completion_tokens,
     )
     assert_close(loss, expected)
-    assert_close(metrics.get("clip_ratio", 0.0), 0.0)
+    assert_close(metrics.get("clip_ratio/region_mean", 0.0), 0.0)
 
 
 def test_grpo_rejects_bad_arguments():

@@ -146,7 +146,7 @@ def _clipped(coef, advantages, logps, log_ratio, mask, s: PolicyLossSettings):
     low = (weights < 1.0 - s.epsilon) & (advantages < 0)
     high = (weights > 1.0 + s.clip_high) & (advantages > 0)
     metrics = {
-        "clip_ratio": _masked_share(low | high, mask),
+        "clip_ratio/region_mean": _masked_share(low | high, mask),
         "clip_ratio/low_mean": _masked_share(low, mask),
         "clip_ratio/high_mean": _masked_share(high, mask),
     }
@@ -241,7 +241,7 @@ def grpo_loss(
 
     Returns:
         scalar loss; the loss type's metrics (clip ratios under TRL's names:
-        ``clip_ratio`` is its ``clip_ratio/region_mean``), ``entropy`` (its
+        ``clip_ratio/region_mean``, …), ``entropy`` (its
         masked mean) when given and, when β > 0, ``kl`` (masked mean of k3).
     """
     settings = PolicyLossSettings(**{**vars(settings or PolicyLossSettings()), **overrides})  # fmt: skip

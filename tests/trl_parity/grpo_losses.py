@@ -50,7 +50,7 @@ CASES = [
 ]
 # TRL's metric name -> mlx-align's.
 METRICS = {
-    "clip_ratio/region_mean": "clip_ratio",
+    "clip_ratio/region_mean": "clip_ratio/region_mean",
     "clip_ratio/low_mean": "clip_ratio/low_mean",
     "clip_ratio/high_mean": "clip_ratio/high_mean",
     "cispo_clip_ratio": "cispo_clip_ratio",
