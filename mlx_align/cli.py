@@ -200,6 +200,7 @@ def sft_command(config: SFTConfig) -> None:
     "  mlx-align dpo --model M --data D --out R --loss sigmoid --loss bco_pair --loss sft "
     "--loss-weights 0.8,0.2,1.0   # MPO\n\n"
     "  mlx-align dpo --model M --data D --out R --f-divergence-type js_divergence   # f-DPO\n\n"
+    "  mlx-align dpo --model M --data D --out R --ld-alpha 0.5 --use-weighting   # LD-DPO + WPO\n\n"
     "  mlx-align dpo --model M --data D --out R --sft-weight 1.0   # RPO\n\n"
     "  mlx-align dpo --model M --data D --out R --ref-model SFT_MODEL --no-precompute",
 )
@@ -276,6 +277,10 @@ def kto_command(config: KTOConfig) -> None:
     "  mlx-align grpo --model M --data D --out R --reward math --loss grpo "
     "--importance-sampling-level sequence   # GSPO\n\n"
     "  mlx-align grpo --model M --data D --out R --reward math --loss cispo --epsilon-high 5.0\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --top-entropy-quantile 0.2 "
+    "--entropy-coef 0.01\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --reward format "
+    "--multi-objective-aggregation normalize_then_sum   # GDPO\n\n"
     "Defaults are TRL 1.16's GRPOConfig's (loss dapo, G = 8, β = 0, ε = 0.2, "
     "temperature 1.0, 256 new tokens) except: --learning-rate 1e-5 (TRL's 1e-6, "
     "for full fine-tuning; LoRA wants more), --batch-size counts prompts (TRL's "
