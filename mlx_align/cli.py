@@ -17,7 +17,7 @@ from mlx_align.apps.tools import (
     rerank_command,
     score_command,
 )
-from mlx_align.config.build import build_config, choices_of
+from mlx_align.config.build import build_config, choices_of, config_yaml
 from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig
 from mlx_align.config.stages import (
     CPOConfig,
@@ -128,8 +128,17 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
     def decorate(run: Callable) -> Callable:
         @cli.command(name, help=run.__doc__, epilog=epilog)
         @options_from(cls)
-        def command(config_file: str | None, **flags) -> None:
+        @click.option(
+            "--print-config",
+            is_flag=True,
+            help="Print every setting (defaults included) as the YAML --config "
+            "reads, and exit without running.",
+        )
+        def command(config_file: str | None, print_config: bool, **flags) -> None:
             config = build_config(cls, flags, config_file)
+            if print_config:
+                click.echo(config_yaml(config), nl=False)
+                return
             if getattr(config, "out", ""):  # before any model loads
                 check_writable(Path(config.out), directory=cls is not EvalMathConfig)
             if issubclass(cls, TrainSettings):
@@ -137,6 +146,8 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
 
                 if distributed.size() > 1:
                     click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
+                if distributed.is_main():  # `--config R/config.yaml` runs it again
+                    (Path(config.out) / "config.yaml").write_text(config_yaml(config))
             run(config)
 
         return command

@@ -121,6 +121,16 @@ def check_settings(config: Any, origin: dict[str, str]) -> None:
             raise UserError(*found)
 
 
+def config_yaml(config: Any) -> str:
+    """Every setting of ``config``, defaults included, as the YAML ``--config``
+    reads back: the same run again, from the start (``resume: false``)."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+    if "resume" in values:
+        values["resume"] = False
+    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
 def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> C:
     """Defaults, then the YAML file, then flags the user actually gave (non-None).
 
