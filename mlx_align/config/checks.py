@@ -29,6 +29,7 @@ from mlx_align.config.stages import (
     InitModelConfig,
     PreferenceSettings,
     RunSettings,
+    TrainSettings,
 )
 from mlx_align.model.load import same_model
 from mlx_align.sampling.judges import one_judge
@@ -168,6 +169,21 @@ def cpo_settings_fit(config: CPOConfig) -> tuple[str, str] | None:
             "--cpo-alpha",
             "alphapo has no NLL term; use --loss simpo with --cpo-alpha",
         )
+    return None
+
+
+def best_checkpoint_settings(config: TrainSettings) -> tuple[str, str] | None:
+    """--save-best names an evaluation metric; patience and direction need it."""
+    if config.save_best and not config.save_best.startswith("val_"):
+        return "--save-best", (
+            f"evaluations log val_* metrics (val_loss, val_rewards/accuracies, ...), "
+            f"got {config.save_best!r}"
+        )
+    if not config.save_best:
+        if config.early_stopping_patience:
+            return "--early-stopping-patience", "needs --save-best, the metric to watch"
+        if config.greater_is_better != "auto":
+            return "--greater-is-better", "needs --save-best, the metric it orders"
     return None
 
 
@@ -316,6 +332,7 @@ def a_reward(config: PPOConfig) -> tuple[str, str] | None:
 # ``build.build_config`` runs them in this order after each setting's ``Rule``.
 CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (AdapterSettings, quantize_needs_adapters),
+    (TrainSettings, best_checkpoint_settings),
     (AdapterSettings, dora_needs_dense_layers),
     (RunSettings, splits_differ),
     (PreferenceSettings, reference_is_not_the_model),

@@ -136,6 +136,22 @@ class TrainSettings:
         False, "Recompute layer activations in the backward pass to save memory."
     )
     resume: bool = setting(False, "Continue from the newest checkpoint in --out.")
+    save_best: str = setting(
+        "",
+        "Keep the weights of the best evaluation by this metric (val_loss, "
+        "val_rewards/accuracies, val_win_rate, ...) in R/best/ beside the last.",
+    )
+    greater_is_better: str = setting(
+        "auto",
+        "Whether a higher --save-best is better: auto (lower for a *loss, higher "
+        "otherwise), true or false.",
+        choices=("auto", "true", "false"),
+    )
+    early_stopping_patience: int = setting(
+        0,
+        "Stop after this many evaluations without a better --save-best (0: never).",
+        check=non_negative,
+    )
 
 
 @dataclass

@@ -56,10 +56,12 @@ def save_checkpoint(
     config: dict,
     keep: int = 2,
     writes: bool = True,
+    extra: dict | None = None,
 ) -> Path:
     """Write checkpoint ``step`` atomically; keep only the newest ``keep`` of them.
 
-    ``writes`` False (ranks other than 0): write nothing, return its path."""
+    ``writes`` False (ranks other than 0): write nothing, return its path.
+    ``extra`` joins ``state.json``."""
     final = checkpoint_dir(out, step)
     if not writes:
         return final
@@ -73,6 +75,7 @@ def save_checkpoint(
             str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state))
         )
         state = {"step": step, "ranks": distributed.size(), "config": config}
+        state.update(extra or {})  # e.g. the best evaluation so far (train/best.py)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
     except OSError as e:  # a full disk, say: the previous checkpoint stays
         shutil.rmtree(tmp, ignore_errors=True)
@@ -112,3 +115,8 @@ def load_checkpoint(
         model.trainable_parameters()
     )  # restores empty branches flattening dropped
     return state_json["step"]
+
+
+def checkpoint_state(path: Path) -> dict:
+    """The ``state.json`` of checkpoint ``path``."""
+    return json.loads((path / "state.json").read_text())

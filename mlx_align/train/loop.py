@@ -29,7 +29,9 @@ from mlx_align.config.stages import TrainSettings
 from mlx_align.core import distributed
 from mlx_align.core.errors import RunError
 from mlx_align.core.events import emit
+from mlx_align.train.best import BestTracker, track
 from mlx_align.train.checkpoint import (
+    checkpoint_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -186,16 +188,23 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     step = make_step(job, optimizer, settings)
     main = distributed.is_main()
     log = MetricsLog(job.out / "metrics.jsonl", resume_from=start, writes=main)
-    save = partial(
-        save_checkpoint,
-        job.out,
-        model=job.model,
-        optimizer=optimizer,
-        write_weights=job.write_weights,
-        config=job.config,
-        writes=main,
-    )
-    finished, last = start, {}
+    tracker = resumed_tracker(job, settings, start)
+
+    def save(step: int) -> Path:
+        extra = {"best": tracker.state()} if tracker else None
+        return save_checkpoint(
+            job.out,
+            step,
+            model=job.model,
+            optimizer=optimizer,
+            write_weights=job.write_weights,
+            config=job.config,
+            writes=main,
+            extra=extra,
+        )
+
+    evaluated = partial(evaluate_and_track, job, tracker, log, writes=main)
+    finished, last, stopped = start, {}, False
     bar = tqdm(
         total=settings.steps,
         initial=start,
@@ -209,27 +218,63 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
             finished = it
             bar.update(1)
             bar.set_postfix_str(log.postfix(), refresh=False)
-            after_step(job, settings, it, log, save)
+            if after_step(job, settings, it, evaluated, save):
+                stopped = True  # early stopping
+                break
     except KeyboardInterrupt:
         interrupted(job, start, finished, save)
         raise
     finally:
         bar.close()
-    if job.eval_batches and (
-        not settings.eval_every or settings.steps % settings.eval_every
+    if (
+        job.eval_batches
+        and not stopped
+        and (not settings.eval_every or settings.steps % settings.eval_every)
     ):
-        last = {**last, **log.write(settings.steps, evaluate(job))}
+        last = {**last, **evaluated(settings.steps)[0]}
     return last
 
 
-def after_step(job: TrainJob, settings: TrainSettings, it: int, log, save) -> None:
-    """Evaluate and checkpoint when step ``it`` is due; then tell listeners."""
+def resumed_tracker(job: TrainJob, settings: TrainSettings, start: int) -> BestTracker | None:  # fmt: skip
+    """``--save-best``'s tracker, continued from the checkpoint a run resumes
+    (rank 0's, for every rank)."""
+    tracker = BestTracker.of(settings)
+    if tracker is None or not start:
+        return tracker
+    latest = latest_checkpoint(job.out) if distributed.is_main() else None
+    if latest is not None:
+        tracker.restore(checkpoint_state(latest).get("best"))
+    if distributed.size() > 1:
+        known = tracker.value is not None
+        values = [float(known), tracker.value or 0.0, tracker.step, tracker.stale]
+        known, value, step, stale = distributed.sum_floats(values if distributed.is_main() else [0.0] * 4)  # fmt: skip
+        tracker.restore({"value": value if known else None, "step": int(step), "stale": int(stale)})  # fmt: skip
+    return tracker
+
+
+def evaluate_and_track(
+    job: TrainJob, tracker: BestTracker | None, log, step: int, writes: bool = True
+) -> tuple[dict[str, float], bool]:
+    """Evaluate after ``step`` and log it; with ``--save-best`` keep the best
+    weights. Returns (the logged line, whether to stop early)."""
+    results = evaluate(job)
+    line = log.write(step, results)
+    if tracker is None:
+        return line, False
+    return line, track(tracker, step, results, job.out, job.write_weights, writes)
+
+
+def after_step(job: TrainJob, settings: TrainSettings, it: int, evaluated, save) -> bool:  # fmt: skip
+    """Evaluate and checkpoint when step ``it`` is due; then tell listeners.
+    Returns whether the run stops early (``--early-stopping-patience``)."""
+    stop = False
     if job.eval_batches and settings.eval_every and it % settings.eval_every == 0:
-        log.write(it, evaluate(job))
+        stop = evaluated(it)[1]
     due = settings.save_every and it % settings.save_every == 0
     if due and it % job.checkpoint_multiple == 0:
         save(step=it)
     emit("step", step=it)
+    return stop
 
 
 def interrupted(job: TrainJob, start: int, finished: int, save) -> None:
