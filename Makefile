@@ -59,12 +59,15 @@ RERANK_TEMP  ?= 1.0
 SEED         ?= 0
 # Extra flags for every training stage, e.g. --no-compile for a smoke run.
 TRAIN_FLAGS  ?=
+# An experiment tracker for every training stage, e.g. REPORT_TO=tensorboard
+# (event files in each stage's run directory, under tensorboard/).
+REPORT_TO    ?=
 PORT         ?= 8080
 ALIGN        := $(BIN)/mlx-align
 TIMED        := $(BIN)/python recipes/timed.py $(OUT)/times.json
 QUESTION     := What is 8 + 7 + 8?
 LORA         := --lora-rank 16 --lora-alpha 32
-COMMON       := --max-length 128 --seed $(SEED) $(TRAIN_FLAGS)
+COMMON       := --max-length 128 --seed $(SEED) $(TRAIN_FLAGS) $(if $(REPORT_TO),--report-to $(REPORT_TO))
 EVAL         := $(ALIGN) eval-math --data $(OUT)/data/grpo --split test --max-tokens 64
 
 .PHONY: venv test lint bench capstone capstone-orpo capstone-kto capstone-online capstone-ppo serve clean

@@ -7,6 +7,7 @@ runs them after every setting passed its rule.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from mlx_align.config.online import (
 )
 from mlx_align.config.settings import flag, shown
 from mlx_align.config.stages import (
+    REPORT_TARGETS,
     AdapterSettings,
     CPOConfig,
     DPOLossSettings,
@@ -187,6 +189,17 @@ def best_checkpoint_settings(config: TrainSettings) -> tuple[str, str] | None:
     return None
 
 
+def trackers_installed(config: TrainSettings) -> tuple[str, str] | None:
+    """Each --report-to tracker importable, or one line naming its extra."""
+    for name in config.report_to:
+        module = REPORT_TARGETS[name]
+        if module and importlib.util.find_spec(module) is None:
+            return "--report-to", (
+                f'{name} is not installed: pip install "mlx-align[{name}]"'
+            )
+    return None
+
+
 def weights_problem(
     weights_flag: str, text: str, items: tuple[str, ...], items_flag: str, noun: str
 ) -> tuple[str, str] | None:
@@ -333,6 +346,7 @@ def a_reward(config: PPOConfig) -> tuple[str, str] | None:
 CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (AdapterSettings, quantize_needs_adapters),
     (TrainSettings, best_checkpoint_settings),
+    (TrainSettings, trackers_installed),
     (AdapterSettings, dora_needs_dense_layers),
     (RunSettings, splits_differ),
     (PreferenceSettings, reference_is_not_the_model),

@@ -80,6 +80,10 @@ class RunSettings:
         return DataSource(self.data, options)
 
 
+# --report-to's choices: the module each tracker needs (None: nothing to report).
+REPORT_TARGETS: dict[str, str | None] = {"tensorboard": "tensorboard", "none": None}
+
+
 @dataclass
 class TrainSettings:
     """The training loop: steps, batch, schedule, eval, checkpoints."""
@@ -136,6 +140,13 @@ class TrainSettings:
         False, "Recompute layer activations in the backward pass to save memory."
     )
     resume: bool = setting(False, "Continue from the newest checkpoint in --out.")
+    report_to: tuple = setting(
+        (),
+        "Experiment tracker beside metrics.jsonl: tensorboard (R/tensorboard/; "
+        'pip install "mlx-align[tensorboard]") or none; repeat for several.',
+        choices="mlx_align.config.stages:REPORT_TARGETS",
+        multiple=True,
+    )
     save_best: str = setting(
         "",
         "Keep the weights of the best evaluation by this metric (val_loss, "

@@ -38,6 +38,7 @@ from mlx_align.train.checkpoint import (
 )
 from mlx_align.train.grad_checkpoint import checkpoint_layers
 from mlx_align.train.metrics import MetricsLog
+from mlx_align.train.report import open_reporters
 
 Batch = Any  # a stage's named batch: a NamedTuple of arrays (batches.py, layouts.py)
 LossFn = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
@@ -187,7 +188,8 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     optimizer, start = start_run(job, settings)
     step = make_step(job, optimizer, settings)
     main = distributed.is_main()
-    log = MetricsLog(job.out / "metrics.jsonl", resume_from=start, writes=main)
+    reporters = open_reporters(settings.report_to, job.out, job.config) if main else []
+    log = MetricsLog(job.out / "metrics.jsonl", start, main, reporters)
     tracker = resumed_tracker(job, settings, start)
 
     def save(step: int) -> Path:
@@ -226,12 +228,15 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
         raise
     finally:
         bar.close()
-    if (
-        job.eval_batches
-        and not stopped
-        and (not settings.eval_every or settings.steps % settings.eval_every)
-    ):
-        last = {**last, **evaluated(settings.steps)[0]}
+    try:
+        if (
+            job.eval_batches
+            and not stopped
+            and (not settings.eval_every or settings.steps % settings.eval_every)
+        ):
+            last = {**last, **evaluated(settings.steps)[0]}
+    finally:
+        log.close()
     return last
 
 

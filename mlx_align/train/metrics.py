@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
+
+from mlx_align.train.report import Reporter
 
 
 class MetricsLog:
     """Collects per-step numbers and writes ``{"step": ..., ...}`` lines to ``path``."""
 
-    def __init__(self, path: Path, resume_from: int = 0, writes: bool = True) -> None:
-        """``writes`` False (ranks other than 0): the same records, no file."""
-        self.path, self.writes = path, writes
+    def __init__(
+        self,
+        path: Path,
+        resume_from: int = 0,
+        writes: bool = True,
+        reporters: Sequence[Reporter] = (),
+    ) -> None:
+        """``writes`` False (ranks other than 0): the same records, no file.
+        Each written record also goes to ``reporters`` (``--report-to``)."""
+        self.path, self.writes, self.reporters = path, writes, reporters
         if not writes:
             pass
         elif resume_from == 0:
@@ -63,7 +73,13 @@ class MetricsLog:
         if self.writes:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": step, **record}) + "\n")
+            for reporter in self.reporters:
+                reporter.log(step, record)
         return record
+
+    def close(self) -> None:
+        for reporter in self.reporters:
+            reporter.close()
 
     def postfix(self) -> str:
         loss = self.latest.get("loss", float("nan"))
