@@ -15,12 +15,11 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_align.batches.layouts import choose_layout
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import CPOConfig
 from mlx_align.losses.cpo import MEAN_LOGPS_LOSSES, cpo_loss
 from mlx_align.losses.masked import masked_means
-from mlx_align.train.pairs import pair_job, pair_splits
+from mlx_align.train.pairs import pair_splits, reference_free_job
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
@@ -58,10 +57,7 @@ def run_cpo(config: CPOConfig) -> Path:
 
 def cpo_job(run: StageRun) -> Job:
     """No reference: the pair's margin is the policy's own."""
-    layout = choose_layout(run.config.padding_free, run.model)
-    makers = [s and s.maker(layout) for s in run.data]
-    loss_fn = partial(cpo_batch_loss, config=run.config)
-    return pair_job(run.config, loss_fn, run.data, makers)
+    return reference_free_job(run, partial(cpo_batch_loss, config=run.config))
 
 
 CPO = Stage(cpo_job, data=pair_splits)

@@ -14,12 +14,11 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_align.batches.layouts import choose_layout
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.stages import ORPOConfig
 from mlx_align.losses import preference as losses
 from mlx_align.losses.masked import masked_means
-from mlx_align.train.pairs import pair_job, pair_splits
+from mlx_align.train.pairs import pair_splits, reference_free_job
 from mlx_align.train.stage import Job, Stage, StageRun, run_stage
 
 
@@ -42,10 +41,7 @@ def run_orpo(config: ORPOConfig) -> Path:
 
 def orpo_job(run: StageRun) -> Job:
     """No reference: the odds ratio is the policy's own."""
-    layout = choose_layout(run.config.padding_free, run.model)
-    makers = [s and s.maker(layout) for s in run.data]
-    loss_fn = partial(orpo_batch_loss, beta=run.config.beta)
-    return pair_job(run.config, loss_fn, run.data, makers)
+    return reference_free_job(run, partial(orpo_batch_loss, beta=run.config.beta))
 
 
 ORPO = Stage(orpo_job, data=pair_splits)

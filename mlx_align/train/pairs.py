@@ -13,7 +13,7 @@ from functools import partial
 import mlx.nn as nn
 
 from mlx_align.batches.budget import fit_to_budget, token_budget
-from mlx_align.batches.layouts import width_of
+from mlx_align.batches.layouts import choose_layout, width_of
 from mlx_align.batches.preference import PairBatches, encode_pairs
 from mlx_align.batches.types import PairBatch
 from mlx_align.core.events import emit
@@ -59,3 +59,11 @@ def pair_job(
         valid=valid_set and (valid_set.plan, make_valid),
         frozen=frozen,
     )
+
+
+def reference_free_job(run: StageRun, loss_fn: Callable) -> Job:
+    """A pair stage without a reference (ORPO, CPO): ``loss_fn`` on the
+    policy's own batches, packed or with shared prompts where the model allows."""
+    layout = choose_layout(run.config.padding_free, run.model)
+    makers = [s and s.maker(layout) for s in run.data]
+    return pair_job(run.config, loss_fn, run.data, makers)
