@@ -49,3 +49,24 @@ def test_a_tracker_that_is_not_installed_is_refused_before_loading(monkeypatch):
     )
     with pytest.raises(UserError, match='--report-to: tensorboard is not installed: pip install "mlx-align\\[tensorboard\\]"'):  # fmt: skip
         build_config(SFTConfig, {"model": "m", "data": "d", "report_to": ("tensorboard",)}, None)  # fmt: skip
+
+
+def test_grpo_reports_its_sampled_completions_as_a_table(tiny_model, tmp_path):
+    """The completions GRPO writes to samples.jsonl are a table in TensorBoard's
+    text tab too (TRL logs one), at the step that sampled them."""
+    from test_grpo import grpo_config
+
+    from mlx_align.stages.grpo import run_grpo
+
+    run_grpo(grpo_config(tiny_model, tmp_path, steps=2, report_to=("tensorboard",)))
+    reader = event_accumulator.EventAccumulator(
+        str(tmp_path / "run" / "tensorboard"),
+        size_guidance={event_accumulator.TENSORS: 0},
+    )
+    reader.Reload()
+    tables = reader.Tensors("completions")
+    assert [e.step for e in tables] == [1, 2]  # log_every 1: every rollout
+    table = tensor_util.make_ndarray(tables[0].tensor_proto).item().decode()
+    assert table.startswith("| rollout | prompt | completion | reward |")
+    samples = (tmp_path / "run" / "samples.jsonl").read_text().splitlines()
+    assert table.count("\n") == 2 + sum(json.loads(s)["rollout"] == 0 for s in samples)

@@ -282,6 +282,7 @@ def write_samples(
     """Append the first ``per_group`` completions of each group, with their rewards, to ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     size = len(texts) // len(groups)
+    rows = []
     with open(path, "a") as f:
         for j, group in enumerate(groups):
             prompt = tokenizer.decode(group.prompt)
@@ -293,3 +294,5 @@ def write_samples(
                     "reward": rewards[j * size + c].item(),
                 }
                 f.write(json.dumps(row) + "\n")
+                rows.append(row)
+    emit("samples", rows=rows)  # --report-to trackers show them as a table

@@ -26,7 +26,7 @@ from mlx.utils import tree_map
 from tqdm import tqdm
 
 from mlx_align.config.stages import TrainSettings
-from mlx_align.core import distributed
+from mlx_align.core import distributed, events
 from mlx_align.core.errors import RunError
 from mlx_align.core.events import emit
 from mlx_align.train.best import BestTracker, track
@@ -215,14 +215,17 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
         **quiet_unless_main(),
     )
     try:
-        for it in range(start + 1, settings.steps + 1):
-            last = run_optimizer_step(job, step, optimizer, settings, it, log) or last
-            finished = it
-            bar.update(1)
-            bar.set_postfix_str(log.postfix(), refresh=False)
-            if after_step(job, settings, it, evaluated, save):
-                stopped = True  # early stopping
-                break
+        with events.listening(samples_to(reporters, start)):
+            for it in range(start + 1, settings.steps + 1):
+                last = (
+                    run_optimizer_step(job, step, optimizer, settings, it, log) or last
+                )
+                finished = it
+                bar.update(1)
+                bar.set_postfix_str(log.postfix(), refresh=False)
+                if after_step(job, settings, it, evaluated, save):
+                    stopped = True  # early stopping
+                    break
     except KeyboardInterrupt:
         interrupted(job, start, finished, save)
         raise
@@ -238,6 +241,21 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     finally:
         log.close()
     return last
+
+
+def samples_to(reporters: list, start: int) -> Callable[[str, dict], None]:
+    """A listener handing the ``samples`` a rollout emits to the trackers, at
+    the step being trained (the one after the last ``step`` event)."""
+    done = [start]
+
+    def listen(event: str, fields: dict) -> None:
+        if event == "step":
+            done[0] = fields["step"]
+        elif event == "samples":
+            for reporter in reporters:
+                reporter.samples(done[0] + 1, fields["rows"])
+
+    return listen
 
 
 def resumed_tracker(job: TrainJob, settings: TrainSettings, start: int) -> BestTracker | None:  # fmt: skip

@@ -2,8 +2,9 @@
 
 ``tensorboard`` writes event files to ``R/tensorboard/`` with TensorBoard's
 own event-file writer and summary protos (no TensorFlow, no torch): every
-logged metric as a scalar under its ``metrics.jsonl`` key, at its step, and
-the run's settings once as a text table (``config``). Rank 0 alone reports.
+logged metric as a scalar under its ``metrics.jsonl`` key, at its step, the
+run's settings once as a text table (``config``), and the completions a
+rollout writes to ``samples.jsonl`` as a table (``completions``). Rank 0 alone reports.
 A tracker is an optional extra (``pip install "mlx-align[tensorboard]"``);
 asking for one that is not installed is refused before anything loads
 (``config/checks.py``; the choices are ``config.stages.REPORT_TARGETS``).
@@ -20,7 +21,23 @@ from typing import Any, Protocol
 class Reporter(Protocol):
     def log(self, step: int, record: dict[str, Any]) -> None: ...
 
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None: ...
+
     def close(self) -> None: ...
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """``rows`` (one dict each, the first's keys as columns) as a markdown table."""
+    columns = list(rows[0]) if rows else []
+
+    def cell(value: Any) -> str:
+        text = f"{value:.4g}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", "<br>")
+
+    head = f"| {' | '.join(columns)} |\n|{'---|' * len(columns)}\n"
+    return head + "".join(
+        f"| {' | '.join(cell(r[c]) for c in columns)} |\n" for r in rows
+    )
 
 
 class TensorBoardReport:
@@ -30,8 +47,8 @@ class TensorBoardReport:
         from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         self.writer = EventFileWriter(str(directory))
-        rows = "".join(f"| {k} | {v} |\n" for k, v in config.items())
-        self.text("config", 0, "| setting | value |\n|---|---|\n" + rows)
+        settings = [{"setting": k, "value": v} for k, v in config.items()]
+        self.text("config", 0, markdown_table(settings))
 
     def _event(self, tag: str, step: int, plugin: str, tensor) -> None:
         from tensorboard.compat.proto import event_pb2, summary_pb2
@@ -73,6 +90,10 @@ class TensorBoardReport:
         )
         self._event(tag, step, "text", tensor)
         self.writer.flush()
+
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        """Sampled completions (GRPO, RLOO, PPO) as a text table at ``step``."""
+        self.text("completions", step, markdown_table(rows))
 
     def close(self) -> None:
         self.writer.close()
