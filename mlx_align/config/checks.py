@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mlx_align.config.losses import DPOLossSettings
 from mlx_align.config.online import (
     GroupSettings,
     GRPOConfig,
@@ -27,7 +28,6 @@ from mlx_align.config.stages import (
     REPORT_TARGETS,
     AdapterSettings,
     CPOConfig,
-    DPOLossSettings,
     InitModelConfig,
     PreferenceSettings,
     RunSettings,

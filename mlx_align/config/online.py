@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlx_align.config.losses import DPOLossSettings
 from mlx_align.config.settings import (
     at_least,
     fraction,
@@ -18,12 +19,7 @@ from mlx_align.config.settings import (
     setting,
     stage_defaults,
 )
-from mlx_align.config.stages import (
-    AdapterSettings,
-    DPOLossSettings,
-    RunSettings,
-    TrainSettings,
-)
+from mlx_align.config.stages import AdapterSettings, RunSettings, TrainSettings
 
 
 @dataclass

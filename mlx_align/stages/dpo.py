@@ -28,7 +28,8 @@ from mlx_align.batches.planning import visited_batches
 from mlx_align.batches.preference import PairBatches
 from mlx_align.batches.types import PairBatch
 from mlx_align.config.checks import split_weights
-from mlx_align.config.stages import DPOConfig, DPOLossSettings
+from mlx_align.config.losses import DPOLossSettings
+from mlx_align.config.stages import DPOConfig
 from mlx_align.losses.dpo import (
     LOSS_SETTINGS,
     DPOPair,

@@ -21,7 +21,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from mlx_align.config.stages import TrainSettings
+from mlx_align.core import distributed
 from mlx_align.core.errors import RunError
+from mlx_align.train.checkpoint import checkpoint_state, latest_checkpoint
 
 BEST_DIR = "best"
 
@@ -110,3 +112,20 @@ def write_best(
     (tmp / "best.json").write_text(json.dumps(asdict(tracker), indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+
+
+def resumed_tracker(out: Path, settings: TrainSettings, start: int) -> BestTracker | None:  # fmt: skip
+    """``--save-best``'s tracker, continued from the checkpoint a run resumes
+    (rank 0's, for every rank)."""
+    tracker = BestTracker.of(settings)
+    if tracker is None or not start:
+        return tracker
+    latest = latest_checkpoint(out) if distributed.is_main() else None
+    if latest is not None:
+        tracker.restore(checkpoint_state(latest).get("best"))
+    if distributed.size() > 1:
+        known = tracker.value is not None
+        values = [float(known), tracker.value or 0.0, tracker.step, tracker.stale]
+        known, value, step, stale = distributed.sum_floats(values if distributed.is_main() else [0.0] * 4)  # fmt: skip
+        tracker.restore({"value": value if known else None, "step": int(step), "stale": int(stale)})  # fmt: skip
+    return tracker

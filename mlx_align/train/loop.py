@@ -29,16 +29,15 @@ from mlx_align.config.stages import TrainSettings
 from mlx_align.core import distributed, events
 from mlx_align.core.errors import RunError
 from mlx_align.core.events import emit
-from mlx_align.train.best import BestTracker, track
+from mlx_align.train.best import BestTracker, resumed_tracker, track
 from mlx_align.train.checkpoint import (
-    checkpoint_state,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
 from mlx_align.train.grad_checkpoint import checkpoint_layers
 from mlx_align.train.metrics import MetricsLog
-from mlx_align.train.report import open_reporters
+from mlx_align.train.report import open_reporters, samples_to
 
 Batch = Any  # a stage's named batch: a NamedTuple of arrays (batches.py, layouts.py)
 LossFn = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
@@ -190,7 +189,7 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     main = distributed.is_main()
     reporters = open_reporters(settings.report_to, job.out, job.config) if main else []
     log = MetricsLog(job.out / "metrics.jsonl", start, main, reporters)
-    tracker = resumed_tracker(job, settings, start)
+    tracker = resumed_tracker(job.out, settings, start)
 
     def save(step: int) -> Path:
         extra = {"best": tracker.state()} if tracker else None
@@ -241,38 +240,6 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     finally:
         log.close()
     return last
-
-
-def samples_to(reporters: list, start: int) -> Callable[[str, dict], None]:
-    """A listener handing the ``samples`` a rollout emits to the trackers, at
-    the step being trained (the one after the last ``step`` event)."""
-    done = [start]
-
-    def listen(event: str, fields: dict) -> None:
-        if event == "step":
-            done[0] = fields["step"]
-        elif event == "samples":
-            for reporter in reporters:
-                reporter.samples(done[0] + 1, fields["rows"])
-
-    return listen
-
-
-def resumed_tracker(job: TrainJob, settings: TrainSettings, start: int) -> BestTracker | None:  # fmt: skip
-    """``--save-best``'s tracker, continued from the checkpoint a run resumes
-    (rank 0's, for every rank)."""
-    tracker = BestTracker.of(settings)
-    if tracker is None or not start:
-        return tracker
-    latest = latest_checkpoint(job.out) if distributed.is_main() else None
-    if latest is not None:
-        tracker.restore(checkpoint_state(latest).get("best"))
-    if distributed.size() > 1:
-        known = tracker.value is not None
-        values = [float(known), tracker.value or 0.0, tracker.step, tracker.stale]
-        known, value, step, stale = distributed.sum_floats(values if distributed.is_main() else [0.0] * 4)  # fmt: skip
-        tracker.restore({"value": value if known else None, "step": int(step), "stale": int(stale)})  # fmt: skip
-    return tracker
 
 
 def evaluate_and_track(

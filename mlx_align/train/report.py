@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -107,3 +108,18 @@ def open_reporters(
     if "tensorboard" in names:
         reporters.append(TensorBoardReport(out / "tensorboard", config))
     return reporters
+
+
+def samples_to(reporters: list, start: int) -> Callable[[str, dict], None]:
+    """A listener handing the ``samples`` a rollout emits to the trackers, at
+    the step being trained (the one after the last ``step`` event)."""
+    done = [start]
+
+    def listen(event: str, fields: dict) -> None:
+        if event == "step":
+            done[0] = fields["step"]
+        elif event == "samples":
+            for reporter in reporters:
+                reporter.samples(done[0] + 1, fields["rows"])
+
+    return listen
