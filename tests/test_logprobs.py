@@ -9,9 +9,10 @@ from mlx.utils import tree_flatten
 
 import mlx_align.model.logprobs as logprobs
 from mlx_align.model.logprobs import (
+    distribution_stat,
+    entropy_stat,
     sequence_logps,
-    sequence_logps_and_entropy,
-    token_entropy,
+    sequence_logps_and_stat,
     token_logps,
 )
 
@@ -358,13 +359,17 @@ def test_linear_logps_equal_mlx_autodiff_of_the_logits(tiny_model, monkeypatch):
 
 def test_token_entropy_by_hand():
     uniform = mx.zeros((1, 4))
-    assert token_entropy(uniform).item() == pytest.approx(math.log(4), abs=1e-6)
-    half_quarter_quarter = mx.log(mx.array([[0.5, 0.25, 0.25]])) + 3.0  # shift-free
-    assert token_entropy(half_quarter_quarter).item() == pytest.approx(
-        1.5 * math.log(2), abs=1e-6
+    assert distribution_stat(uniform, entropy_stat).item() == pytest.approx(
+        math.log(4), abs=1e-6
     )
+    half_quarter_quarter = mx.log(mx.array([[0.5, 0.25, 0.25]])) + 3.0  # shift-free
+    assert distribution_stat(
+        half_quarter_quarter, entropy_stat
+    ).item() == pytest.approx(1.5 * math.log(2), abs=1e-6)
     certain = mx.array([[0.0, -1e9, -1e9]])
-    assert token_entropy(certain).item() == pytest.approx(0.0, abs=1e-6)
+    assert distribution_stat(certain, entropy_stat).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
 
 
 @pytest.mark.parametrize("one_piece", [1 << 24, 64])
@@ -378,18 +383,20 @@ def test_entropy_beside_the_log_probs_equals_one_from_the_whole_logits(
     model = lora_model(tiny_model)
     tokens = mx.array([[1, 5, 9, 13, 17, 21], [2, 6, 10, 0, 0, 0]])
     mask = mx.array([[0, 0, 1, 1, 1, 1], [0, 1, 1, 0, 0, 0]], dtype=mx.float32)
-    per_token, shifted, entropy = sequence_logps_and_entropy(model, tokens, mask)
+    per_token, shifted, entropy = sequence_logps_and_stat(
+        model, tokens, mask, entropy_stat
+    )
     want_logps, _, want_mask = sequence_logps(model, tokens, mask)
-    want = token_entropy(model(tokens[:, :-1])) * want_mask
+    want = distribution_stat(model(tokens[:, :-1]), entropy_stat) * want_mask
     np.testing.assert_allclose(np.array(per_token), np.array(want_logps), atol=1e-5)
     np.testing.assert_allclose(np.array(entropy), np.array(want), atol=1e-4)
     assert mx.array_equal(shifted, want_mask).item()
 
     def entropy_sum(m):
-        return sequence_logps_and_entropy(m, tokens, mask)[2].sum()
+        return sequence_logps_and_stat(m, tokens, mask, entropy_stat)[2].sum()
 
     def logps_sum(m):
-        return sequence_logps_and_entropy(m, tokens, mask)[0].sum()
+        return sequence_logps_and_stat(m, tokens, mask, entropy_stat)[0].sum()
 
     no_grads = dict(tree_flatten(nn.value_and_grad(model, entropy_sum)(model)[1]))
     assert no_grads and all(mx.all(g == 0).item() for g in no_grads.values())

@@ -214,7 +214,7 @@ def pair_token_logps(
         order = inputs.slot_order
         return order(per_token), order(inputs.completion_mask), stats if stats is None else order(stats)  # fmt: skip
     if stat:
-        return sequence_logps_and_stat(model, inputs.tokens, inputs.loss_mask, stat)[:3]
+        return sequence_logps_and_stat(model, inputs.tokens, inputs.loss_mask, stat)
     per_token, _, mask = sequence_logps(model, inputs.tokens, inputs.loss_mask)
     return per_token, mask, None
 

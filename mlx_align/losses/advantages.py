@@ -112,7 +112,9 @@ MULTI_OBJECTIVE_AGGREGATIONS = ("sum_then_normalize", "normalize_then_sum")
 
 
 def decoupled_advantages(
-    per_function: np.ndarray, weights: Sequence[float] | None, group_size: int
+    per_function: Sequence[Sequence[float | None]],
+    weights: Sequence[float] | None,
+    group_size: int,
 ) -> tuple[mx.array, dict[str, mx.array]]:
     """GDPO: each reward function normalised within its group, then the weighted
     sum normalised over the global batch.
@@ -126,14 +128,14 @@ def decoupled_advantages(
     function's group statistics and adds 0.
 
     Args:
-        per_function: (F, N) rewards, NaN where a function returned None.
+        per_function: F lists of N rewards (None: missing), as ``combine_rewards``.
         weights: F weights (default all 1).
 
     Returns:
         advantages (N,); ``frac_reward_zero_std``: 1 when the summed rewards
         have no spread over the batch (TRL's meaning on this path).
     """
-    table = np.asarray(per_function, dtype=np.float32)
+    table = reward_table(per_function)
     grouped = table.reshape(table.shape[0], -1, group_size)  # (F, P, G)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a group all missing
@@ -147,6 +149,12 @@ def decoupled_advantages(
     advantages = (rewards - mean) / (std + STD_EPS)
     zero_std = (std < 1e-6).astype(mx.float32)
     return advantages, {"frac_reward_zero_std": zero_std}
+
+
+def reward_table(per_function: Sequence[Sequence[float | None]]) -> np.ndarray:
+    """F lists of N rewards as an (F, N) float32 table, NaN where one is None."""
+    rows = [[np.nan if r is None else r for r in f] for f in per_function]
+    return np.array(rows, dtype=np.float32).reshape(len(rows), -1)
 
 
 def combine_rewards(
@@ -177,8 +185,7 @@ def combine_rewards(
     names = [f"reward_{i}" for i in range(num_functions)] if names is None else names
     if not len(weights) == len(names) == num_functions:
         raise ValueError("need one weight and one name per reward function")
-    rows = [[np.nan if r is None else r for r in f] for f in per_function_rewards]
-    table = np.array(rows, dtype=np.float32).reshape(num_functions, -1)  # (F, N)
+    table = reward_table(per_function_rewards)  # (F, N)
     weight_column = np.array(weights, dtype=np.float32)[:, None]  # (F, 1)
     totals = np.nansum(table * weight_column, axis=0)  # (N,) a missing reward adds 0
     metrics = {"reward": float(totals.mean()), "reward_std": float(totals.std())}

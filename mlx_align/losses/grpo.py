@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 
@@ -244,7 +244,7 @@ def grpo_loss(
         ``clip_ratio/region_mean``, …), ``entropy`` (its
         masked mean) when given and, when β > 0, ``kl`` (masked mean of k3).
     """
-    settings = PolicyLossSettings(**{**vars(settings or PolicyLossSettings()), **overrides})  # fmt: skip
+    settings = replace(settings or PolicyLossSettings(), **overrides)
     if settings.loss_type not in GRPO_AGGREGATIONS:
         raise ValueError(f"loss_type must be one of {sorted(GRPO_AGGREGATIONS)}")
     if settings.beta != 0.0 and ref_logps is None:

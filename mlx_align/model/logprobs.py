@@ -273,14 +273,6 @@ def sequence_logps(
     return per_token, per_token.sum(axis=-1), mask
 
 
-def sequence_logps_and_entropy(
-    model: nn.Module, tokens: mx.array, loss_mask: mx.array
-) -> tuple[mx.array, mx.array, mx.array]:
-    """``sequence_logps``'s per-token log-probs and mask, and the entropy of the model's
-    whole next-token distribution at each scored position (no gradient), all (B, T-1), 0 off the mask."""
-    return sequence_logps_and_stat(model, tokens, loss_mask, entropy_stat)
-
-
 def sequence_logps_and_stat(
     model: nn.Module, tokens: mx.array, loss_mask: mx.array, stat: TokenStat
 ) -> tuple[mx.array, mx.array, mx.array]:
@@ -380,8 +372,3 @@ def splits_head(model: nn.Module) -> bool:
 
     # Not announced: the fallback (whole logits) is the model's own forward.
     return probed(model, "log-probs from the backbone", check, fallback=None)
-
-
-def token_entropy(logits: mx.array) -> mx.array:
-    """−Σ p log p of softmax(logits) per position, float32, no gradient: (..., V) -> (...)."""
-    return distribution_stat(logits, entropy_stat)

@@ -10,7 +10,6 @@ Micro-batch k of the run uses rollout batch ``(step // μ) · A + micro``
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -216,8 +215,7 @@ class Rollouts:
         del inputs, old_logps, ref_logps
         config = self.config
         if config.multi_objective_aggregation == "normalize_then_sum":
-            table = [[math.nan if r is None else r for r in f] for f in per_function]
-            return decoupled_advantages(table, self.scorer.weights, config.group_size)
+            return decoupled_advantages(per_function, self.scorer.weights, config.group_size)  # fmt: skip
         return group_advantages(rewards, config.group_size, config.scale_rewards)
 
     def sample_groups(self, indices: list[int]) -> list[Group]:
