@@ -556,7 +556,8 @@ def test_weighted_pieces_sum_to_the_whole_batch_gradient(
     from mlx.utils import tree_flatten, tree_map
 
     from mlx_align.batches.budget import fit_to_budget
-    from mlx_align.train.loop import TrainJob, make_step
+    from mlx_align.train.evaluation import TrainJob
+    from mlx_align.train.loop import make_step
 
     model, batches = batch_of(tiny_model, pref_dir)
     mx.random.seed(1)

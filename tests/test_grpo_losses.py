@@ -134,7 +134,7 @@ def test_a_token_mean_loss_split_over_ranks_weighs_them_by_tokens():
     2/8·mean₁ + 6/8·mean₂ is the one-process token mean over all 8 tokens
     (weighing by completions, ½·mean₁ + ½·mean₂, would not be)."""
     from mlx_align.batches.types import GRPOBatch
-    from mlx_align.train.loop import count_of
+    from mlx_align.train.evaluation import count_of
 
     logps = mx.array([[-1.0, -2.0, 0, 0, 0, 0], [-0.5, -1.5, -1.0, -2.0, -0.3, -0.7]])
     mask = mx.array([[1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=mx.float32)

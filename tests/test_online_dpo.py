@@ -131,13 +131,25 @@ def test_online_dpo_judged_by_a_reward_model_wins_against_its_start(
     out = tmp_path / "odpo"
     config = OnlineDPOConfig(
         model=str(start), data=str(prompts), out=str(out), reward_model=str(judge),
-        steps=30, batch_size=4, learning_rate=5e-3, max_completion_tokens=12, **QUICK,
+        steps=30, batch_size=4, learning_rate=5e-3, max_completion_tokens=12,
+        **{**QUICK, "eval_every": 15}, save_best="val_win_rate",
     )  # fmt: skip
     run_online_dpo(config)
     lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [x for x in lines if "loss" in x]
     assert train[-1]["objective/scores"] > train[0]["objective/scores"] + 1.0
     assert lines[-1]["val_win_rate"] >= 0.7  # the goal
+    # Measured at each evaluation, so --save-best keeps the best (ties: the first).
+    rates = {x["step"]: x["val_win_rate"] for x in lines if "val_win_rate" in x}
+    assert list(rates) == [15, 30]
+    best = json.loads((out / "best" / "best.json").read_text())
+    assert (best["metric"], best["greater"]) == ("val_win_rate", True)
+    assert best["value"] == max(rates.values())
+    assert best["step"] == min(s for s, r in rates.items() if r == best["value"])
+    # The judged pairs, with the reward model's scores, every 5th micro-batch.
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["rollout"] for s in samples] == [k for k in range(0, 30, 5) for _ in range(8)]  # fmt: skip
+    assert all(isinstance(s["reward"], float) and s["completion"] for s in samples)
     for x in train:  # TRL's relation between the logged metrics
         kl = (x["rewards/chosen"] + x["rewards/rejected"]) / (2 * 0.1)
         assert x["objective/kl"] == pytest.approx(kl, rel=1e-3, abs=1e-4)

@@ -2,7 +2,7 @@
 
 One panel per metric, ``loss`` first, then the others in the order the run
 first logged them. A train metric ``x`` and its eval twin ``val_x`` (written by
-``train.loop.evaluate``) share a panel as two curves, "train" and "val".
+``train.evaluation.evaluate``) share a panel as two curves, "train" and "val".
 Bookkeeping numbers (step, learning rate, throughput, memory, counts) are left
 out; non-finite or missing values are skipped point by point.
 """

@@ -1,4 +1,4 @@
-"""The commands around the stages: score, rerank, fuse and plot.
+"""The commands around the stages: score, rerank, fuse, upload and plot.
 
 Each is a plain ``click`` command; ``cli.py`` adds them to the ``mlx-align``
 group beside the training stages.
@@ -149,8 +149,12 @@ def rerank_command(out: str | None, **settings) -> None:
 
 @click.command(
     "fuse",
-    epilog="Example:\n\n  mlx-align fuse --model runs/pt/model --adapter-path runs/sft --save-path models/sft-fused\n\n"
-    "  python -m mlx_lm generate --model models/sft-fused --prompt 'Question: What is 2 + 3?'",
+    epilog="Examples:\n\n  mlx-align fuse --model runs/pt/model --adapter-path runs/sft --save-path models/sft-fused\n\n"
+    "  python -m mlx_lm generate --model models/sft-fused --prompt 'Question: What is 2 + 3?'\n\n"
+    "  mlx-align fuse --model Qwen/Qwen2.5-0.5B-Instruct --adapter-path runs/dpo "
+    "--save-path models/dpo-fused --upload-repo me/qwen-dpo\n\n"
+    "The fused directory gets a model card (README.md: base model, the stages and "
+    "their settings, held-out figures) and mlx_align_stages.json, the stages that made it.",
 )
 @click.option(
     "--model",
@@ -173,15 +177,58 @@ def rerank_command(out: str | None, **settings) -> None:
     "refuses (exit 2) when it keeps under half the adapters' effect on the "
     "logits (1 - mean|fused - adapted| / mean|adapted - base| < 0.5).",
 )
+@click.option(
+    "--upload-repo",
+    default=None,
+    help="Upload the fused model to this Hugging Face repo (ORG/NAME), with its card.",
+)
 def fuse_command(
-    model: str, adapter_path: str, save_path: str, dequantize: bool
+    model: str,
+    adapter_path: str,
+    save_path: str,
+    dequantize: bool,
+    upload_repo: str | None,
 ) -> None:
     """Fold LoRA / DoRA adapters into the base weights; mlx-lm serves the result."""
+    from pathlib import Path
+
+    from mlx_align.apps.model_card import model_card, run_history, write_history
     from mlx_align.model.fuse import fuse_adapters
 
-    click.echo(
-        f"fused model written to {fuse_adapters(model, adapter_path, save_path, dequantize)}"
-    )
+    fused = Path(fuse_adapters(model, adapter_path, save_path, dequantize))
+    click.echo(f"fused model written to {fused}")
+    history = []  # adapters from elsewhere: mlx-lm's own card stays
+    if (Path(adapter_path) / "config.yaml").exists():
+        history = run_history(Path(adapter_path), base=model)
+        write_history(fused, history)
+        card = model_card(upload_repo or fused.name, history, adapters=False)
+        (fused / "README.md").write_text(card)
+    if upload_repo:
+        from mlx_align.apps.upload import upload_fused
+
+        click.echo(f"uploaded to {upload_fused(fused, upload_repo, history)}")
+
+
+@click.command(
+    "upload",
+    epilog="Examples:\n\n  mlx-align upload runs/dpo --repo me/qwen-dpo-adapters\n\n"
+    "  mlx-align upload runs/sft --repo me/sft-adapters --private\n\n"
+    "Sends adapters.safetensors, adapter_config.json and config.yaml (with --full: "
+    "RUN/model) and a model card as README.md, in one commit, through huggingface_hub "
+    "(its login or HF_TOKEN, and HF_ENDPOINT).",
+)
+@click.argument("run", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--repo", required=True, help="Hugging Face repo to upload to (ORG/NAME)."
+)
+@click.option("--private", is_flag=True, help="Create the repo private.")
+def upload_command(run: str, repo: str, private: bool) -> None:
+    """Upload a training run's adapters (not the base) to the hub, with a model card."""
+    from pathlib import Path
+
+    from mlx_align.apps.upload import upload_run
+
+    click.echo(f"uploaded to {upload_run(Path(run), repo, private)}")
 
 
 @click.command(

@@ -121,14 +121,25 @@ def check_settings(config: Any, origin: dict[str, str]) -> None:
             raise UserError(*found)
 
 
-def config_yaml(config: Any) -> str:
+def config_yaml(config: Any, command: str = "") -> str:
     """Every setting of ``config``, defaults included, as the YAML ``--config``
-    reads back: the same run again, from the start (``resume: false``)."""
+    reads back: the same run again, from the start (``resume: false``). With
+    ``command`` (the stage) a first comment line names it (``stage_of`` reads it)."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
     values = {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
     if "resume" in values:
         values["resume"] = False
-    return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+    head = f"{STAGE_LINE}{command} --config <this file>\n" if command else ""
+    return head + yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
+
+
+STAGE_LINE = "# mlx-align "
+
+
+def stage_of(config_text: str) -> str | None:
+    """The stage a run's ``config.yaml`` was written by (None: no such line)."""
+    first = config_text.partition("\n")[0]
+    return first[len(STAGE_LINE) :].split()[0] if first.startswith(STAGE_LINE) else None
 
 
 def build_config(cls: type[C], cli: dict[str, Any], config_file: str | None) -> C:

@@ -197,6 +197,8 @@ def trackers_installed(config: TrainSettings) -> tuple[str, str] | None:
             return "--report-to", (
                 f'{name} is not installed: pip install "mlx-align[{name}]"'
             )
+    if config.project_name and not {"wandb", "trackio"} & set(config.report_to):
+        return "--project-name", "names the project of --report-to wandb or trackio"
     return None
 
 

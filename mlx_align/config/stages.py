@@ -82,7 +82,12 @@ class RunSettings:
 
 
 # --report-to's choices: the module each tracker needs (None: nothing to report).
-REPORT_TARGETS: dict[str, str | None] = {"tensorboard": "tensorboard", "none": None}
+REPORT_TARGETS: dict[str, str | None] = {
+    "tensorboard": "tensorboard",
+    "wandb": "wandb",
+    "trackio": "trackio",
+    "none": None,
+}
 
 
 @dataclass
@@ -143,10 +148,15 @@ class TrainSettings:
     resume: bool = setting(False, "Continue from the newest checkpoint in --out.")
     report_to: tuple = setting(
         (),
-        "Experiment tracker beside metrics.jsonl: tensorboard (R/tensorboard/; "
-        'pip install "mlx-align[tensorboard]") or none; repeat for several.',
+        "Experiment tracker beside metrics.jsonl: tensorboard (R/tensorboard/), "
+        "wandb (R/wandb/; WANDB_MODE=offline keeps it local), trackio (its local "
+        'store) or none; repeat for several. Each is an extra: pip install "mlx-align[wandb]".',
         choices="mlx_align.config.stages:REPORT_TARGETS",
         multiple=True,
+    )
+    project_name: str = setting(
+        "",
+        "wandb's and trackio's project (default: WANDB_PROJECT / TRACKIO_PROJECT, else mlx-align).",
     )
     save_best: str = setting(
         "",

@@ -135,3 +135,23 @@ def require_text(record: Record, key: str) -> str:
         what = "empty" if not value else "only whitespace"
         raise DataError(record.path, record.line, f"field '{key}' is {what}")
     return value
+
+
+def keep_lines(path: Path, keep: Callable[[dict], bool]) -> None:
+    """Rewrite the JSON-lines log ``path`` with only the records ``keep`` accepts
+    (a resumed run drops what it will redo); a line cut short by a kill is dropped.
+    Nothing is written when every line stays."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if keep(json.loads(line)):
+                kept.append(line)
+        except ValueError:
+            continue
+    if len(kept) < len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)

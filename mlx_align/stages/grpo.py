@@ -24,7 +24,6 @@ from tqdm import tqdm
 
 from mlx_align.batches.types import GRPOBatch
 from mlx_align.config.online import GRPOConfig
-from mlx_align.core import distributed
 from mlx_align.losses.grpo import PolicyLossSettings, grpo_loss
 from mlx_align.sampling.fused_sampler import FusedSampler, should_fuse
 from mlx_align.stages.grpo_rollouts import Rollouts, read_prompt_splits
@@ -99,8 +98,6 @@ def group_job(run: StageRun, name: str, loss_fn) -> Job:
     if should_fuse(run.model, config.fuse_rollout):
         rollouts.sampler = FusedSampler(run.model)
     rollouts.reference = run.reference
-    if distributed.is_main():  # another rank may not remove what rank 0 wrote
-        (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
         f"{name}: {len(run.records)} prompts, {config.batch_size} x {config.group_size} completions per micro-batch"
     )

@@ -23,7 +23,7 @@ from mlx_align.batches.types import GRPOBatch
 from mlx_align.config.online import GRPOConfig, SamplingSettings
 from mlx_align.core import distributed
 from mlx_align.core.events import emit
-from mlx_align.data.jsonl import Record
+from mlx_align.data.jsonl import Record, keep_lines
 from mlx_align.data.prompts import check_prompt_records, encode_prompts
 from mlx_align.data.source import load_split
 from mlx_align.data.tokenize import Encoded, pad_id_of
@@ -277,8 +277,11 @@ def write_samples(
     rewards,
     per_group: int = 2,
 ) -> None:
-    """Append the first ``per_group`` completions of each group, with their rewards, to ``path``."""
+    """Append the first ``per_group`` completions of each group, with their rewards,
+    to ``path``, after dropping any of rollout ``rollout_id`` or later (from an
+    older run, or from past the checkpoint a resumed run restarts at)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    keep_lines(path, lambda row: row.get("rollout", 0) < rollout_id)
     size = len(texts) // len(groups)
     rows = []
     with open(path, "a") as f:

@@ -10,14 +10,14 @@ against the reference: the base with the adapters off, sharing its arrays,
 scored once at sampling time. Pairs the judge cannot separate are not
 trained on (``index`` -1) and counted.
 
-After training, the judge compares one sample of the policy with one of the
-starting model on each held-out prompt (``valid.jsonl``): ``val_win_rate``
-(ties count half) is written to ``metrics.jsonl`` and printed.
+At each evaluation (``--eval-every``; with 0, once after training), the judge
+compares one sample of the policy with one of the starting model on each
+held-out prompt (``valid.jsonl``): ``val_win_rate`` (ties count half) is
+logged with the run's metrics, so ``--save-best val_win_rate`` keeps the best.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from functools import partial
 from pathlib import Path
@@ -40,7 +40,12 @@ from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model, shoul
 from mlx_align.sampling.judges import Verdicts, make_judge
 from mlx_align.sampling.rollout import Group
 from mlx_align.stages.dpo import dpo_loss, dpo_objective
-from mlx_align.stages.grpo_rollouts import draw, read_prompt_splits, seed_for_rank
+from mlx_align.stages.grpo_rollouts import (
+    draw,
+    read_prompt_splits,
+    seed_for_rank,
+    write_samples,
+)
 from mlx_align.train.reference import live_reference
 from mlx_align.train.stage import Job, Stage, StageRun, adapters_or_model, run_stage
 
@@ -68,6 +73,7 @@ class OnlinePairs:
         self.sampler: FusedSampler | None = None
         self.scored = bool(config.reward_model or config.reward)  # they give scores
         self.stat_names = [*SAMPLER_STATS, *(SCORE_STATS if self.scored else ())]
+        self.samples_path = Path(config.out) / "samples.jsonl"
 
     def micro_batch(self, k: int) -> OnlineDPOBatch:
         config = self.config
@@ -81,6 +87,9 @@ class OnlinePairs:
         tic = time.perf_counter()
         verdicts = self.judge([self.records[i] for i in indices], texts)
         emit("rewards", seconds=time.perf_counter() - tic)
+        if k % max(config.log_every, 1) == 0 and distributed.is_main():
+            flat = [t for pair in texts for t in pair]
+            write_samples(self.samples_path, k, self.tokenizer, groups, flat, judged(verdicts))  # fmt: skip
         return self.batch(indices, groups, verdicts)
 
     def decode(self, tokens: list[int]) -> str:
@@ -126,6 +135,15 @@ class OnlinePairs:
             flat = [x for s in scores for x in s]
             values += [sum(flat) / len(flat), sum(margins) / max(len(margins), 1)]
         return values
+
+
+def judged(verdicts: Verdicts) -> mx.array:
+    """Each completion's figure in ``samples.jsonl``: the judge's score where it
+    gives scores, else 1 for the preferred of the pair, 0 for the other, ½ each on a tie."""
+    if verdicts.scores is not None:
+        return mx.array([x for pair in verdicts.scores for x in pair])
+    won = [(1.0, 0.0) if p == 0 else (0.0, 1.0) if p == 1 else (0.5, 0.5) for p in verdicts.preferred]  # fmt: skip
+    return mx.array([x for pair in won for x in pair])
 
 
 def online_dpo_loss(
@@ -219,20 +237,19 @@ def online_job(run: StageRun) -> Job:
         ld_alpha=config.ld_alpha,
         use_weighting=config.use_weighting,
     )
-    return Job(loss_fn, pairs.micro_batch)
+    held_out = run.records[1]
+    return Job(
+        loss_fn,
+        pairs.micro_batch,
+        held_out=partial(win_rates, run, held_out) if held_out else None,
+    )
 
 
-def write_with_win_rate(run: StageRun) -> Path:
-    """The result, then the held-out win rate against the start in ``metrics.jsonl``."""
-    path = adapters_or_model(run)
-    config, held_out = run.config, run.records[1]
-    if held_out:
-        rate, ties = win_rate(run.model, run.reference, run.data, held_out)
-        record = {"step": config.steps, "val_win_rate": rate, "val_win_ties": ties}
-        with open(Path(config.out) / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        tqdm.write(f"held-out win rate against the start: {rate:.3f} (ties {ties:.3f})")
-    return path
+def win_rates(run: StageRun, held_out: list[Record]) -> dict[str, float]:
+    """The held-out win rate against the start, as an evaluation logs it."""
+    rate, ties = win_rate(run.model, run.reference, run.data, held_out)
+    tqdm.write(f"held-out win rate against the start: {rate:.3f} (ties {ties:.3f})")
+    return {"val_win_rate": rate, "val_win_ties": ties}
 
 
 ONLINE_DPO = Stage(
@@ -240,5 +257,5 @@ ONLINE_DPO = Stage(
     read=lambda config: read_prompt_splits(config, "train", "valid"),
     data=online_data,
     reference=online_reference,
-    write=write_with_win_rate,
+    write=adapters_or_model,
 )

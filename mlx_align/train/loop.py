@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -29,42 +26,22 @@ from mlx_align.config.stages import TrainSettings
 from mlx_align.core import distributed, events
 from mlx_align.core.errors import RunError
 from mlx_align.core.events import emit
-from mlx_align.train.best import BestTracker, resumed_tracker, track
+from mlx_align.train.best import resumed_tracker
 from mlx_align.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
+from mlx_align.train.evaluation import (
+    Batch,
+    TrainJob,
+    count_of,
+    evaluate_and_track,
+    quiet_unless_main,
+)
 from mlx_align.train.grad_checkpoint import checkpoint_layers
 from mlx_align.train.metrics import MetricsLog
 from mlx_align.train.report import open_reporters, samples_to
-
-Batch = Any  # a stage's named batch: a NamedTuple of arrays (batches.py, layouts.py)
-LossFn = Callable[..., tuple[mx.array, mx.array, dict[str, mx.array]]]
-
-
-@dataclass
-class TrainJob:
-    """What a stage hands the loop: model, loss, data, and how to write its weights."""
-
-    model: nn.Module
-    loss_fn: LossFn
-    # Micro-batch k of the run (deterministic in k), or its pieces as
-    # (batch, weight) with weights summing to 1 (a batch split to fit memory).
-    train_batch: Callable[[int], Batch | list[tuple[Batch, float]]]
-    out: Path
-    write_weights: Callable[
-        [Path], None
-    ]  # trainable weights (+ metadata) into a directory
-    weights_file: str  # the file write_weights writes the trainable arrays to
-    eval_batches: Callable[[], Iterable[Batch]] | None = None
-    config: dict = field(default_factory=dict)
-    # Models the loss reads but never trains (a reference run each step): their
-    # arrays must be declared as inputs of the compiled step.
-    frozen: list[nn.Module] = field(default_factory=list)
-    # Checkpoints only after steps that are multiples of this: GRPO's μ steps
-    # share one rollout batch, whose old log-probs a checkpoint does not hold.
-    checkpoint_multiple: int = 1
 
 
 def build_optimizer(settings: TrainSettings) -> optim.Optimizer:
@@ -124,33 +101,6 @@ def make_step(job: TrainJob, optimizer: optim.Optimizer, settings: TrainSettings
     )
 
 
-def evaluate(job: TrainJob) -> dict[str, float]:
-    """Mean loss and metrics over the eval batches (every rank's share), each
-    batch weighted by what its loss averages over (``count_of``)."""
-    job.model.eval()
-    totals: dict[str, mx.array] = {}
-    n_total = mx.array(0.0)
-    batches = tqdm(
-        job.eval_batches(),
-        desc="eval",
-        leave=False,
-        dynamic_ncols=True,
-        **quiet_unless_main(),
-    )
-    for batch in batches:
-        loss, n_tokens, metrics = job.loss_fn(job.model, batch)
-        weight = count_of(batch, n_tokens)
-        for name, value in {"loss": loss, **metrics}.items():
-            totals[name] = totals.get(name, 0.0) + value * weight
-        n_total = n_total + weight
-        mx.eval(totals, n_total)
-    job.model.train()
-    names = list(totals)
-    sums = distributed.sum_floats([totals[k].item() for k in names] + [n_total.item()])
-    *values, n_total = sums
-    return {f"val_{k}": v / max(n_total, 1) for k, v in zip(names, values, strict=True)}
-
-
 def start_run(job: TrainJob, settings: TrainSettings) -> tuple[optim.Optimizer, int]:
     """The optimizer, and the step to start after: the latest checkpoint's with
     ``--resume`` (its weights and optimizer state loaded), else 0."""
@@ -187,7 +137,13 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     optimizer, start = start_run(job, settings)
     step = make_step(job, optimizer, settings)
     main = distributed.is_main()
-    reporters = open_reporters(settings.report_to, job.out, job.config) if main else []
+    reporters = (
+        open_reporters(
+            settings.report_to, job.out, job.config, settings.project_name, start > 0
+        )
+        if main
+        else []
+    )
     log = MetricsLog(job.out / "metrics.jsonl", start, main, reporters)
     tracker = resumed_tracker(job.out, settings, start)
 
@@ -232,7 +188,7 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
         bar.close()
     try:
         if (
-            job.eval_batches
+            job.evaluates
             and not stopped
             and (not settings.eval_every or settings.steps % settings.eval_every)
         ):
@@ -242,23 +198,11 @@ def train(job: TrainJob, settings: TrainSettings) -> dict[str, float]:
     return last
 
 
-def evaluate_and_track(
-    job: TrainJob, tracker: BestTracker | None, log, step: int, writes: bool = True
-) -> tuple[dict[str, float], bool]:
-    """Evaluate after ``step`` and log it; with ``--save-best`` keep the best
-    weights. Returns (the logged line, whether to stop early)."""
-    results = evaluate(job)
-    line = log.write(step, results)
-    if tracker is None:
-        return line, False
-    return line, track(tracker, step, results, job.out, job.write_weights, writes)
-
-
 def after_step(job: TrainJob, settings: TrainSettings, it: int, evaluated, save) -> bool:  # fmt: skip
     """Evaluate and checkpoint when step ``it`` is due; then tell listeners.
     Returns whether the run stops early (``--early-stopping-patience``)."""
     stop = False
-    if job.eval_batches and settings.eval_every and it % settings.eval_every == 0:
+    if job.evaluates and settings.eval_every and it % settings.eval_every == 0:
         stop = evaluated(it)[1]
     due = settings.save_every and it % settings.save_every == 0
     if due and it % job.checkpoint_multiple == 0:
@@ -286,19 +230,6 @@ def interrupted(job: TrainJob, start: int, finished: int, save) -> None:
 def step_seed(seed: int, step: int) -> int:
     """The RNG seed of one step: a resumed run draws the same dropout masks."""
     return (seed * 1_000_003 + step) % 2**32
-
-
-def quiet_unless_main() -> dict:
-    """tqdm's settings: no bar on ranks other than 0 (rank 0 keeps tqdm's own
-    defaults, so ``TQDM_DISABLE`` still works)."""
-    return {} if distributed.is_main() else {"disable": True}
-
-
-def count_of(batch: Batch, n_tokens: mx.array) -> mx.array:
-    """What the loss of ``batch`` is a mean over: its examples where it counts
-    them (per-example losses), else its tokens. Evaluation averages and the
-    ranks' shares of a step weigh by it."""
-    return getattr(batch, "n_examples", n_tokens)
 
 
 def run_optimizer_step(

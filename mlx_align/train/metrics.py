@@ -8,6 +8,7 @@ from pathlib import Path
 
 import mlx.core as mx
 
+from mlx_align.data.jsonl import keep_lines
 from mlx_align.train.report import Reporter
 
 
@@ -29,7 +30,7 @@ class MetricsLog:
         elif resume_from == 0:
             path.unlink(missing_ok=True)
         else:  # drop lines from steps the resumed run will redo
-            self._truncate_after(resume_from)
+            keep_lines(path, lambda record: record.get("step", 0) <= resume_from)
         self._reset()
         self.latest: dict[str, float] = {}
 
@@ -37,12 +38,6 @@ class MetricsLog:
         self.seconds = self.n_tokens = self.loss_sum = 0.0
         self.steps = 0
         self.metric_sums: dict[str, float] = {}
-
-    def _truncate_after(self, step: int) -> None:
-        if self.path.exists():
-            lines = self.path.read_text().splitlines()
-            kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
 
     def add(
         self, seconds: float, n_tokens: float, loss: float, metrics: dict[str, float]

@@ -36,7 +36,8 @@ from mlx_align.train.adapted import (
     write_result,
     write_weights,
 )
-from mlx_align.train.loop import TrainJob, train
+from mlx_align.train.evaluation import TrainJob
+from mlx_align.train.loop import train
 
 
 @dataclass
@@ -70,6 +71,7 @@ class Job:
     loss_fn: Callable
     train_batch: Callable[[int], Any]
     valid: tuple[BatchPlan, Callable[[list[int]], Any]] | None = None
+    held_out: Callable[[], dict[str, float]] | None = None  # TrainJob.held_out
     frozen: Sequence[nn.Module | None] = ()
     checkpoint_multiple: int = 1
 
@@ -143,6 +145,7 @@ def job_for(run: StageRun, job: Job) -> TrainJob:
         write_weights=run.trained.write_weights,
         weights_file=run.trained.weights_file,
         eval_batches=eval_batches,
+        held_out=job.held_out,
         config=dataclasses.asdict(config),
         frozen=[m for m in job.frozen if m is not None],
         checkpoint_multiple=job.checkpoint_multiple,
