@@ -11,11 +11,13 @@ from pathlib import Path
 
 import click
 
+from mlx_align.apps.chat import chat_command
 from mlx_align.apps.tools import (
     fuse_command,
     plot_command,
     rerank_command,
     score_command,
+    upload_command,
 )
 from mlx_align.config.build import build_config, choices_of, config_yaml
 from mlx_align.config.online import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig
@@ -137,7 +139,7 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
         def command(config_file: str | None, print_config: bool, **flags) -> None:
             config = build_config(cls, flags, config_file)
             if print_config:
-                click.echo(config_yaml(config), nl=False)
+                click.echo(config_yaml(config, name), nl=False)
                 return
             if getattr(config, "out", ""):  # before any model loads
                 check_writable(Path(config.out), directory=cls is not EvalMathConfig)
@@ -147,7 +149,9 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
                 if distributed.size() > 1:
                     click.echo(f"mlx-align {name}: {distributed.describe()}", err=True)
                 if distributed.is_main():  # `--config R/config.yaml` runs it again
-                    (Path(config.out) / "config.yaml").write_text(config_yaml(config))
+                    (Path(config.out) / "config.yaml").write_text(
+                        config_yaml(config, name)
+                    )
             run(config)
 
         return command
@@ -368,8 +372,9 @@ def ppo_command(config: PPOConfig) -> None:
     click.echo(f"result written to {run_ppo(config)}")
 
 
-for tool in (score_command, rerank_command, fuse_command, plot_command):
+for tool in (score_command, rerank_command, fuse_command, upload_command, plot_command):
     cli.add_command(tool)
+cli.add_command(chat_command)
 
 
 def main(argv: list[str] | None = None) -> None:

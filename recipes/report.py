@@ -221,6 +221,7 @@ def rerank_section(run: Path) -> list[str]:
 OPTIONAL = {  # run folder -> what the report calls it (make capstone-<name>)
     "online": "online DPO, judged by the reward model",
     "ppo": "PPO with a critic, rewarded by the reward model",
+    "feedback": "DPO on chat feedback (make capstone-feedback)",
 }
 
 

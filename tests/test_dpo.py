@@ -682,3 +682,20 @@ def test_an_unknown_loss_fails_before_anything_loads(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "'foo' is not one of" in err and "sigmoid" in err
     assert "Traceback" not in err
+
+
+def test_dpo_keeps_training_given_adapters_against_the_base(tiny_model, pref_dir, tmp_path):  # fmt: skip
+    """--adapter-path: the policy starts from the adapters, the reference is the
+    base without them (were it the adapters, step 1's loss would be ln 2), and the
+    adapters' own settings win over the LoRA flags."""
+    first = tmp_path / "first"
+    run_dpo(DPOConfig(**dpo_config(tiny_model, pref_dir, first, steps=10, log_every=1)))  # fmt: skip
+    assert metrics_of(first)[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)
+    second = tmp_path / "second"
+    config = dpo_config(tiny_model, pref_dir, second, steps=1, log_every=1, adapter_path=str(first), lora_rank=4)  # fmt: skip
+    run_dpo(DPOConfig(**config))
+    step_one = metrics_of(second)[0]
+    assert step_one["loss"] < math.log(2) - 0.05
+    assert step_one["rewards/margins"] > 0.1
+    saved = json.loads((second / "adapter_config.json").read_text())
+    assert saved["lora_parameters"]["rank"] == 8  # first's, not the flag's 4

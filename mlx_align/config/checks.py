@@ -22,6 +22,7 @@ from mlx_align.config.online import (
     PPOConfig,
     RewardSettings,
     SamplingSettings,
+    ToolSettings,
 )
 from mlx_align.config.settings import flag, shown
 from mlx_align.config.stages import (
@@ -33,6 +34,7 @@ from mlx_align.config.stages import (
     RunSettings,
     TrainSettings,
 )
+from mlx_align.core.errors import UserError
 from mlx_align.model.load import same_model
 from mlx_align.sampling.judges import one_judge
 
@@ -46,6 +48,8 @@ def quantize_needs_adapters(config: AdapterSettings) -> tuple[str, str] | None:
         )
     if config.full and config.dora:
         return "--dora", "DoRA is an adapter; it cannot be combined with --full"
+    if config.full and config.adapter_path:
+        return "--adapter-path", "continues adapters; it cannot be combined with --full"
     return None
 
 
@@ -253,6 +257,20 @@ def rewards_resolve_and_match_weights(config: RewardSettings) -> tuple[str, str]
     )
 
 
+def tools_resolve(config: ToolSettings) -> tuple[str, str] | None:
+    """``--tool`` functions with schemas and an ``--environment`` factory that
+    makes environments with ``reset``, imported before any model loads."""
+    from mlx_align.sampling.tools import load_environment_factory, load_tools
+
+    try:
+        load_tools(config.tool)
+        if config.environment:
+            load_environment_factory(config.environment)
+    except UserError as error:
+        return error.setting, error.message
+    return None
+
+
 def clip_and_lengths(config: GroupSettings) -> tuple[str, str] | None:
     if config.epsilon_high and config.epsilon_high < config.epsilon:
         return (
@@ -357,6 +375,7 @@ CHECKS: list[tuple[type, Callable[[Any], tuple[str, str] | None]]] = [
     (GroupSettings, grpo_needs_a_reward),
     (RewardSettings, rewards_resolve_and_match_weights),
     (GroupSettings, clip_and_lengths),
+    (ToolSettings, tools_resolve),
     (GRPOConfig, grpo_loss_settings_fit),
     (SamplingSettings, length_problem),
     (InitModelConfig, hidden_size_fits_the_heads),

@@ -57,6 +57,29 @@ class RewardSettings:
 
 
 @dataclass
+class ToolSettings:
+    """Tools and environments the policy may call while it samples: multi-turn rollouts."""
+
+    tool: tuple = setting(
+        (),
+        "A tool the policy may call: module:function with type hints and a docstring "
+        "(its JSON schema goes to the chat template); repeat for several.",
+        multiple=True,
+    )
+    environment: str = setting(
+        "",
+        "module:factory making one environment per trajectory: reset(**row) returns "
+        "a first observation or None; its other public methods are tools.",
+    )
+    max_turns: int = setting(
+        4,
+        "Model turns per trajectory with --tool / --environment (a call in the last "
+        "is not run); the trajectory's tokens stay within --max-completion-tokens.",
+        check=positive,
+    )
+
+
+@dataclass
 class GroupSettings:
     """The stages that sample G completions per prompt and compare them (GRPO, RLOO)."""
 
@@ -109,6 +132,7 @@ class GRPOConfig(
     SamplingSettings,
     RewardSettings,
     GroupSettings,
+    ToolSettings,
 ):
     loss: str = setting(
         "dapo",

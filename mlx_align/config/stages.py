@@ -82,12 +82,8 @@ class RunSettings:
 
 
 # --report-to's choices: the module each tracker needs (None: nothing to report).
-REPORT_TARGETS: dict[str, str | None] = {
-    "tensorboard": "tensorboard",
-    "wandb": "wandb",
-    "trackio": "trackio",
-    "none": None,
-}
+TRACKERS = ("tensorboard", "wandb", "trackio")  # each tracker's module is its name
+REPORT_TARGETS: dict[str, str | None] = {**{t: t for t in TRACKERS}, "none": None}
 
 
 @dataclass
@@ -195,6 +191,12 @@ class AdapterSettings:
         "Comma-separated module paths to adapt, e.g. self_attn.q_proj (empty: all linear layers).",
     )
     dora: bool = setting(False, "Weight-decomposed LoRA (DoRA) instead of LoRA.")
+    adapter_path: str = setting(
+        "",
+        "Keep training these adapters (a directory with adapters.safetensors + "
+        "adapter_config.json; its type, rank and layers replace the LoRA flags); "
+        "the reference stays the base model.",
+    )
     full: bool = setting(False, "Train all weights instead of adapters.")
     quantize: int = setting(
         0,
@@ -244,7 +246,8 @@ class InitModelConfig:
     seed: int = setting(0, "Seed for the weight initialisation.", check=SEED)
     chat_template: str = setting(
         "chatml",
-        "Chat template: chatml, or qa (a user turn is 'Question: ...\\nAnswer:').",
+        "Chat template: chatml, chatml-tools (ChatML with <tool_call> tokens, as "
+        "Qwen2.5 calls tools), or qa (a user turn is 'Question: ...\\nAnswer:').",
         choices=tuple(CHAT_TEMPLATES),
     )
 

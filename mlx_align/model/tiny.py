@@ -9,7 +9,7 @@ attention (fewer KV heads than query heads).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -17,7 +17,7 @@ import mlx.core as mx
 from mlx_lm.models import llama
 from mlx_lm.utils import save_config, save_model
 
-from mlx_align.model.chat_templates import CHAT_TEMPLATES
+from mlx_align.model.chat_templates import CHAT_TEMPLATES, TEMPLATE_TOKENS
 
 PAD, BOS, EOS = "<|pad|>", "<|bos|>", "<|eos|>"
 IM_START, IM_END = "<|im_start|>", "<|im_end|>"
@@ -47,8 +47,9 @@ PRESETS: dict[str, TinyLlamaSpec] = {
 }
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
-    """Byte-level BPE (GPT-2 style) with our special tokens; returns a ``tokenizers.Tokenizer``."""
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, extra_special: Sequence[str] = ()):  # fmt: skip
+    """Byte-level BPE (GPT-2 style) with our special tokens (and ``extra_special``);
+    returns a ``tokenizers.Tokenizer``."""
     from tokenizers import (
         Tokenizer,
         decoders,
@@ -70,7 +71,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int):
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=[*SPECIAL_TOKENS, *extra_special],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -87,7 +88,11 @@ def save_tokenizer(tokenizer, out: Path, chat_template: str = "chatml") -> None:
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
-        additional_special_tokens=[IM_START, IM_END],
+        additional_special_tokens=[
+            IM_START,
+            IM_END,
+            *TEMPLATE_TOKENS.get(chat_template, []),
+        ],
         model_max_length=1_000_000,
     )
     fast.chat_template = CHAT_TEMPLATES[chat_template]
@@ -118,7 +123,8 @@ def init_model(
     """Train the tokenizer on ``corpus``, initialise the weights, save an mlx-lm model dir."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = train_bpe_tokenizer(corpus, spec.vocab_size)
+    extra = TEMPLATE_TOKENS.get(chat_template, [])
+    tokenizer = train_bpe_tokenizer(corpus, spec.vocab_size, extra)
     save_tokenizer(tokenizer, out, chat_template)
     eos_ids = [tokenizer.token_to_id(EOS), tokenizer.token_to_id(IM_END)]
     config = model_config(spec, tokenizer.get_vocab_size(), eos_ids)

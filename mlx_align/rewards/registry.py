@@ -1,8 +1,8 @@
 """Reward functions by name: builtins, or any importable callable."""
 
-import importlib
 from collections.abc import Callable, Sequence
 
+from mlx_align.core.imports import import_callable
 from mlx_align.rewards.format import format_reward
 from mlx_align.rewards.math import math_reward
 
@@ -44,19 +44,9 @@ def resolve_reward(spec: str) -> RewardFunction:
     """
     if spec in REWARD_FUNCTIONS:
         return REWARD_FUNCTIONS[spec]
-    module_name, _, attribute = spec.rpartition(":" if ":" in spec else ".")
-    if not module_name or not attribute:
+    if not (":" in spec or "." in spec.strip(".")):
         raise ValueError(
             f"unknown reward {spec!r}: not a builtin ({', '.join(REWARD_FUNCTIONS)}) "
             "nor an import path 'module:function'"
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ValueError(f"cannot import reward {spec!r}: {error}") from error
-    function = getattr(module, attribute, None)
-    if not callable(function):
-        raise ValueError(
-            f"reward {spec!r}: {module_name} has no callable {attribute!r}"
-        )
-    return function
+    return import_callable(spec, "reward")

@@ -45,12 +45,17 @@ class GroupScorer:
         return combine_rewards(per_function, self.weights, self.names)
 
     def per_function(
-        self, records: Sequence[Record], group_size: int, completions: Sequence[str]
+        self,
+        records: Sequence[Record],
+        group_size: int,
+        completions: Sequence[str],
+        extra: dict[str, list] | None = None,
     ) -> list[list[float | None]]:
         """Each function's rewards of ``completions``, F lists of N (None: missing).
 
         Each function gets TRL's arguments: ``prompts``, ``completions`` and
-        every other column of the records, one entry per completion.
+        every other column of the records, one entry per completion, and the
+        ``extra`` columns (e.g. ``environments``), one entry per completion too.
         """
         rows = [r for r in records for _ in range(group_size)]
         columns = {
@@ -58,5 +63,6 @@ class GroupScorer:
             for key in records[0].fields
             if key != "prompt"
         }
+        columns |= extra or {}
         prompts = [r.fields["prompt"] for r in rows]
         return [fn(prompts, list(completions), **columns) for fn in self.functions]

@@ -59,6 +59,9 @@ class Group:
 
     prompt: list[int]
     completions: list[list[int]]
+    # Multi-turn completions: 1 on the model's own tokens, 0 on tool turns and
+    # template glue (``sampling/conversations.py``); None: all the model's.
+    masks: list[list[int]] | None = None
 
 
 def sample_next(logits: mx.array, temperature: float, top_p: float) -> mx.array:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from tqdm import tqdm
 
 from mlx_align.batches.layouts import FullRows, SharedPrompt
@@ -32,8 +33,10 @@ from mlx_align.losses.grpo import TOKEN_MEAN_LOSSES
 from mlx_align.model.shared_prompts import supports_shared_prompts
 from mlx_align.rewards.registry import reward_columns
 from mlx_align.rewards.scoring import GroupScorer
+from mlx_align.sampling.conversations import conversation_stats
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
 from mlx_align.sampling.rollout import Group, sample_groups
+from mlx_align.stages.tool_rollouts import TOOL_STATS, ToolUse, sample_rows, uses_tools
 from mlx_align.train.loop import step_seed
 
 RANK_SEED_STRIDE = 7919  # rank r samples from the step's seed + r x this
@@ -71,15 +74,18 @@ def draw(
     prompts: list[list[int]],
     group_size: int,
     eos_ids: set[int],
+    max_tokens: int | None = None,
 ) -> list[Group]:
     """``group_size`` completions of each prompt with the stage's sampling
-    settings (``rollout.sample_groups``); emits ``rollout`` (lengths, seconds)."""
+    settings (``rollout.sample_groups``), stopping at ``eos_ids``, at most
+    ``max_tokens`` (default ``--max-completion-tokens``); emits ``rollout``
+    (lengths, seconds)."""
     tic = time.perf_counter()
     groups = sample_groups(
         model,
         prompts,
         group_size,
-        settings.max_completion_tokens,
+        max_tokens or settings.max_completion_tokens,
         eos_ids,
         settings.temperature,
         settings.top_p,
@@ -103,12 +109,12 @@ class Rollouts:
     ):
         self.config, self.model, self.tokenizer = config, model, tokenizer
         self.records = records
-        self.prompts = encode_prompts(
-            tokenizer,
-            records,
-            max_tokens=config.max_length - config.max_completion_tokens,
-            report=tqdm.write,
-        )
+        room = config.max_length - config.max_completion_tokens
+        self.tool_use = ToolUse(config, tokenizer, records, room) if uses_tools(config) else None  # fmt: skip
+        if self.tool_use:
+            self.prompts = self.tool_use.prompts
+        else:
+            self.prompts = encode_prompts(tokenizer, records, room, report=tqdm.write)
         # Every rank samples a full share (GRPO has no filler rows); one
         # process keeps a short last batch.
         self.plan = BatchPlan.by_length(
@@ -131,7 +137,8 @@ class Rollouts:
     @property
     def stat_names(self) -> list[str]:
         """What ``GRPOBatch.stats`` holds, in order."""
-        return [*ROLLOUT_STATS, *self.scorer.metric_names]
+        tools = TOOL_STATS if self.tool_use else ()
+        return [*ROLLOUT_STATS, *self.scorer.metric_names, *tools]
 
     def micro_batch(self, k: int) -> GRPOBatch:
         accumulation = self.config.grad_accumulation
@@ -157,20 +164,29 @@ class Rollouts:
     def sample(self, rollout_id: int) -> GRPOBatch:
         """Sample the rollout batch's groups, score them, and batch them for the loss."""
         config, indices = self.config, self.plan.local_batch(rollout_id)
-        groups = self.sample_groups(indices)
-        texts = [
-            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
-            for g in groups
-            for c in g.completions
-        ]
-        tic = time.perf_counter()
         records = [self.records[i] for i in indices]
-        per_function = self.scorer.per_function(records, config.group_size, texts)
+        columns, tool_stats = {}, {}
+        if self.tool_use:
+            groups, trajectories = self.converse(indices, records)
+            texts = [t.final_text for t in trajectories]  # what a reward reads
+            shown = sample_rows(trajectories)
+            tool_stats = conversation_stats(trajectories)
+            if self.tool_use.factory:
+                columns["environments"] = [t.toolbox.environment for t in trajectories]
+        else:
+            groups = self.sample_groups(indices)
+            texts = shown = [
+                self.tokenizer.decode([t for t in c if t not in self.eos_ids])
+                for g in groups
+                for c in g.completions
+            ]
+        tic = time.perf_counter()
+        per_function = self.scorer.per_function(records, config.group_size, texts, columns)  # fmt: skip
         rewards, reward_metrics = self.scorer.combine(per_function)
         emit("rewards", seconds=time.perf_counter() - tic)
         if rollout_id % max(config.log_every, 1) == 0 and distributed.is_main():
             write_samples(
-                self.samples_path, rollout_id, self.tokenizer, groups, texts, rewards
+                self.samples_path, rollout_id, self.tokenizer, groups, shown, rewards
             )
         inputs = self.inputs(groups)
         if config.mask_truncated_completions:  # as TRL: out of the loss entirely
@@ -187,6 +203,7 @@ class Rollouts:
             **{name: value.item() for name, value in adv_metrics.items()},
             "completion_length_mean": sum(lengths) / len(lengths),
             "completion_length_max": max(lengths),
+            **tool_stats,
         }
         return GRPOBatch(
             inputs,
@@ -226,8 +243,26 @@ class Rollouts:
                 model, self.config, prompts, self.config.group_size, self.eos_ids
             )
 
+    def converse(self, indices: list[int], records: list[Record]):
+        """Multi-turn groups (``--tool`` / ``--environment``) and their trajectories."""
+        stops = self.eos_ids | {self.tool_use.stop_id}
+        with sampling_model(self.model, self.sampler) as model:
+
+            def sample_turn(prompts, group_size, max_tokens):
+                return draw(model, self.config, prompts, group_size, stops, max_tokens)
+
+            return self.tool_use.roll_out(
+                sample_turn, indices, records, self.config.group_size,
+                self.config.max_completion_tokens,
+            )  # fmt: skip
+
     def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
-        """The groups as the loss scores them: prompts once per group, or full rows."""
+        """The groups as the loss scores them: prompts once per group, or full rows;
+        tool turns out of the loss."""
+        inputs = self.padded(groups)
+        return masked_turns(inputs, groups) if groups[0].masks is not None else inputs
+
+    def padded(self, groups: list[Group]) -> FullRows | SharedPrompt:
         if self.shared_prompts:
             width = bucket_for(max(len(g.prompt) for g in groups), self.buckets)
             widths = (width, self.config.max_completion_tokens)
@@ -249,6 +284,23 @@ class Rollouts:
         per_token = mx.stop_gradient(inputs.token_logps(model)[0])
         mx.eval(per_token)
         return per_token
+
+
+def masked_turns(
+    inputs: FullRows | SharedPrompt, groups: list[Group]
+) -> FullRows | SharedPrompt:
+    """``inputs`` with only the model's own tokens of multi-turn completions
+    (``Group.masks``) in the loss mask."""
+    shared = isinstance(inputs, SharedPrompt)
+    current = inputs.completion_mask if shared else inputs.loss_mask
+    keep = np.zeros(current.shape, dtype=np.float32)
+    rows = [(g.prompt, m) for g in groups for m in g.masks]
+    for r, (prompt, mask) in enumerate(rows):
+        begin = 0 if shared else len(prompt)
+        keep[r, begin : begin + len(mask)] = mask
+    if shared:
+        return inputs._replace(completion_mask=current * mx.array(keep))
+    return inputs._replace(loss_mask=current * mx.array(keep))
 
 
 def without_rows(

@@ -15,6 +15,7 @@ from mlx_align.model.adapters import (
     ADAPTER_WEIGHTS,
     attach_adapters,
     count_parameters,
+    load_adapters,
     save_adapters,
 )
 from mlx_align.model.load import save_full_model
@@ -43,10 +44,15 @@ def adapter_config(settings: AdapterSettings) -> dict:
 def prepare_trainable(
     model: nn.Module, settings: AdapterSettings, seed: int
 ) -> dict | None:
-    """Attach LoRA/DoRA (returns its adapter config) or leave every weight trainable (None)."""
+    """Attach LoRA/DoRA (returns its adapter config), or load ``--adapter-path``'s
+    to keep training them, or leave every weight trainable (None)."""
     mx.random.seed(seed)  # before LoRA init draws lora_a
     adapters = None if settings.full else adapter_config(settings)
-    if adapters:
+    if adapters and settings.adapter_path:
+        model.freeze()  # the base; the loaded adapters' arrays stay trainable
+        adapters = load_adapters(model, settings.adapter_path)
+        tqdm.write(f"continuing the adapters in {settings.adapter_path}")
+    elif adapters:
         adapters = attach_adapters(model, adapters)
     trainable, total = count_parameters(model)
     tqdm.write(

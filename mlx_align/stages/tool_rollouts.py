@@ -1,0 +1,113 @@
+"""``--tool`` / ``--environment`` for GRPO: prompts with the tools' schemas, and
+groups whose completions are conversations (``sampling/conversations.py``).
+
+A group's completions are then every token after the prompt, the model's
+and the tool turns', with ``Group.masks`` 1 on the model's own tokens; the
+rollout batch takes the rest out of the loss, the KL and the token counts
+(``grpo_rollouts.masked_turns``). Rewards read each trajectory's last model
+turn as its completion, and with an environment get the trajectories'
+environments as ``environments=``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from mlx_align.config.online import ToolSettings
+from mlx_align.core.errors import DataError, UserError
+from mlx_align.data.jsonl import Record
+from mlx_align.data.tokenize import require_prompt
+from mlx_align.sampling.conversations import (
+    ToolTemplate,
+    Trajectory,
+    conversation_stats,
+    converse,
+    prompt_tokens,
+    start,
+)
+from mlx_align.sampling.rollout import Group
+from mlx_align.sampling.tools import ToolBox, load_environment_factory, load_tools
+
+TOOL_STATS = tuple(conversation_stats([]))
+
+
+def uses_tools(config) -> bool:
+    return bool(getattr(config, "tool", ()) or getattr(config, "environment", ""))
+
+
+def prompt_messages(record: Record) -> list[dict]:
+    prompt = require_prompt(record)
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+class ToolUse:
+    """The tools, the template that shows them, and each record's prompt tokens."""
+
+    def __init__(
+        self, config: ToolSettings, tokenizer, records: Sequence[Record], room: int
+    ):
+        self.config = config
+        self.functions = load_tools(config.tool)
+        self.factory = load_environment_factory(config.environment) if config.environment else None  # fmt: skip
+        if not tokenizer.has_tool_calling:
+            raise UserError(
+                "--tool",
+                "the model's chat template has no tool-call markers mlx-lm knows "
+                "(mlx_lm.tool_parsers; init-model --chat-template chatml-tools has them)",
+            )
+        if len(tokenizer.encode(tokenizer.tool_call_end, add_special_tokens=False)) != 1:  # fmt: skip
+            raise UserError("--tool", f"the tool-call end {tokenizer.tool_call_end!r} is not one token; it must stop the sampler")  # fmt: skip
+        schemas = self.toolbox().schemas
+        self.template = ToolTemplate(tokenizer, schemas, set(tokenizer.eos_token_ids))
+        self.messages = [prompt_messages(r) for r in records]
+        self.prompts = []
+        for record, messages in zip(records, self.messages, strict=True):
+            tokens = prompt_tokens(self.template, messages, self.factory is not None)
+            if len(tokens) > room:
+                raise DataError(
+                    record.path,
+                    record.line,
+                    f"the prompt with the tools' schemas is {len(tokens)} tokens, over the "
+                    f"{room} --max-length leaves beside --max-completion-tokens",
+                )
+            self.prompts.append(tokens)
+
+    def toolbox(self) -> ToolBox:
+        """A trajectory's tools, with an environment of its own."""
+        return ToolBox(self.functions, self.factory() if self.factory else None)
+
+    @property
+    def stop_id(self) -> int:
+        return self.template.end_id
+
+    def roll_out(
+        self,
+        sample_turn: Callable[[list[list[int]], int, int], list[Group]],
+        indices: Sequence[int],
+        records: Sequence[Record],
+        group_size: int,
+        budget: int,
+    ) -> tuple[list[Group], list[Trajectory]]:
+        """``group_size`` conversations for each record ``indices``: the groups
+        (completions = every token after the prompt, with masks) and trajectories."""
+        trajectories = [
+            start(self.template, self.messages[i], self.toolbox(), dict(record.fields))
+            for i, record in zip(indices, records, strict=True)
+            for _ in range(group_size)
+        ]
+        prompts = [self.prompts[i] for i in indices]
+        converse(sample_turn, self.template, prompts, trajectories, group_size, budget, self.config.max_turns)  # fmt: skip
+        groups = []
+        for j, prompt in enumerate(prompts):
+            own = trajectories[j * group_size : (j + 1) * group_size]
+            groups.append(Group(prompt, [t.tokens for t in own], [t.mask for t in own]))
+        return groups, trajectories
+
+
+def sample_rows(trajectories: Sequence[Trajectory]) -> list[list[dict]]:
+    """Each trajectory after its prompt as turns, as ``samples.jsonl`` shows it:
+    the model's and the tools', then its last model turn (nothing followed it)."""
+    return [
+        [*t.messages[t.opened :], {"role": "assistant", "content": t.final_text}]
+        for t in trajectories
+    ]

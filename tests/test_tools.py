@@ -1,0 +1,356 @@
+"""Multi-turn tool use (issue 25, first slice): a scripted policy's calls reach the
+tools and their exact results come back as tool turns; the mask covers exactly
+the model's tokens; bad calls become tool messages and counts; environments
+keep state per trajectory; GRPO trains on the model's tokens only."""
+
+import json
+
+import mlx.core as mx
+import pytest
+from conftest import FACTS
+from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+from mlx_align.sampling.conversations import (
+    ToolTemplate,
+    conversation_stats,
+    converse,
+    prompt_tokens,
+    start,
+)
+from mlx_align.sampling.rollout import Group
+from mlx_align.sampling.tools import ToolBox, tool_schema
+
+
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
+def divide(a: int, b: int) -> float:
+    """Divide a by b.
+
+    Args:
+        a: The dividend.
+        b: The divisor.
+    """
+    return a / b
+
+
+class Counter:
+    """An environment: a number that the policy moves, one instance per trajectory."""
+
+    def reset(self, start: int = 0, **row) -> str:
+        self.value = start
+        return f"The counter is at {start}."
+
+    def increment(self, by: int) -> int:
+        """Add to the counter.
+
+        Args:
+            by: How much to add.
+        """
+        self.value += by
+        return self.value
+
+
+def make_counter() -> Counter:
+    return Counter()
+
+
+def counter_value(prompts, completions, environments, **columns) -> list[float]:
+    return [float(e.value) for e in environments]
+
+
+CALL = '<tool_call>{{"name": "{name}", "arguments": {args}}}</tool_call>'
+
+
+@pytest.fixture(scope="module")
+def tools_model(tmp_path_factory):
+    from mlx_align.model.tiny import PRESETS, init_model
+
+    texts = [p + c for p, c in FACTS] * 5 + [CALL.format(name="add", args='{"a": 2, "b": 3}')] * 5  # fmt: skip
+    out = tmp_path_factory.mktemp("tools") / "model"
+    return init_model(out, PRESETS["tiny"], texts * 10, seed=0, chat_template="chatml-tools")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tools_model):
+    return load_tokenizer(tools_model)
+
+
+def scripted(tokenizer, turns_by_row):
+    """A sample_turn that answers each call from the rows' scripts, in order, and
+    records the prompts it was given."""
+    eos = tokenizer.eos_token_id
+    queues = [
+        [
+            tokenizer.encode(t, add_special_tokens=False)
+            + ([eos] if not t.endswith("</tool_call>") else [])
+            for t in turns
+        ]  # fmt: skip
+        for turns in turns_by_row
+    ]
+    seen = []
+
+    def sample_turn(prompts, group_size, max_tokens):
+        seen.append([list(p) for p in prompts])
+        rows = [q.pop(0) for q in queues if q][: len(prompts) * group_size]
+        return [
+            Group(p, rows[i * group_size : (i + 1) * group_size])
+            for i, p in enumerate(prompts)
+        ]
+
+    return sample_turn, seen
+
+
+def template_for(tokenizer, functions):
+    schemas = [tool_schema(f) for f in functions]
+    return ToolTemplate(tokenizer, schemas, set(tokenizer.eos_token_ids))
+
+
+def test_a_call_gets_the_tools_exact_result_and_the_mask_covers_the_model_tokens(tokenizer):  # fmt: skip
+    template = template_for(tokenizer, [add])
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    prompt = prompt_tokens(template, messages, environment=False)
+    call = CALL.format(name="add", args='{"a": 2, "b": 3}')
+    sample_turn, seen = scripted(tokenizer, [[call, "The sum is 5."]])
+    trajectory = start(template, messages, ToolBox({"add": add}), {})
+    converse(sample_turn, template, [prompt], [trajectory], 1, budget=200, max_turns=4)
+    first = tokenizer.encode(call, add_special_tokens=False)
+    last = tokenizer.encode("The sum is 5.", add_special_tokens=False) + [tokenizer.eos_token_id]  # fmt: skip
+    assert first[-1] == template.end_id  # the call ends on the stop token
+    glue = trajectory.tokens[len(first) : len(trajectory.tokens) - len(last)]
+    assert trajectory.tokens == first + glue + last
+    assert trajectory.mask == [1] * len(first) + [0] * len(glue) + [1] * len(last)
+    assert (
+        tokenizer.decode(glue)
+        == (
+            "<|im_end|>\n<|im_start|>user\n<tool_response>\n5\n</tool_response><|im_end|>\n<|im_start|>assistant\n"  # fmt: skip
+        )
+    )
+    assert seen == [
+        [prompt],
+        [prompt + first + glue],
+    ]  # the second turn sees the result
+    assert (trajectory.turns, trajectory.calls, trajectory.done) == (2, 1, True)
+    assert trajectory.final_text == "The sum is 5."
+    # The conversation's tokens are those of the chat template's own rendering.
+    final = [*messages, {"role": "assistant", "content": call}, {"role": "tool", "name": "add", "content": "5"}]  # fmt: skip
+    assert prompt + first + glue == template.encode(
+        template.render(final, generation=True)
+    )
+
+
+def test_bad_calls_become_tool_messages_and_counts_and_the_run_goes_on(tokenizer):
+    template = template_for(tokenizer, [add, divide])
+    messages = [{"role": "user", "content": "Go."}]
+    prompt = prompt_tokens(template, messages, environment=False)
+    script = [
+        "<tool_call>{not json</tool_call>",
+        CALL.format(name="mul", args='{"a": 2, "b": 3}'),
+        CALL.format(name="divide", args='{"a": 1, "b": 0}'),
+        "Done.",
+    ]
+    sample_turn, seen = scripted(tokenizer, [script])
+    trajectory = start(template, messages, ToolBox({"add": add, "divide": divide}), {})
+    converse(sample_turn, template, [prompt], [trajectory], 1, budget=400, max_turns=4)
+    results = [m["content"] for m in trajectory.messages if m["role"] == "tool"]
+    assert results == [
+        "error: the tool call did not parse (JSONDecodeError)",
+        "error: no tool named 'mul' (tools: add, divide)",
+        "error: ZeroDivisionError: division by zero",
+    ]
+    assert trajectory.failures == {"parse": 1, "unknown": 1, "raised": 1}
+    assert (trajectory.turns, trajectory.calls, trajectory.final_text) == (
+        4,
+        3,
+        "Done.",
+    )
+    assert "division by zero" in tokenizer.decode(seen[-1][0])  # the model saw it
+    stats = conversation_stats([trajectory])
+    assert stats["tools/failures"] == 3 and stats["tools/failures_raised"] == 1
+    assert stats["tools/generated_tokens"] == sum(trajectory.mask)
+    assert stats["tools/tool_tokens"] == len(trajectory.mask) - sum(trajectory.mask)
+
+
+def test_a_call_in_the_last_turn_is_not_run(tokenizer):
+    template = template_for(tokenizer, [add])
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    prompt = prompt_tokens(template, messages, environment=False)
+    sample_turn, _ = scripted(tokenizer, [[CALL.format(name="add", args='{"a": 2, "b": 3}')]])  # fmt: skip
+    trajectory = start(template, messages, ToolBox({"add": add}), {})
+    converse(sample_turn, template, [prompt], [trajectory], 1, budget=200, max_turns=1)
+    assert (trajectory.turns, trajectory.calls) == (1, 0)
+    assert trajectory.mask == [1] * len(trajectory.tokens)
+
+
+def test_environments_keep_state_per_trajectory(tokenizer):
+    template = template_for(tokenizer, [Counter.increment])
+    messages = [{"role": "user", "content": "Raise the counter."}]
+    prompt = prompt_tokens(template, messages, environment=True)
+    up = CALL.format(name="increment", args='{"by": %d}')
+    # Two trajectories of one prompt: one increments twice, the other once.
+    sample_turn, seen = scripted(tokenizer, [[up % 2, up % 3, "Done."], [up % 10, "Done."]])  # fmt: skip
+    trajectories = [start(template, messages, ToolBox({}, Counter()), {"start": 7}) for _ in range(2)]  # fmt: skip
+    opening = list(trajectories[0].tokens)
+    assert tokenizer.decode(opening) == "<|im_start|>user\nThe counter is at 7.<|im_end|>\n<|im_start|>assistant\n"  # fmt: skip
+    assert trajectories[0].mask == [0] * len(opening)  # the observation is not trained
+    converse(sample_turn, template, [prompt], trajectories, 2, budget=400, max_turns=4)
+    assert [t.toolbox.environment.value for t in trajectories] == [12, 17]
+    assert counter_value(None, None, [t.toolbox.environment for t in trajectories]) == [12.0, 17.0]  # fmt: skip
+    assert seen[0] == [prompt + opening]  # alike openings: one prefill for the group
+    assert "<tool_response>\n9\n</tool_response>" in tokenizer.decode(seen[1][0])
+
+
+@pytest.fixture(scope="module")
+def tool_data(tmp_path_factory):
+    from conftest import write_jsonl
+
+    root = tmp_path_factory.mktemp("tool_data")
+    rows = [{"prompt": f"What is {i} + {i + 1}?", "answer": str(2 * i + 1)} for i in range(8)]  # fmt: skip
+    write_jsonl(root / "train.jsonl", rows)
+    return root
+
+
+def tool_config(model, data, tmp_path, **overrides):
+    from mlx_align.config.online import GRPOConfig
+
+    settings = dict(
+        model=str(model), data=str(data), out=str(tmp_path / "run"), steps=2,
+        batch_size=2, group_size=2, max_completion_tokens=160, reward=("math",),
+        tool=("test_tools:add",), learning_rate=1e-2, warmup_steps=1, log_every=1,
+        save_every=0, eval_every=0, compile=False, max_length=640, lora_rank=4,
+    )  # fmt: skip
+    return GRPOConfig(**{**settings, **overrides})
+
+
+def scripted_draw(tokenizer):
+    """GRPO's sampler replaced by a policy that calls add, then answers its result."""
+    eos = tokenizer.eos_token_id
+
+    def draw(model, settings, prompts, group_size, eos_ids, max_tokens=None):
+        groups = []
+        for p in prompts:
+            text = tokenizer.decode(p)
+            if "<tool_response>" in text:
+                result = text.rsplit("<tool_response>\n", 1)[1].split("\n")[0]
+                reply = tokenizer.encode(f"The answer is {result}.", add_special_tokens=False) + [eos]  # fmt: skip
+            else:
+                a, b = text.rsplit("What is ", 1)[1].split("?")[0].split(" + ")
+                reply = tokenizer.encode(CALL.format(name="add", args=json.dumps({"a": int(a), "b": int(b)})), add_special_tokens=False)  # fmt: skip
+            groups.append(Group(p, [list(reply) for _ in range(group_size)]))
+        return groups
+
+    return draw
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_grpo_batches_train_only_the_model_tokens_and_score_them_as_a_plain_forward(
+    tools_model, tokenizer, tool_data, tmp_path, monkeypatch, shared
+):
+    import mlx_lm
+
+    from mlx_align.data.source import load_split
+    from mlx_align.stages import grpo_rollouts
+
+    monkeypatch.setattr(grpo_rollouts, "draw", scripted_draw(tokenizer))
+    config = tool_config(tools_model, tool_data, tmp_path)
+    model, tok = mlx_lm.load(str(tools_model))
+    records = load_split(config.source, "train", required=True)
+    rollouts = grpo_rollouts.Rollouts(config, model, tok, records)
+    rollouts.shared_prompts = shared
+    groups, trajectories = rollouts.converse([0, 1], records[:2])
+    inputs = rollouts.inputs(groups)
+    logps, mask = inputs.token_logps(model)
+    for r, t in enumerate(trajectories):
+        prompt = groups[r // 2].prompt
+        full = mx.array(prompt + t.tokens)[None]
+        logits = model(full[:, :-1]).astype(mx.float32)
+        plain = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        targets = plain[0, mx.arange(full.shape[1] - 1), full[0, 1:]]
+        start_at = 0 if shared else len(prompt) - 1  # full rows: (n, T - 1) targets
+        row_mask = mask[r, start_at : start_at + len(t.tokens)].tolist()
+        assert row_mask == t.mask  # exactly the model's tokens, token by token
+        ours = logps[r, start_at : start_at + len(t.tokens)]
+        theirs = targets[len(prompt) - 1 :] * mx.array(t.mask)
+        assert mx.abs(ours - theirs).max().item() <= 1e-4
+    assert [(t.calls, t.failures["parse"], t.final_text) for t in trajectories] == [
+        (1, 0, "The answer is 1."), (1, 0, "The answer is 1."),
+        (1, 0, "The answer is 3."), (1, 0, "The answer is 3."),
+    ]  # fmt: skip
+
+
+def test_grpo_runs_with_tools_and_an_environment_and_logs_the_turns(
+    tools_model, tokenizer, tool_data, tmp_path, monkeypatch
+):
+    from mlx_align.stages import grpo_rollouts
+    from mlx_align.stages.grpo import run_grpo
+
+    monkeypatch.setattr(grpo_rollouts, "draw", scripted_draw(tokenizer))
+    config = tool_config(
+        tools_model, tool_data, tmp_path, environment="test_tools:make_counter",
+        reward=("math", "test_tools:counter_value"),
+    )  # fmt: skip
+    run_grpo(config)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert [x["step"] for x in lines] == [1, 2]
+    for line in lines:
+        assert line["tools/calls"] == 1.0 and line["tools/failures"] == 0.0
+        assert line["tools/turns"] == 2.0 and line["tools/tool_tokens"] > 0
+        assert line["rewards/math/mean"] == 1.0  # the tool's sum is the answer
+        assert line["rewards/counter_value/mean"] == 0.0  # the counter was never moved
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]  # fmt: skip
+    turns = samples[0]["completion"]
+    assert [t["role"] for t in turns] == ["user", "assistant", "tool", "assistant"]
+    assert turns[2]["content"] == str(int(turns[-1]["content"].split()[-1][:-1]))
+
+
+def undocumented(a: int) -> int:
+    return a
+
+
+def no_reset() -> object:
+    return object()
+
+
+def test_grpo_with_tools_runs_on_the_real_sampler(tools_model, tool_data, tmp_path):
+    """The compiled sampler stops at the call's end token as at EOS; whatever the
+    untrained model samples, the run goes through and logs its turns."""
+    from mlx_align.stages.grpo import run_grpo
+
+    run_grpo(tool_config(tools_model, tool_data, tmp_path, steps=1, compile=True, max_completion_tokens=24))  # fmt: skip
+    (line,) = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert line["tools/turns"] >= 1.0 and line["tools/generated_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            {"tool": ("test_tools:nope",)},
+            "--tool: tool 'test_tools:nope': test_tools has no callable 'nope'",
+        ),  # fmt: skip
+        ({"tool": ("test_tools:undocumented",)}, "--tool: undocumented: "),
+        (
+            {"environment": "test_tools:add"},
+            "--environment: test_tools:add() failed: TypeError: ",
+        ),
+        (
+            {"environment": "test_tools:no_reset"},
+            "--environment: test_tools:no_reset() has no reset(**row) method",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_tools_are_refused_before_anything_loads(flags, message):
+    from mlx_align.config.build import build_config
+    from mlx_align.config.online import GRPOConfig
+    from mlx_align.core.errors import UserError
+
+    with pytest.raises(UserError) as error:
+        build_config(GRPOConfig, {"model": "m", "data": "d", **flags}, None)
+    assert str(error.value).startswith(message)
