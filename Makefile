@@ -70,7 +70,7 @@ LORA         := --lora-rank 16 --lora-alpha 32
 COMMON       := --max-length 128 --seed $(SEED) $(TRAIN_FLAGS) $(if $(REPORT_TO),--report-to $(REPORT_TO))
 EVAL         := $(ALIGN) eval-math --data $(OUT)/data/grpo --split test --max-tokens 64
 
-.PHONY: venv test lint bench capstone capstone-orpo capstone-kto capstone-online capstone-ppo serve clean
+.PHONY: venv test lint bench capstone capstone-seeds capstone-orpo capstone-kto capstone-online capstone-ppo serve clean
 
 venv: $(VENV)/.installed
 
@@ -180,6 +180,13 @@ $(OUT)/serve.txt: $(OUT)/grpo-fused/config.json
 capstone: $(OUT)/rerank/figures.json $(OUT)/serve.txt
 	$(ALIGN) plot $(addprefix $(OUT)/,pt-copy pt sft rm dpo grpo)
 	$(BIN)/python recipes/report.py $(OUT)
+
+# The capstone once per seed, each in runs/capstone-seedN, then the figures of
+# every seed side by side with their median and range (runs/capstone-seeds.md).
+SEEDS ?= 0 1 2 3 4
+capstone-seeds: | venv
+	for s in $(SEEDS); do $(MAKE) --no-print-directory capstone OUT=runs/capstone-seed$$s SEED=$$s || exit 1; done
+	$(BIN)/python recipes/seeds.py $(foreach s,$(SEEDS),runs/capstone-seed$(s)) --out runs/capstone-seeds.md
 
 # Serve the final model in the foreground on 127.0.0.1 (Ctrl-C stops it).
 serve: $(OUT)/grpo-fused/config.json

@@ -21,11 +21,12 @@ A missing input leaves a dash in its cell, so a partial run still reports.
 
 import argparse
 import json
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from make_data import HEDGES, is_hedged
+from make_data import HEDGES, Problem, is_hedged
 
 from mlx_align.rewards.format import format_reward
 
@@ -71,6 +72,32 @@ def is_bare(completion: str) -> bool:
     for hedge in HEDGES:
         work = work.replace(hedge, "")
     return "####" in completion and not work.strip()
+
+
+def expected_work(prompt: str) -> str:
+    """The problem's worked steps as the data writes them (``Problem.work``)."""
+    terms = tuple(int(t) for t in re.findall(r"\d+", prompt.split("?")[0]))
+    return Problem(terms).work().split("\n")[0]
+
+
+def worked_right(completion: str, prompt: str) -> bool:
+    """Every worked step of ``completion`` is the problem's own: the right
+    additions, in order, each summed right (hedges aside)."""
+    work = completion.split("####")[0]
+    for hedge in HEDGES:
+        work = work.replace(hedge, "")
+    return " ".join(work.split()) == expected_work(prompt)
+
+
+def lucky_share(run: Path, model: str) -> tuple[int, int] | None:
+    """(right answers, of those with every worked step right too) on the held-out questions."""
+    rows = read_jsonl(run / "eval" / f"{model}.jsonl")
+    if not rows:
+        return None
+    questions = read_jsonl(run / "data" / "grpo" / "test.jsonl")
+    right = [r for r in rows if r["correct"]]
+    sound = [r for r in right if worked_right(r["completion"], questions[r["line"] - 1]["prompt"])]  # fmt: skip
+    return len(right), len(sound)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -176,6 +203,20 @@ def stage_table(run: Path) -> list[str]:
         f"\nTraining stages: {total / 60:.1f} min of wall time in all (evaluation, "
         "fusing, serving and plots come on top)."
     )
+    shares = {m: lucky_share(run, m) for m in ("dpo", "grpo")}
+    if all(shares.values()):
+        cells = [
+            f"{name}: {sound} of {right} ({percent(sound / right if right else None)})"
+            for name, (right, sound) in zip(
+                ("DPO", "GRPO"), shares.values(), strict=True
+            )
+        ]
+        lines.append(
+            "\nThe math reward's blind spot: it reads the final answer only. Of the "
+            "right answers, those whose every worked step is also the problem's own "
+            f"(the right additions, in order, summed right): {'; '.join(cells)}. "
+            "The rest were right by luck."
+        )
     return lines
 
 

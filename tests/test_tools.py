@@ -233,7 +233,7 @@ def scripted_draw(tokenizer):
     """GRPO's sampler replaced by a policy that calls add, then answers its result."""
     eos = tokenizer.eos_token_id
 
-    def draw(model, settings, prompts, group_size, eos_ids, max_tokens=None):
+    def draw(model, settings, prompts, group_size, eos_ids, max_tokens=None, **kwargs):
         groups = []
         for p in prompts:
             text = tokenizer.decode(p)
@@ -354,3 +354,73 @@ def test_bad_tools_are_refused_before_anything_loads(flags, message):
     with pytest.raises(UserError) as error:
         build_config(GRPOConfig, {"model": "m", "data": "d", **flags}, None)
     assert str(error.value).startswith(message)
+
+
+def test_a_continued_row_samples_what_a_fresh_prefill_of_its_history_samples(tools_model):  # fmt: skip
+    """continue_rows feeds only the new tokens after a row's kept keys and values:
+    greedy, it samples what prefilling the whole history again samples, and its
+    new history equals that prefill's keys."""
+    import mlx_lm
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlx_align.sampling.rollout import continue_rows, sample_groups
+
+    model, tok = mlx_lm.load(str(tools_model))
+    eos = set(tok.eos_token_ids)
+    prompt = tok.encode("Question: What is 2 + 3?\nAnswer:", add_special_tokens=False)
+    (group,) = sample_groups(model, [prompt], 2, 6, eos, temperature=0.0, compiled=True, keep_history=True)  # fmt: skip
+    sampled, history = group.completions[0], group.histories[0]
+    assert (
+        history.keys[0].shape[2] == len(prompt) + len(sampled) - 1
+    )  # the last is unfed
+    glue = tok.encode(" The tool says 5. So", add_special_tokens=False)
+    (new,), (after,) = continue_rows(model, [history], [sampled[-1:] + glue], 6, eos, temperature=0.0)  # fmt: skip
+    again = prompt + sampled + glue
+    (fresh,) = sample_groups(model, [again], 1, 6, eos, temperature=0.0, compiled=True)
+    assert new == fresh.completions[0]
+    cache = make_prompt_cache(model)
+    model(mx.array(again + new[:-1])[None], cache=cache)
+    for layer, keys in zip(cache, after.keys, strict=True):
+        assert keys.shape == layer.keys[..., : layer.offset, :].shape
+        assert mx.abs(keys - layer.keys[..., : layer.offset, :]).max().item() < 1e-4
+
+
+def test_conversations_continued_from_their_histories_equal_prefilled_ones(tools_model):
+    """The same greedy conversations, each turn continued from the rows' keys and
+    values or prefilled again from the start: the same tokens, masks and turns.
+    (The stop token is one the untrained model emits, so its "calls" come.)"""
+    import mlx_lm
+
+    from mlx_align.sampling.rollout import continue_rows, sample_groups
+
+    model, tok = mlx_lm.load(str(tools_model))
+    eos = set(tok.eos_token_ids)
+    messages = [{"role": "user", "content": "What is 2 + 3?"}]
+    base = template_for(tok, [add])
+    prompt = prompt_tokens(base, messages, environment=False)
+    greedy = sample_groups(model, [prompt], 1, 8, eos, temperature=0.0)[0].completions[
+        0
+    ]
+    stop = greedy[2]
+
+    class Template(ToolTemplate):
+        end_id = stop
+
+    template = Template(tok, base.schemas, eos)
+    stops = eos | {stop}
+
+    def sample_turn(prompts, group_size, max_tokens):
+        return sample_groups(model, prompts, group_size, max_tokens, stops, temperature=0.0, keep_history=True)  # fmt: skip
+
+    def continue_turn(histories, feeds, max_tokens):
+        return continue_rows(
+            model, histories, feeds, max_tokens, stops, temperature=0.0
+        )
+
+    runs = []
+    for continued in (continue_turn, None):
+        trajectories = [start(template, messages, ToolBox({"add": add}), {}) for _ in range(2)]  # fmt: skip
+        converse(sample_turn, template, [prompt], trajectories, 2, budget=400, max_turns=4, continue_turn=continued)  # fmt: skip
+        runs.append([(t.tokens, t.mask, t.turns, t.calls) for t in trajectories])
+    assert runs[0] == runs[1]
+    assert [turns for _, _, turns, _ in runs[0]] == [4, 4]  # three continued turns each

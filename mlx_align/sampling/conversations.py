@@ -20,8 +20,11 @@ assistant turn verbatim (mlx-lm's tool templates do) give exactly the
 model's text back; for one that does not, the glue starts where the two
 renderings part.
 
-Each turn re-encodes a live trajectory's prompt and history in its
-prefill (the single-turn sampler's caches hold one prompt per row); the
+A live trajectory continues from its keys and values (``RowHistory``):
+the next turn feeds only what came after them, its last sampled token and
+the tool turn, and samples on (``rollout.continue_rows``); nothing is
+encoded twice. Where the sampler keeps no history (the eager decoder of
+models with other caches), each turn prefills the trajectory again. The
 model's tokens themselves are never re-tokenized.
 """
 
@@ -31,12 +34,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlx_align.sampling.rollout import Group
+from mlx_align.sampling.rollout import Group, RowHistory
 from mlx_align.sampling.tools import FAILURES, ToolBox
 
 # (prompts, group_size, max_tokens) -> one Group per prompt, stopping at the
 # stage's EOS tokens and at the tool-call end token.
 SampleTurn = Callable[[list[list[int]], int, int], list[Group]]
+# (histories, feeds, max_tokens) -> each row's new tokens and history.
+ContinueTurn = Callable[
+    [list[RowHistory], list[list[int]], int], tuple[list[list[int]], list[RowHistory]]
+]
 
 
 @dataclass
@@ -54,6 +61,8 @@ class Trajectory:
     texts: list[str] = field(default_factory=list)  # each model turn's text
     done: bool = False
     opened: int = 0  # messages at the start: the prompt's (and a first observation)
+    history: RowHistory | None = None  # keys and values of the prompt + tokens[:fed]
+    fed: int = 0
 
     def __post_init__(self) -> None:
         self.opened = self.opened or len(self.messages)
@@ -140,6 +149,7 @@ def advance(
 ) -> None:
     """Take one model turn's tokens; run its tool calls and append their glue,
     or finish the trajectory (EOS, the budget, or the last turn)."""
+    trajectory.fed = len(trajectory.tokens) + len(new) - 1  # the history's end
     new = new[: max(budget - len(trajectory.tokens), 0)]
     text = template.tokenizer.decode([t for t in new if t not in template.eos_ids])
     trajectory.tokens += new
@@ -177,22 +187,35 @@ def converse(
     group_size: int,
     budget: int,
     max_turns: int,
+    continue_turn: ContinueTurn | None = None,
 ) -> list[Trajectory]:
     """Advance ``trajectories`` (``group_size`` per prompt, in order) turn by turn
     until each is done; the first turn shares each prompt's prefill where its
-    trajectories open alike."""
+    trajectories open alike, later turns continue from each trajectory's
+    history (``continue_turn``) where the sampler kept one."""
     groups = [trajectories[i : i + group_size] for i in range(0, len(trajectories), group_size)]  # fmt: skip
     alike = all(len({tuple(t.tokens) for t in g}) == 1 for g in groups)
     if alike:
         firsts = sample_turn([p + g[0].tokens for p, g in zip(prompts, groups, strict=True)], group_size, budget)  # fmt: skip
         for g, sampled in zip(groups, firsts, strict=True):
-            for t, completion in zip(g, sampled.completions, strict=True):
+            kept = sampled.histories or [None] * group_size
+            for t, completion, history in zip(g, sampled.completions, kept, strict=True):  # fmt: skip
+                t.history = history
                 advance(template, t, completion, budget, max_turns)
     prompt_of = {id(t): p for p, g in zip(prompts, groups, strict=True) for t in g}
     while live := [t for t in trajectories if not t.done]:
-        sampled = sample_turn([prompt_of[id(t)] + t.tokens for t in live], 1, budget)
-        for t, g in zip(live, sampled, strict=True):
-            advance(template, t, g.completions[0], budget, max_turns)
+        if continue_turn and all(t.history is not None for t in live):
+            feeds = [t.tokens[t.fed :] for t in live]
+            new, histories = continue_turn([t.history for t in live], feeds, budget)
+        else:
+            sampled = sample_turn([prompt_of[id(t)] + t.tokens for t in live], 1, budget)  # fmt: skip
+            new = [g.completions[0] for g in sampled]
+            histories = [(g.histories or [None])[0] for g in sampled]
+        for t, tokens, history in zip(live, new, histories, strict=True):
+            t.history = history
+            advance(template, t, tokens, budget, max_turns)
+    for t in trajectories:
+        t.history = None  # the keys and values are the sampler's memory, not the result
     return trajectories
 
 

@@ -62,6 +62,18 @@ class Group:
     # Multi-turn completions: 1 on the model's own tokens, 0 on tool turns and
     # template glue (``sampling/conversations.py``); None: all the model's.
     masks: list[list[int]] | None = None
+    # Each completion's keys and values, to continue it (``keep_history``).
+    histories: list[RowHistory] | None = None
+
+
+@dataclass
+class RowHistory:
+    """One sampled row's keys and values in every layer, (1, kv_heads, n,
+    head_dim) each: its prompt and every token it sampled but the last (which
+    was never fed). ``continue_rows`` feeds more tokens after it."""
+
+    keys: list[mx.array]
+    values: list[mx.array]
 
 
 def sample_next(logits: mx.array, temperature: float, top_p: float) -> mx.array:
@@ -146,33 +158,92 @@ def sample_groups(
     temperature: float = 1.0,
     top_p: float = 1.0,
     compiled: bool | None = None,
+    keep_history: bool = False,
 ) -> list[Group]:
     """Sample ``group_size`` completions of each prompt; one Group per prompt, in order.
 
     ``compiled``: use the compiled fixed-shape decoder, all prompts' rows in
     one batch (None: whenever ``supports_compiled_decode``); False keeps the
     eager loop, one prompt at a time (mlx-lm's cache holds one prompt length).
+    ``keep_history``: each Group also keeps its rows' keys and values, so
+    ``continue_rows`` goes on from them (the compiled decoder only; None else).
     """
     if max_tokens <= 0 or not prompts:
         return [Group(p, [[] for _ in range(group_size)]) for p in prompts]
     if compiled is None:
         compiled = supports_compiled_decode(model)
     eos = mx.array(sorted(eos_ids))
-    decode = _decode_compiled if compiled else _decode_eager
-    rows = []  # len(prompts) * G token lists, one prompt's rows contiguous
+    completions, histories = [], []  # one prompt's G rows contiguous
     for batch in [prompts] if compiled else [[p] for p in prompts]:
         caches, first, done = _prefill(
             model, batch, group_size, eos, temperature, top_p
         )
-        columns = decode(
-            model, caches, first, done, eos, max_tokens, temperature, top_p
-        )
-        rows += mx.stack(columns, axis=1).tolist()  # (len(batch) * G, steps)
-    completions = [trim_at_eos(row, eos_ids) for row in rows]
+        rows, kept = _decode_rows(
+            model, caches, (first, done, eos), max_tokens, eos_ids,
+            (temperature, top_p), compiled, keep_history,
+        )  # fmt: skip
+        completions += rows
+        histories += kept or []
     return [
-        Group(p, completions[i * group_size : (i + 1) * group_size])
+        Group(
+            p,
+            completions[i * group_size : (i + 1) * group_size],
+            histories=histories[i * group_size : (i + 1) * group_size] or None,
+        )
         for i, p in enumerate(prompts)
     ]
+
+
+def continue_rows(
+    model: nn.Module,
+    histories: list[RowHistory],
+    feeds: list[list[int]],
+    max_tokens: int,
+    eos_ids: set[int],
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+) -> tuple[list[list[int]], list[RowHistory]]:
+    """Each row's ``feeds`` fed after its history (its last sampled token first,
+    then e.g. a tool turn), then sampled on as ``sample_groups`` samples: the
+    new completions and histories. Nothing before the feeds is encoded again."""
+    eos = mx.array(sorted(eos_ids))
+    caches, logits = [], []
+    for history, feed in zip(histories, feeds, strict=True):
+        cache = make_prompt_cache(model)
+        for layer, keys, values in zip(cache, history.keys, history.values, strict=True):  # fmt: skip
+            layer.update_and_fetch(keys, values)
+        logits.append(model(mx.array(feed)[None], cache=cache)[:, -1, :])
+        caches.append(cache)
+    logits = mx.concatenate(logits)
+    first, done = _pick_tokens(logits, mx.zeros((len(feeds),), dtype=mx.bool_), eos, temperature, top_p)  # fmt: skip
+    rows, kept = _decode_rows(
+        model, caches, (first, done, eos), max_tokens, eos_ids,
+        (temperature, top_p), True, True,
+    )  # fmt: skip
+    return rows, kept
+
+
+def _decode_rows(model, caches, start, max_tokens, eos_ids, sampling, compiled, keep):
+    """Decode from the prefilled ``caches``; each row's completion (trimmed after
+    its stop token) and, with ``keep`` on the compiled decoder, its history."""
+    first, done, eos = start
+    if not compiled:
+        columns = _decode_eager(model, caches, first, done, eos, max_tokens, *sampling)
+        rows = mx.stack(columns, axis=1).tolist()
+        return [trim_at_eos(row, eos_ids) for row in rows], None
+    columns, (keys, values, pad, column) = _decode_compiled(
+        model, caches, first, done, eos, max_tokens, *sampling
+    )
+    rows = [trim_at_eos(row, eos_ids) for row in mx.stack(columns, axis=1).tolist()]
+    if not keep:
+        return rows, None
+    start_column, pads = column.item(), pad.tolist()
+    histories = []
+    for r, (row, p) in enumerate(zip(rows, pads, strict=True)):
+        end = start_column + max(len(row) - 1, 0)  # the last token was never fed
+        histories.append(RowHistory([k[r : r + 1, :, p:end] for k in keys], [v[r : r + 1, :, p:end] for v in values]))  # fmt: skip
+    mx.eval([(h.keys, h.values) for h in histories])
+    return rows, histories
 
 
 def _prefill(model, prompts, group_size, eos, temperature, top_p):
@@ -232,12 +303,13 @@ class _SlotCache:
 
 
 def _decode_compiled(model, caches, token, done, eos, max_tokens, temperature, top_p):
-    """The eager loop's tokens from one compiled fixed-shape step; returns the (B * G,) columns."""
+    """The eager loop's tokens from one compiled fixed-shape step; returns the
+    (B * G,) columns, and the buffers with the pads and the first decode column."""
     keys, values, pad, column = _slot_buffers(
         caches, token.shape[0] // len(caches), max_tokens
     )
     step = _compiled_step(model, temperature, top_p)
-    columns = [token]
+    columns, start = [token], column
     for i in range(1, max_tokens):
         if i % CHECK_EVERY == 0 and done.all().item():
             break
@@ -245,7 +317,7 @@ def _decode_compiled(model, caches, token, done, eos, max_tokens, temperature, t
             token, done, column, pad, eos, keys, values
         )
         columns.append(token)
-    return columns
+    return columns, (keys, values, pad, start)
 
 
 def _slot_buffers(caches: list, group_size: int, max_tokens: int):

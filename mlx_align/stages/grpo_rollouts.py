@@ -35,7 +35,7 @@ from mlx_align.rewards.registry import reward_columns
 from mlx_align.rewards.scoring import GroupScorer
 from mlx_align.sampling.conversations import conversation_stats
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
-from mlx_align.sampling.rollout import Group, sample_groups
+from mlx_align.sampling.rollout import Group, continue_rows, sample_groups
 from mlx_align.stages.tool_rollouts import TOOL_STATS, ToolUse, sample_rows, uses_tools
 from mlx_align.train.loop import step_seed
 
@@ -75,6 +75,7 @@ def draw(
     group_size: int,
     eos_ids: set[int],
     max_tokens: int | None = None,
+    keep_history: bool = False,
 ) -> list[Group]:
     """``group_size`` completions of each prompt with the stage's sampling
     settings (``rollout.sample_groups``), stopping at ``eos_ids``, at most
@@ -89,6 +90,7 @@ def draw(
         eos_ids,
         settings.temperature,
         settings.top_p,
+        keep_history=keep_history,
     )
     lengths = [len(c) for g in groups for c in g.completions]
     emit("rollout", lengths=lengths, seconds=time.perf_counter() - tic)
@@ -249,11 +251,17 @@ class Rollouts:
         with sampling_model(self.model, self.sampler) as model:
 
             def sample_turn(prompts, group_size, max_tokens):
-                return draw(model, self.config, prompts, group_size, stops, max_tokens)
+                return draw(model, self.config, prompts, group_size, stops, max_tokens, keep_history=True)  # fmt: skip
+
+            def continue_turn(histories, feeds, max_tokens):
+                tic = time.perf_counter()
+                rows = continue_rows(model, histories, feeds, max_tokens, stops, self.config.temperature, self.config.top_p)  # fmt: skip
+                emit("rollout", lengths=[len(r) for r in rows[0]], seconds=time.perf_counter() - tic)  # fmt: skip
+                return rows
 
             return self.tool_use.roll_out(
                 sample_turn, indices, records, self.config.group_size,
-                self.config.max_completion_tokens,
+                self.config.max_completion_tokens, continue_turn,
             )  # fmt: skip
 
     def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:

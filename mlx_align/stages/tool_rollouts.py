@@ -11,13 +11,15 @@ environments as ``environments=``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from mlx_align.config.online import ToolSettings
 from mlx_align.core.errors import DataError, UserError
 from mlx_align.data.jsonl import Record
 from mlx_align.data.tokenize import require_prompt
 from mlx_align.sampling.conversations import (
+    ContinueTurn,
+    SampleTurn,
     ToolTemplate,
     Trajectory,
     conversation_stats,
@@ -82,11 +84,12 @@ class ToolUse:
 
     def roll_out(
         self,
-        sample_turn: Callable[[list[list[int]], int, int], list[Group]],
+        sample_turn: SampleTurn,
         indices: Sequence[int],
         records: Sequence[Record],
         group_size: int,
         budget: int,
+        continue_turn: ContinueTurn | None = None,
     ) -> tuple[list[Group], list[Trajectory]]:
         """``group_size`` conversations for each record ``indices``: the groups
         (completions = every token after the prompt, with masks) and trajectories."""
@@ -96,7 +99,7 @@ class ToolUse:
             for _ in range(group_size)
         ]
         prompts = [self.prompts[i] for i in indices]
-        converse(sample_turn, self.template, prompts, trajectories, group_size, budget, self.config.max_turns)  # fmt: skip
+        converse(sample_turn, self.template, prompts, trajectories, group_size, budget, self.config.max_turns, continue_turn)  # fmt: skip
         groups = []
         for j, prompt in enumerate(prompts):
             own = trajectories[j * group_size : (j + 1) * group_size]
