@@ -13,7 +13,9 @@ The model is a random-weight ``init-model`` preset (the capstone's ``small``
 by default) with the ``chatml-tools`` template; rows never stop early (no
 stop token is ever sampled: EOS is a token id outside the vocabulary's use),
 so every row samples exactly n per turn and the rates compare like for like.
-Each way runs once to compile, then ``--repeats`` times timed (warm).
+Each way runs once to compile, then ``--repeats`` times timed (warm): wall
+time, and the process's CPU time (all its threads), which another load on
+the machine disturbs less.
 
     python bench/multi_turn.py                       # small, B 4, G 8, n 32, k 24
     python bench/multi_turn.py --preset tiny --turn-tokens 16
@@ -102,23 +104,26 @@ def main(argv: list[str] | None = None) -> None:
         for name, run in ways.items():
             mx.random.seed(0)
             run()  # compile
-            seconds, tokens = [], 0
+            seconds, cpu, tokens = [], [], 0
             for _ in range(args.repeats):
-                tic = time.perf_counter()
+                tic, cpu_tic = time.perf_counter(), time.process_time()
                 tokens = run()
                 seconds.append(time.perf_counter() - tic)
-            rates[name] = (tokens, statistics.median(seconds))
+                cpu.append(time.process_time() - cpu_tic)
+            rates[name] = (tokens, statistics.median(seconds), statistics.median(cpu))
     print(
         f"{args.preset}: B {args.prompts} x G {args.group_size}, 3 turns of "
         f"{args.turn_tokens} model tokens, 2 tool turns of {len(glue)} tokens; "
         f"median of {args.repeats} warm runs"
     )
-    print("| way | model tokens | seconds | tokens/s | vs single |")
-    print("|---|---:|---:|---:|---:|")
-    single = rates["single"][0] / rates["single"][1]
-    for name, (tokens, seconds) in rates.items():
-        rate = tokens / seconds
-        print(f"| {name} | {tokens} | {seconds:.2f} | {rate:,.0f} | {rate / single:.2f}x |")  # fmt: skip
+    print("| way | model tokens | seconds | tokens/s | vs single | CPU seconds | vs single (CPU) |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    _, base, base_cpu = rates["single"]
+    for name, (tokens, seconds, cpu) in rates.items():
+        print(
+            f"| {name} | {tokens} | {seconds:.2f} | {tokens / seconds:,.0f} | "
+            f"{base / seconds:.2f}x | {cpu:.2f} | {base_cpu / cpu:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -155,7 +155,7 @@ def test_eval_math_judges_greedy_completions(tiny_model, tmp_path, monkeypatch):
 
 def test_top_p_keeps_only_the_nucleus():
     """p = [0.7, 0.2, 0.1]: top-p 0.5 keeps only token 0; top-p 0.8 keeps tokens 0 and 1."""
-    from mlx_align.sampling.rollout import sample_next
+    from mlx_align.sampling.slots import sample_next
 
     logits = mx.log(mx.array([[0.7, 0.2, 0.1]] * 400))
     mx.random.seed(1)

@@ -10,11 +10,11 @@ from mlx_align.config.stages import AdapterSettings
 from mlx_align.model.adapters import attach_adapters
 from mlx_align.model.logprobs import sequence_logps
 from mlx_align.sampling.rollout import (
-    CHECK_EVERY,
     sample_group,
     sample_groups,
     supports_compiled_decode,
 )
+from mlx_align.sampling.slots import CHECK_EVERY
 from mlx_align.train.adapted import adapter_config
 
 NO_EOS = {10**6}

@@ -424,3 +424,35 @@ def test_conversations_continued_from_their_histories_equal_prefilled_ones(tools
         runs.append([(t.tokens, t.mask, t.turns, t.calls) for t in trajectories])
     assert runs[0] == runs[1]
     assert [turns for _, _, turns, _ in runs[0]] == [4, 4]  # three continued turns each
+
+
+def test_rows_fed_unequal_chunks_continue_as_their_own_histories(tools_model):
+    """Rows of different history lengths fed different numbers of tokens in one
+    chunk: a shorter row leaves a hole it neither attends to nor counts in its
+    positions, so each samples (greedy) what a fresh prefill of its own whole
+    history samples, and keeps exactly that history's keys."""
+    import mlx_lm
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlx_align.sampling.rollout import continue_rows, sample_groups
+
+    model, tok = mlx_lm.load(str(tools_model))
+    eos = set(tok.eos_token_ids)
+    encode = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731
+    prompts = [encode("Question: What is 2 + 3?\nAnswer:"), encode("Hi")]
+    groups = sample_groups(model, prompts, 1, 5, eos, temperature=0.0, keep_history=True)  # fmt: skip
+    rows = [g.completions[0] for g in groups]
+    histories = [g.histories[0] for g in groups]
+    feeds = [rows[0][-1:] + encode(" The tool says 5, so"), rows[1][-1:] + encode(" ok")]  # fmt: skip
+    assert len(feeds[0]) != len(feeds[1]) and histories[0].length != histories[1].length
+    new, after = continue_rows(model, histories, feeds, 6, eos, temperature=0.0)
+    for r in range(2):
+        again = prompts[r] + rows[r] + feeds[r][1:]
+        (fresh,) = sample_groups(model, [again], 1, 6, eos, temperature=0.0)
+        assert new[r] == fresh.completions[0]
+        cache = make_prompt_cache(model)
+        model(mx.array(again + new[r][:-1])[None], cache=cache)
+        for layer, keys in zip(cache, after[r].keys, strict=True):
+            kept = layer.keys[..., : layer.offset, :]
+            assert keys.shape == kept.shape
+            assert mx.abs(keys - kept).max().item() < 1e-4

@@ -34,7 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlx_align.sampling.rollout import Group, RowHistory
+from mlx_align.sampling.rollout import Group
+from mlx_align.sampling.slots import RowHistory
 from mlx_align.sampling.tools import FAILURES, ToolBox
 
 # (prompts, group_size, max_tokens) -> one Group per prompt, stopping at the
