@@ -120,7 +120,7 @@ def test_a_call_gets_the_tools_exact_result_and_the_mask_covers_the_model_tokens
     call = CALL.format(name="add", args='{"a": 2, "b": 3}')
     sample_turn, seen = scripted(tokenizer, [[call, "The sum is 5."]])
     trajectory = start(template, messages, ToolBox({"add": add}), {})
-    converse(sample_turn, template, [prompt], [trajectory], 1, budget=200, max_turns=4)
+    converse(sample_turn, [prompt], [trajectory], 1, budget=200, max_turns=4)
     first = tokenizer.encode(call, add_special_tokens=False)
     last = tokenizer.encode("The sum is 5.", add_special_tokens=False) + [tokenizer.eos_token_id]  # fmt: skip
     assert first[-1] == template.end_id  # the call ends on the stop token
@@ -158,7 +158,7 @@ def test_bad_calls_become_tool_messages_and_counts_and_the_run_goes_on(tokenizer
     ]
     sample_turn, seen = scripted(tokenizer, [script])
     trajectory = start(template, messages, ToolBox({"add": add, "divide": divide}), {})
-    converse(sample_turn, template, [prompt], [trajectory], 1, budget=400, max_turns=4)
+    converse(sample_turn, [prompt], [trajectory], 1, budget=400, max_turns=4)
     results = [m["content"] for m in trajectory.messages if m["role"] == "tool"]
     assert results == [
         "error: the tool call did not parse (JSONDecodeError)",
@@ -184,7 +184,7 @@ def test_a_call_in_the_last_turn_is_not_run(tokenizer):
     prompt = prompt_tokens(template, messages, environment=False)
     sample_turn, _ = scripted(tokenizer, [[CALL.format(name="add", args='{"a": 2, "b": 3}')]])  # fmt: skip
     trajectory = start(template, messages, ToolBox({"add": add}), {})
-    converse(sample_turn, template, [prompt], [trajectory], 1, budget=200, max_turns=1)
+    converse(sample_turn, [prompt], [trajectory], 1, budget=200, max_turns=1)
     assert (trajectory.turns, trajectory.calls) == (1, 0)
     assert trajectory.mask == [1] * len(trajectory.tokens)
 
@@ -200,7 +200,7 @@ def test_environments_keep_state_per_trajectory(tokenizer):
     opening = list(trajectories[0].tokens)
     assert tokenizer.decode(opening) == "<|im_start|>user\nThe counter is at 7.<|im_end|>\n<|im_start|>assistant\n"  # fmt: skip
     assert trajectories[0].mask == [0] * len(opening)  # the observation is not trained
-    converse(sample_turn, template, [prompt], trajectories, 2, budget=400, max_turns=4)
+    converse(sample_turn, [prompt], trajectories, 2, budget=400, max_turns=4)
     assert [t.toolbox.environment.value for t in trajectories] == [12, 17]
     assert counter_value(None, None, [t.toolbox.environment for t in trajectories]) == [12.0, 17.0]  # fmt: skip
     assert seen[0] == [prompt + opening]  # alike openings: one prefill for the group
@@ -420,7 +420,7 @@ def test_conversations_continued_from_their_histories_equal_prefilled_ones(tools
     runs = []
     for continued in (continue_turn, None):
         trajectories = [start(template, messages, ToolBox({"add": add}), {}) for _ in range(2)]  # fmt: skip
-        converse(sample_turn, template, [prompt], trajectories, 2, budget=400, max_turns=4, continue_turn=continued)  # fmt: skip
+        converse(sample_turn, [prompt], trajectories, 2, budget=400, max_turns=4, continue_turn=continued)  # fmt: skip
         runs.append([(t.tokens, t.mask, t.turns, t.calls) for t in trajectories])
     assert runs[0] == runs[1]
     assert [turns for _, _, turns, _ in runs[0]] == [4, 4]  # three continued turns each
@@ -456,3 +456,32 @@ def test_rows_fed_unequal_chunks_continue_as_their_own_histories(tools_model):
             kept = layer.keys[..., : layer.offset, :]
             assert keys.shape == kept.shape
             assert mx.abs(keys - kept).max().item() < 1e-4
+
+
+def test_a_rows_tools_column_is_what_its_prompt_shows_and_may_call(tokenizer):
+    """TRL's tool-calling format: a row's ``tools`` (JSON schemas, or their JSON
+    text) are the tools its prompt shows and the only ones it may call."""
+    from mlx_align.config.online import GRPOConfig
+    from mlx_align.core.errors import DataError
+    from mlx_align.data.jsonl import Record
+    from mlx_align.stages.tool_rollouts import ToolUse
+
+    config = GRPOConfig(
+        model="m", data="d", tool=("test_tools:add", "test_tools:divide")
+    )
+    only_add = json.dumps([tool_schema(add)])
+    records = [
+        Record("d.jsonl", 1, {"prompt": "What is 2 + 3?", "tools": only_add}),
+        Record("d.jsonl", 2, {"prompt": "What is 6 / 3?"}),
+    ]
+    use = ToolUse(config, tokenizer, records, room=2000)
+    shown = [tokenizer.decode(p) for p in use.prompts]
+    assert '"name": "add"' in shown[0] and '"name": "divide"' not in shown[0]
+    assert '"name": "add"' in shown[1] and '"name": "divide"' in shown[1]
+    box = use.toolbox(use.templates[0])
+    outcome = box.call({"name": "divide", "arguments": {"a": 6, "b": 3}})
+    assert (outcome.failure, outcome.content) == ("unknown", "error: no tool named 'divide' (tools: add)")  # fmt: skip
+    assert use.toolbox(use.templates[1]).call({"name": "divide", "arguments": {"a": 6, "b": 3}}).content == "2.0"  # fmt: skip
+    bad = Record("d.jsonl", 3, {"prompt": "Hi", "tools": json.dumps([{"type": "function", "function": {"name": "mul"}}])})  # fmt: skip
+    with pytest.raises(DataError, match="d.jsonl:3: field 'tools' names 'mul', which no --tool"):  # fmt: skip
+        ToolUse(config, tokenizer, [bad], room=2000)

@@ -51,6 +51,7 @@ ContinueTurn = Callable[
 class Trajectory:
     """One sampled conversation after its prompt."""
 
+    template: ToolTemplate  # its chat template, with its tools' schemas
     messages: list[dict]  # the conversation so far, as the template takes it
     rendered: str  # the template's text of it, up to the model's last token
     toolbox: ToolBox
@@ -128,28 +129,21 @@ def start(template: ToolTemplate, messages: list[dict], toolbox: ToolBox, row: d
     first observation, if any, is a user turn, whose tokens and the generation
     prompt open the trajectory, masked."""
     if toolbox.environment is None:
-        return Trajectory(list(messages), template.render(messages, generation=True), toolbox)  # fmt: skip
+        return Trajectory(template, list(messages), template.render(messages, generation=True), toolbox)  # fmt: skip
     observation = toolbox.environment.reset(**row)
     base = template.render(messages, generation=False)
     if observation is not None:
         messages = [*messages, {"role": "user", "content": str(observation)}]
     rendered = template.render(messages, generation=True)
     opening = template.encode(glue(base, rendered))
-    opened = len(messages) - (
-        observation is not None
-    )  # the observation shows in the turns
-    return Trajectory(list(messages), rendered, toolbox, opening, [0] * len(opening), opened=opened)  # fmt: skip
+    opened = len(messages) - (observation is not None)  # the observation is a turn
+    return Trajectory(template, list(messages), rendered, toolbox, opening, [0] * len(opening), opened=opened)  # fmt: skip
 
 
-def advance(
-    template: ToolTemplate,
-    trajectory: Trajectory,
-    new: list[int],
-    budget: int,
-    max_turns: int,
-) -> None:
+def advance(trajectory: Trajectory, new: list[int], budget: int, max_turns: int) -> None:  # fmt: skip
     """Take one model turn's tokens; run its tool calls and append their glue,
     or finish the trajectory (EOS, the budget, or the last turn)."""
+    template = trajectory.template
     trajectory.fed = len(trajectory.tokens) + len(new) - 1  # the history's end
     new = new[: max(budget - len(trajectory.tokens), 0)]
     text = template.tokenizer.decode([t for t in new if t not in template.eos_ids])
@@ -182,7 +176,6 @@ def advance(
 
 def converse(
     sample_turn: SampleTurn,
-    template: ToolTemplate,
     prompts: Sequence[list[int]],
     trajectories: list[Trajectory],
     group_size: int,
@@ -202,7 +195,7 @@ def converse(
             kept = sampled.histories or [None] * group_size
             for t, completion, history in zip(g, sampled.completions, kept, strict=True):  # fmt: skip
                 t.history = history
-                advance(template, t, completion, budget, max_turns)
+                advance(t, completion, budget, max_turns)
     prompt_of = {id(t): p for p, g in zip(prompts, groups, strict=True) for t in g}
     while live := [t for t in trajectories if not t.done]:
         if continue_turn and all(t.history is not None for t in live):
@@ -214,7 +207,7 @@ def converse(
             histories = [(g.histories or [None])[0] for g in sampled]
         for t, tokens, history in zip(live, new, histories, strict=True):
             t.history = history
-            advance(template, t, tokens, budget, max_turns)
+            advance(t, tokens, budget, max_turns)
     for t in trajectories:
         t.history = None  # the keys and values are the sampler's memory, not the result
     return trajectories

@@ -11,7 +11,9 @@ environments as ``environments=``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from dataclasses import replace
 
 from mlx_align.config.online import ToolSettings
 from mlx_align.core.errors import DataError, UserError
@@ -42,6 +44,33 @@ def prompt_messages(record: Record) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
+def schema_names(schemas: list[dict]) -> list[str]:
+    """The function names of JSON schemas (``{"type": "function", "function": {...}}``
+    as ``get_json_schema`` writes them, or the function object alone)."""
+    return [str(s.get("function", s).get("name")) for s in schemas]
+
+
+def row_template(record: Record, template: ToolTemplate, known: dict) -> ToolTemplate:
+    """The template with the record's own ``tools`` column (TRL's tool-calling
+    format: a list of JSON schemas, or their JSON text), or ``template``."""
+    tools = record.fields.get("tools")
+    if tools is None:
+        return template
+    try:
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        if not isinstance(tools, list):
+            raise ValueError("not a list")
+        schemas = [json.loads(t) if isinstance(t, str) else t for t in tools]
+        if not all(isinstance(t, dict) for t in schemas):
+            raise ValueError("not a list of JSON schemas")
+    except ValueError as error:
+        raise DataError(record.path, record.line, f"field 'tools': {error}") from None
+    unknown = [n for n in schema_names(schemas) if n not in known]
+    if unknown:
+        raise DataError(record.path, record.line, f"field 'tools' names {unknown[0]!r}, which no --tool or --environment method provides")  # fmt: skip
+    return replace(template, schemas=schemas)
+
+
 class ToolUse:
     """The tools, the template that shows them, and each record's prompt tokens."""
 
@@ -59,12 +88,13 @@ class ToolUse:
             )
         if len(tokenizer.encode(tokenizer.tool_call_end, add_special_tokens=False)) != 1:  # fmt: skip
             raise UserError("--tool", f"the tool-call end {tokenizer.tool_call_end!r} is not one token; it must stop the sampler")  # fmt: skip
-        schemas = self.toolbox().schemas
-        self.template = ToolTemplate(tokenizer, schemas, set(tokenizer.eos_token_ids))
+        sample = self.toolbox()
+        self.template = ToolTemplate(tokenizer, sample.schemas, set(tokenizer.eos_token_ids))  # fmt: skip
         self.messages = [prompt_messages(r) for r in records]
+        self.templates = [row_template(r, self.template, sample.tools) for r in records]  # fmt: skip
         self.prompts = []
-        for record, messages in zip(records, self.messages, strict=True):
-            tokens = prompt_tokens(self.template, messages, self.factory is not None)
+        for record, messages, template in zip(records, self.messages, self.templates, strict=True):  # fmt: skip
+            tokens = prompt_tokens(template, messages, self.factory is not None)
             if len(tokens) > room:
                 raise DataError(
                     record.path,
@@ -74,9 +104,12 @@ class ToolUse:
                 )
             self.prompts.append(tokens)
 
-    def toolbox(self) -> ToolBox:
-        """A trajectory's tools, with an environment of its own."""
-        return ToolBox(self.functions, self.factory() if self.factory else None)
+    def toolbox(self, template: ToolTemplate | None = None) -> ToolBox:
+        """A trajectory's tools (those its template shows), with an environment of its own."""
+        box = ToolBox(self.functions, self.factory() if self.factory else None)
+        if template is not None and template is not self.template:
+            box.tools = {n: box.tools[n] for n in schema_names(template.schemas)}
+        return box
 
     @property
     def stop_id(self) -> int:
@@ -94,12 +127,17 @@ class ToolUse:
         """``group_size`` conversations for each record ``indices``: the groups
         (completions = every token after the prompt, with masks) and trajectories."""
         trajectories = [
-            start(self.template, self.messages[i], self.toolbox(), dict(record.fields))
+            start(
+                self.templates[i],
+                self.messages[i],
+                self.toolbox(self.templates[i]),
+                dict(record.fields),
+            )  # fmt: skip
             for i, record in zip(indices, records, strict=True)
             for _ in range(group_size)
         ]
         prompts = [self.prompts[i] for i in indices]
-        converse(sample_turn, self.template, prompts, trajectories, group_size, budget, self.config.max_turns, continue_turn)  # fmt: skip
+        converse(sample_turn, prompts, trajectories, group_size, budget, self.config.max_turns, continue_turn)  # fmt: skip
         groups = []
         for j, prompt in enumerate(prompts):
             own = trajectories[j * group_size : (j + 1) * group_size]

@@ -123,7 +123,26 @@ def project_of(project_name: str, variable: str) -> str:
     return project_name or os.environ.get(variable) or "mlx-align"
 
 
-class WandbReport:
+class LibraryReport:
+    """A tracker whose library logs dicts to a run and has a ``Table`` (wandb's
+    API, which trackio copies): ``module`` the library, ``run`` the run."""
+
+    module: Any
+    run: Any
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        self.run.log(numbers(record), step=step)
+
+    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        columns = list(rows[0]) if rows else []
+        table = self.module.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])  # fmt: skip
+        self.run.log({"completions": table}, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class WandbReport(LibraryReport):
     """A wandb run in ``out/wandb``; resuming continues the run whose id it kept."""
 
     def __init__(self, out: Path, config: dict[str, Any], project: str, resumed: bool) -> None:  # fmt: skip
@@ -137,7 +156,7 @@ class WandbReport:
         else:
             run_id = secrets.token_hex(4)  # wandb ids: 8 lowercase letters or digits
             id_file.write_text(run_id)
-        self.wandb = wandb
+        self.module = wandb
         self.run = wandb.init(  # mlx-lm's name and directory for the run
             project=project_of(project, "WANDB_PROJECT"),
             name=out.name,
@@ -147,25 +166,14 @@ class WandbReport:
             config=config,
         )
 
-    def log(self, step: int, record: dict[str, Any]) -> None:
-        self.run.log(numbers(record), step=step)
 
-    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0]) if rows else []
-        table = self.wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])  # fmt: skip
-        self.run.log({"completions": table}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
-
-
-class TrackioReport:
+class TrackioReport(LibraryReport):
     """A run in trackio's local store, named after ``out``."""
 
     def __init__(self, out: Path, config: dict[str, Any], project: str, resumed: bool) -> None:  # fmt: skip
         import trackio
 
-        self.trackio = trackio
+        self.module = trackio
         self.run = trackio.init(
             project=project_of(project, "TRACKIO_PROJECT"),
             name=out.name,
@@ -173,17 +181,6 @@ class TrackioReport:
             resume="allow" if resumed else "never",
             embed=False,
         )
-
-    def log(self, step: int, record: dict[str, Any]) -> None:
-        self.run.log(numbers(record), step=step)
-
-    def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
-        columns = list(rows[0]) if rows else []
-        table = self.trackio.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])  # fmt: skip
-        self.run.log({"completions": table}, step=step)
-
-    def close(self) -> None:
-        self.run.finish()
 
 
 TRACKERS = {"tensorboard": TensorBoardReport, "wandb": WandbReport, "trackio": TrackioReport}  # fmt: skip
