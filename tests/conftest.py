@@ -58,3 +58,18 @@ def sft_dir(tmp_path_factory) -> Path:
     write_jsonl(root / "train.jsonl", rows)
     write_jsonl(root / "valid.jsonl", rows)
     return root
+
+
+@pytest.fixture(scope="session")
+def box_model(tmp_path_factory) -> Path:
+    """A tiny chatml-tools model that calls reveal() about half the time (tool_helpers)."""
+    from tool_helpers import build_box_model
+
+    return build_box_model(tmp_path_factory.mktemp("box_model"))
+
+
+@pytest.fixture(scope="session")
+def box_data(tmp_path_factory) -> Path:
+    from tool_helpers import write_box_data
+
+    return write_box_data(tmp_path_factory.mktemp("box_data"))

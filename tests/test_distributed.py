@@ -29,7 +29,8 @@ def run(cmd: list[str], ranks: int, cwd: Path) -> str:
     """``cmd`` under ``mlx.launch -n ranks --backend ring``, or alone for 1 rank."""
     if ranks > 1:
         cmd = [str(LAUNCH), "-n", str(ranks), "--backend", "ring", *cmd]
-    env = {**os.environ, "MLX_ALIGN_NO_OPENBLAS": "1"}
+    tests = str(Path(__file__).parent)  # tool_helpers:... for --environment
+    env = {**os.environ, "MLX_ALIGN_NO_OPENBLAS": "1", "PYTHONPATH": tests}
     done = subprocess.run(
         cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -145,6 +146,26 @@ def test_kto_and_grpo_run_on_two_ranks_and_only_rank_0_writes(tiny_model, tmp_pa
         assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_0000002"]
     rows = (tmp_path / "g" / "samples.jsonl").read_text().splitlines()
     assert len(rows) == 3 * 2  # rank 0's prompt, two completions, each step
+
+
+def test_multi_turn_grpo_runs_on_two_ranks(box_model, box_data, tmp_path):
+    """GRPO with an environment on two ranks: each samples its own trajectories
+    and calls its own tools; rank 0 alone writes, every step once."""
+    out = tmp_path / "tools"
+    flags = [
+        "--model", str(box_model), "--data", str(box_data), "--out", str(out),
+        "--steps", "3", "--batch-size", "1", "--group-size", "4", "--log-every", "1",
+        "--save-every", "0", "--max-completion-tokens", "64", "--max-length", "400",
+        "--environment", "tool_helpers:make_box", "--reward", "tool_helpers:opened",
+        "--temperature", "0.7", "--eval-every", "0",
+    ]  # fmt: skip
+    run([str(ALIGN), "grpo", *flags], 2, tmp_path)
+    lines = metrics(out)
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert sum(m["tools/calls"] for m in lines) > 0 and (out / "adapters.safetensors").exists()  # fmt: skip
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 3 * 2  # rank 0's prompt, two trajectories, each step
+    assert all(s["completion"][0]["role"] == "assistant" for s in samples)
 
 
 def test_the_other_trainers_run_on_two_ranks(tiny_model, tmp_path):

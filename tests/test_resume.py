@@ -28,7 +28,8 @@ main(sys.argv[3:])
 
 
 def cli(args: list[str], kill_at: tuple[str, int] | None = None) -> int:
-    env = {**os.environ, "MLX_ALIGN_NO_OPENBLAS": "1"}
+    tests = str(Path(__file__).parent)  # tool_helpers:... for --environment
+    env = {**os.environ, "MLX_ALIGN_NO_OPENBLAS": "1", "PYTHONPATH": tests}
     if kill_at:
         cmd = [sys.executable, "-c", KILLER, kill_at[0], str(kill_at[1]), *args]
     else:
@@ -114,3 +115,25 @@ def test_killed_and_resumed_run_ends_with_the_same_weights(
     cli([*common, "--out", str(killed), "--resume"])
     assert_identical(straight, killed)
     assert steps_logged(killed) == steps_logged(straight)  # none lost, none twice
+
+
+@pytest.mark.kill
+def test_multi_turn_grpo_killed_and_resumed_ends_with_the_same_weights(box_model, box_data, tmp_path):  # fmt: skip
+    """GRPO with an environment and tool calls, killed after step 5 and resumed:
+    the same weights, every step logged once, and the trajectories used the tool."""
+    common = [
+        "grpo", "--model", str(box_model), "--data", str(box_data), "--steps", "6",
+        "--batch-size", "2", "--group-size", "4", "--iterations", "2",
+        "--max-completion-tokens", "64", "--temperature", "0.7",
+        "--environment", "tool_helpers:make_box", "--reward", "tool_helpers:opened",
+        "--save-every", "2", "--log-every", "1", "--max-length", "400",
+        "--learning-rate", "5e-3", "--eval-every", "0",
+    ]  # fmt: skip
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    cli([*common, "--out", str(straight)])
+    assert cli([*common, "--out", str(killed)], kill_at=("step", 5)) == -signal.SIGKILL
+    cli([*common, "--out", str(killed), "--resume"])
+    assert_identical(straight, killed)
+    assert steps_logged(killed) == steps_logged(straight)
+    lines = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]  # fmt: skip
+    assert sum(x["tools/calls"] for x in lines) > 0

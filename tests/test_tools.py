@@ -487,29 +487,6 @@ def test_a_rows_tools_column_is_what_its_prompt_shows_and_may_call(tokenizer):
         ToolUse(config, tokenizer, [bad], room=2000)
 
 
-class Box:
-    """An environment whose reward needs its tool: the box opens only by reveal()."""
-
-    def reset(self, secret: str = "0", **row) -> None:
-        self.secret, self.opened = secret, False
-
-    def reveal(self) -> str:
-        """Open the box and read the number inside."""
-        self.opened = True
-        return self.secret
-
-
-def make_box() -> Box:
-    return Box()
-
-
-def opened(prompts, completions, environments, **columns) -> list[float]:
-    return [1.0 if e.opened else 0.0 for e in environments]
-
-
-REVEAL = '<tool_call>{"name": "reveal", "arguments": {}}</tool_call>'
-
-
 def open_rate(model_dir, data, tmp_path) -> float:
     """The share of 8 sampled trajectories per held-out prompt that open their box."""
     import mlx_lm
@@ -531,50 +508,23 @@ def box_config(model, data, out, **overrides):
 
     settings = dict(
         model=str(model), data=str(data), out=str(out), steps=20, batch_size=2,
-        group_size=4, max_completion_tokens=64, temperature=0.7, reward=("test_tools:opened",),
-        environment="test_tools:make_box", learning_rate=5e-3, warmup_steps=1,
+        group_size=4, max_completion_tokens=64, temperature=0.7, reward=("tool_helpers:opened",),
+        environment="tool_helpers:make_box", learning_rate=5e-3, warmup_steps=1,
         log_every=1, save_every=0, eval_every=0, max_length=400, lora_rank=8,
         loss="grpo",
     )  # fmt: skip
     return GRPOConfig(**{**settings, **overrides})
 
 
-def test_grpo_raises_the_held_out_share_of_trajectories_that_use_the_tool(tmp_path):
-    """SFT on demonstrations half of which call reveal(), then GRPO whose reward
-    only the tool can earn (it reads the environment): on held-out prompts the
-    share of trajectories that open their box rises well above the SFT model's."""
-    from conftest import write_jsonl
-
-    from mlx_align.config.stages import SFTConfig
+def test_grpo_raises_the_held_out_share_of_trajectories_that_use_the_tool(box_model, box_data, tmp_path):  # fmt: skip
+    """From an SFT model whose demonstrations call reveal() half the time
+    (``tool_helpers.build_box_model``), GRPO whose reward only the tool can earn
+    (it reads the environment): on held-out prompts the share of trajectories
+    that open their box rises well above the SFT model's."""
     from mlx_align.model.fuse import fuse_adapters
-    from mlx_align.model.tiny import PRESETS, init_model
     from mlx_align.stages.grpo import run_grpo
-    from mlx_align.stages.sft import run_sft
 
-    schema = tool_schema(Box().reveal)
-    system = (  # the tools block as chatml-tools renders it, so SFT prompts are GRPO's
-        f"Tools:\n<tools>\n{json.dumps(schema)}\n</tools>\n"
-        'Call one as <tool_call>{"name": ..., "arguments": {...}}</tool_call>'
-    )
-    texts = [f"Open box {i}. {REVEAL} I will not." for i in range(50)] + [system] * 5
-    base = init_model(tmp_path / "base", PRESETS["tiny"], texts * 10, seed=0, chat_template="chatml-tools")  # fmt: skip
-    demos = [
-        {"messages": [
-            {"role": "system", "content": system}, {"role": "user", "content": f"Open box {i}."},
-            {"role": "assistant", "content": REVEAL if i % 2 else "I will not."},
-        ]}
-        for i in range(40)
-    ]  # fmt: skip
-    write_jsonl(tmp_path / "sft" / "train.jsonl", demos)
-    run_sft(SFTConfig(
-        model=str(base), data=str(tmp_path / "sft"), out=str(tmp_path / "sft_run"),
-        steps=150, batch_size=8, learning_rate=3e-3, lora_rank=8, max_length=256,
-        eval_every=0, save_every=0, log_every=50,
-    ))  # fmt: skip
-    start = fuse_adapters(str(base), str(tmp_path / "sft_run"), str(tmp_path / "start"), False)  # fmt: skip
-    data = tmp_path / "boxes"
-    write_jsonl(data / "train.jsonl", [{"prompt": f"Open box {i}.", "secret": str(i % 10)} for i in range(40)])  # fmt: skip
-    write_jsonl(data / "valid.jsonl", [{"prompt": f"Open box {i}.", "secret": str(i % 10)} for i in range(100, 116)])  # fmt: skip
+    start, data = box_model, box_data
     run_grpo(box_config(start, data, tmp_path / "grpo"))
     trained = fuse_adapters(str(start), str(tmp_path / "grpo"), str(tmp_path / "trained"), False)  # fmt: skip
     before, after = open_rate(start, data, tmp_path), open_rate(trained, data, tmp_path)
