@@ -45,6 +45,90 @@ def prepare_model(work: Path, preset: str) -> Path:
     return model
 
 
+# The real models' config.json values (their public checkpoints'): ``--shape``
+# builds a random-weight model of exactly that shape with mlx-lm's own classes
+# (``model/random_init.py``), the vocabulary included; the tokenizer is the
+# small one of ``prepare_model`` (its ids are a subset of the vocabulary).
+QWEN = {"rope_theta": 1_000_000.0, "rms_norm_eps": 1e-6, "tie_word_embeddings": True, "vocab_size": 151936}  # fmt: skip
+REAL_SHAPES: dict[str, dict] = {
+    "qwen2.5-0.5b": {
+        **QWEN, "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864,
+        "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+    },
+    "qwen3-0.6b": {
+        **QWEN, "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072,
+        "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+        "head_dim": 128, "max_position_embeddings": 40960,
+    },
+    "llama-3.2-1b": {
+        "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192,
+        "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "head_dim": 64, "vocab_size": 128256, "rms_norm_eps": 1e-5,
+        "rope_theta": 500_000.0, "tie_word_embeddings": True,
+        "max_position_embeddings": 131072,
+        "rope_scaling": {
+            "factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+            "original_max_position_embeddings": 8192, "rope_type": "llama3",
+        },
+    },
+    "qwen2.5-1.5b": {
+        **QWEN, "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
+        "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2,
+        "max_position_embeddings": 32768,
+    },
+}  # fmt: skip
+
+
+def shape_model(work: Path, shape: str) -> Path:
+    """A random-weight model of ``REAL_SHAPES[shape]`` under ``work`` (cached)."""
+    from mlx_align.model.random_init import init_random_model
+
+    out = work / f"shape-{shape}"
+    if not (out / "config.json").exists():
+        tokenizer = prepare_model(work, "small")
+        config = REAL_SHAPES[shape]
+        init_random_model(out, config, tokenizer, vocab_size=config["vocab_size"])
+    return out
+
+
+def add_model_options(parser) -> None:
+    """``--preset``, ``--vocab`` and ``--shape``: the model a bench trains."""
+    parser.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    add_vocab_option(parser)
+    parser.add_argument(
+        "--shape",
+        default="",
+        choices=["", *REAL_SHAPES],
+        help="a random-weight model of this real model's exact shape instead of "
+        "--preset (no download)",
+    )
+
+
+def bench_model(opts) -> Path:
+    """The model ``add_model_options`` chose, built under ``opts.work``."""
+    if opts.shape:
+        return shape_model(opts.work, opts.shape)
+    model = prepare_model(opts.work, opts.preset)
+    return widen_vocab(model, opts.vocab) if getattr(opts, "vocab", 0) else model
+
+
+def model_label(opts) -> str:
+    """What the header of a bench's table says the model was."""
+    if opts.shape:
+        return f"a random-weight {opts.shape} (its exact shape)"
+    vocab = getattr(opts, "vocab", 0)
+    return f"preset {opts.preset}" + (f" with its vocabulary widened to {vocab:,}" if vocab else "")  # fmt: skip
+
+
+def model_suffix(opts) -> str:
+    """The results file's suffix for the model: "", "-tiny", "-vocab151936", "-qwen2.5-0.5b"."""
+    if opts.shape:
+        return f"-{opts.shape}"
+    vocab = getattr(opts, "vocab", 0)
+    return (f"-{opts.preset}" if opts.preset != "small" else "") + (f"-vocab{vocab}" if vocab else "")  # fmt: skip
+
+
 def widen_vocab(model: Path, vocab: int) -> Path:
     """A copy of ``model`` whose (tied) embeddings have ``vocab`` rows (cached).
 

@@ -73,8 +73,9 @@ from pathlib import Path
 
 from common import (
     RESULTS_DIR,
-    add_vocab_option,
+    add_model_options,
     add_working_set,
+    bench_model,
     blas_env,
     blas_in_use,
     check_lora_setup,
@@ -85,15 +86,15 @@ from common import (
     machine,
     make_data,
     mlx_lm_lora_config,
+    model_label,
+    model_suffix,
     other_blas,
     parse_bench_args,
-    prepare_model,
     reporter,
     run_measured,
     run_worker,
     spread,
     table_head,
-    widen_vocab,
     write_results,
 )
 
@@ -539,8 +540,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
     blas = sorted({r.blas for r in runs})
     epoch = stats["pairs"] == opts.steps * opts.batch_size
     return (
-        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}"
-        f"{f' with its vocabulary widened to {opts.vocab:,}' if opts.vocab else ''}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); {model_label(opts)}; "
         f"{stats['pairs']} of the split's {stats['split']} train pairs, spread over "
         f"the length range (longest sequence {stats['longest']} tokens, "
         f"{stats['completion'] / stats['pairs']:.1f} completion tokens per pair, "
@@ -567,8 +567,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    add_vocab_option(p)
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=20, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     p.add_argument("--max-length", type=int, default=128)
@@ -624,9 +623,7 @@ def main() -> None:
     check_lora_setup(opts)
     if not (opts.work / "raw" / "pretrain").exists():
         make_data(opts.work / "raw")
-    model = prepare_model(opts.work, opts.preset)
-    if opts.vocab:
-        model = widen_vocab(model, opts.vocab)
+    model = bench_model(opts)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
     tools = {
@@ -668,8 +665,7 @@ def main() -> None:
     suffix += "-whole-split" if stats["pairs"] == stats["split"] else ""
     if opts.grad_checkpoint != "none":
         suffix += f"-grad-checkpoint-{opts.grad_checkpoint}"
-    suffix += f"-{opts.preset}" if opts.preset != "small" else ""
-    suffix += f"-vocab{opts.vocab}" if opts.vocab else ""
+    suffix += model_suffix(opts)
     suffix += flags_suffix(opts.align_args)  # "--padding-free" -> "-padding-free"
     results = RESULTS.with_stem(f"dpo{suffix}")
     write_results(results, text)

@@ -84,9 +84,10 @@ from common import (
     PooledSteps,
     Step,
     WorkerReport,
-    add_vocab_option,
+    add_model_options,
     add_working_set,
     align_grpo_worker,
+    bench_model,
     blas_env,
     blas_in_use,
     check_lora_setup,
@@ -97,16 +98,16 @@ from common import (
     machine,
     make_data,
     mlx_lm_lora_config,
+    model_label,
+    model_suffix,
     other_blas,
     parse_bench_args,
-    prepare_model,
     reporter,
     rollout_record,
     run_measured,
     run_worker,
     spread,
     table_head,
-    widen_vocab,
     write_results,
 )
 
@@ -462,8 +463,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         else f"system message {opts.system!r}"
     )
     return (
-        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}"
-        f"{f' with its vocabulary widened to {opts.vocab:,}' if opts.vocab else ''}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); {model_label(opts)}; "
         f"{stats['prompts']} of the split's {stats['split']} prompts, spread over "
         f"the length range ({stats['shortest']}-{stats['longest']} tokens, mean "
         f"{stats['mean']:.1f}, chat template with {system}), "
@@ -491,8 +491,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
-    add_vocab_option(p)
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=10, help="optimizer steps per run")
     p.add_argument("--groups", default="4,8", help="group sizes, comma-separated")
     p.add_argument("--max-completion-tokens", type=int, default=32)
@@ -542,9 +541,7 @@ def main() -> None:
     check_lora_setup(opts)
     if not (opts.work / "raw" / "grpo").exists():
         make_data(opts.work / "raw")
-    model = prepare_model(opts.work, opts.preset)
-    if opts.vocab:
-        model = widen_vocab(model, opts.vocab)
+    model = bench_model(opts)
     lora_data, align_data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
     tools = {
@@ -583,7 +580,7 @@ def main() -> None:
     suffix = "-reference-blas" if opts.blas == "reference" else ""
     suffix += "" if opts.system == "default" else "-short-system"
     suffix += flags_suffix(opts.align_args)
-    suffix += f"-vocab{opts.vocab}" if opts.vocab else ""
+    suffix += model_suffix(opts)
     results = RESULTS.with_stem(f"grpo{suffix}")
     write_results(results, text)
 

@@ -119,7 +119,9 @@ from pathlib import Path
 from common import (
     RESULTS_DIR,
     PooledSteps,
+    add_model_options,
     add_working_set,
+    bench_model,
     blas_env,
     blas_in_use,
     check_lora_setup,
@@ -130,9 +132,10 @@ from common import (
     machine,
     make_data,
     mlx_lm_lora_config,
+    model_label,
+    model_suffix,
     other_blas,
     parse_bench_args,
-    prepare_model,
     reporter,
     run_measured,
     run_worker,
@@ -701,7 +704,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
         "(online_dpo:length_judge, in place of mlx-lm-lora's LLMPairwiseJudge)",
     }[opts.judge]
     return (
-        f"{machine(opts.blas, load)} ({'; '.join(blas)}); preset {opts.preset}; "
+        f"{machine(opts.blas, load)} ({'; '.join(blas)}); {model_label(opts)}; "
         f"{stats['prompts']} of the split's {stats['split']} prompts, spread over "
         f"the length range ({stats['shortest']}-{stats['longest']} tokens, mean "
         f"{stats['mean']:.1f}, one-message chats), one epoch per run; "
@@ -730,7 +733,7 @@ def describe(opts, stats: dict, runs: list[Run], load: tuple[float, float]) -> s
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    add_model_options(p)
     p.add_argument(
         "--judge",
         choices=["llm", "llm-port", "length"],
@@ -781,7 +784,7 @@ def main() -> None:
     check_lora_setup(opts)
     if not (opts.work / "raw" / "grpo").exists():
         make_data(opts.work / "raw")
-    model = prepare_model(opts.work, opts.preset)
+    model = bench_model(opts)
     data, stats = prepare_data(opts, model)
     env = blas_env(opts.blas)
     tools = {
@@ -826,7 +829,7 @@ def main() -> None:
     suffix = {"llm": "", "llm-port": "-llm-port", "length": "-length-judge"}[opts.judge]
     suffix += "-reference-blas" if opts.blas == "reference" else ""
     suffix += f"-batch{opts.batch_size}" if opts.batch_size != 4 else ""
-    suffix += f"-{opts.preset}" if opts.preset != "small" else ""
+    suffix += model_suffix(opts)
     suffix += flags_suffix(opts.align_args)
     write_results(RESULTS.with_stem(f"online_dpo{suffix}"), text)
 

@@ -39,11 +39,14 @@ from pathlib import Path
 from common import (
     BIN,
     RESULTS_DIR,
+    add_model_options,
+    bench_model,
     blas_env,
     machine,
     make_data,
+    model_label,
+    model_suffix,
     other_blas,
-    prepare_model,
     run_measured,
     table_head,
     write_results,
@@ -277,7 +280,7 @@ def parse_args() -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default_blas = "openblas" if openblas_path() else "reference"
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"])
+    add_model_options(p)
     p.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
@@ -318,7 +321,7 @@ def run_alternating(opts, model: Path, data: Path) -> dict[str, list[Run]]:
 def describe(opts, stats: dict, load: tuple[float, float]) -> str:
     per_example = stats["completion"] / stats["examples"]
     return (
-        f"{machine(opts.blas, load)}; preset {opts.preset}; {stats['examples']} "
+        f"{machine(opts.blas, load)}; {model_label(opts)}; {stats['examples']} "
         f"examples (longest {stats['longest']} tokens, {per_example:.1f} completion "
         f"tokens each); batch {opts.batch_size}, max length {opts.max_length}, "
         f"LoRA r={opts.lora_rank} alpha={opts.lora_alpha:g} on all layers; "
@@ -332,14 +335,14 @@ def main() -> None:
     if opts.mlx_lm_worker:
         return mlx_lm_worker(opts.mlx_lm_worker, opts.rest[1:])
     data = prepare_data(opts.work)
-    model = prepare_model(opts.work, opts.preset)
+    model = bench_model(opts)
     stats = check_same_tokens(model, data, opts.max_length)
     load_before = os.getloadavg()[0]
     runs = run_alternating(opts, model, data)
     text = describe(opts, stats, (load_before, os.getloadavg()[0]))
     text += "\n" + table(runs)
     print(text)
-    write_results(RESULTS, text, announce=False)
+    write_results(RESULTS.with_stem(f"sft{model_suffix(opts)}"), text, announce=False)
 
 
 if __name__ == "__main__":
