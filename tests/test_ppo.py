@@ -83,6 +83,23 @@ def test_gae_by_hand():
     assert advantages.tolist()[0] == pytest.approx([0.5, 0.6, 0.4, 0.2], abs=1e-6)
 
 
+def test_gae_steps_over_the_tool_turns_of_a_multi_turn_completion():
+    """Row 0 of ``test_gae_by_hand`` with a tool turn (two masked-out positions,
+    junk rewards and values) between its second and third tokens: the same
+    advantages and returns on the model's tokens (t + 1 is the next model
+    token), 0 on the tool turn."""
+    rewards = mx.array([[0.0, 0.0, 3.0, 3.0, 0.0, 1.0]])
+    values = mx.array([[0.5, 0.4, 8.0, 8.0, 0.6, 0.8]])
+    mask = mx.array([[1.0, 1.0, 0.0, 0.0, 1.0, 1.0]])
+    advantages, returns = gae(rewards * mask, values, mask, gamma=0.9, lam=0.5)
+    assert advantages.tolist()[0] == pytest.approx(
+        [-0.034475, 0.2345, 0.0, 0.0, 0.21, 0.2], abs=1e-6
+    )
+    assert returns.tolist()[0] == pytest.approx(
+        [0.465525, 0.6345, 0.0, 0.0, 0.81, 1.0], abs=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     "value, loss, clipfrac, grad",
     [

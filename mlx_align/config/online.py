@@ -272,7 +272,12 @@ class OnlineDPOConfig(
 
 @stage_defaults(learning_rate=1e-5, max_length=1024)
 class PPOConfig(
-    RunSettings, TrainSettings, AdapterSettings, SamplingSettings, RewardSettings
+    RunSettings,
+    TrainSettings,
+    AdapterSettings,
+    SamplingSettings,
+    RewardSettings,
+    ToolSettings,
 ):
     """PPO with a critic (``mlx-align ppo``): TRL ``PPOTrainer``'s settings, its names."""
 

@@ -117,7 +117,25 @@ def gae(
 
     Returns:
         advantages (B, T) and returns (B, T), both 0 off the mask.
+
+    The steps are the masked tokens in order: a mask with holes (the tool
+    turns of a multi-turn completion) is read as the model's own tokens alone,
+    t + 1 the next one after the hole. Each row's masked tokens are moved to
+    its front, the estimates made there, and moved back.
     """
+    width = mask.shape[1]
+    positions = mx.arange(width, dtype=mx.float32)[None]
+    order = mx.argsort(
+        (1.0 - mask) * width + positions, axis=1
+    )  # masked first, in order
+    back = mx.argsort(order, axis=1)
+    front = [mx.take_along_axis(x, order, axis=1) for x in (rewards, values, mask)]
+    advantages, returns = _gae_front(*front, gamma, lam)
+    return tuple(mx.take_along_axis(x, back, axis=1) for x in (advantages, returns))
+
+
+def _gae_front(rewards, values, mask, gamma: float, lam: float):
+    """``gae`` for masks that are each row's first tokens."""
     values = values * mask
     following = mx.pad(values[:, 1:], [(0, 0), (0, 1)])  # V_{t+1}, 0 past the end
     deltas = rewards * mask + gamma * following - values  # (B, T)

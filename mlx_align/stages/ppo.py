@@ -36,8 +36,9 @@ from tqdm import tqdm
 
 from mlx_align.batches.planning import BatchPlan
 from mlx_align.config.online import PPOConfig
-from mlx_align.core import distributed
 from mlx_align.core.errors import UserError
+from mlx_align.data.jsonl import Record
+from mlx_align.data.tokenize import encode_prompt
 from mlx_align.losses.masked import masked_mean
 from mlx_align.losses.ppo import clipped_value_loss, ppo_policy_loss
 from mlx_align.model.adapters import (
@@ -61,8 +62,8 @@ from mlx_align.stages.ppo_rollouts import (
     CompletionScorer,
     PPOBatch,
     PPORollouts,
-    usable_prompts,
 )
+from mlx_align.stages.tool_rollouts import ToolUse, uses_tools
 from mlx_align.train.reference import (
     live_reference,
     model_fingerprint,
@@ -186,6 +187,7 @@ class PPOData:
     valid: tuple  # the same of the valid split (empty without one)
     critic_source: str = ""  # the critic's base: --model or --value-model
     critic_config: dict = dataclasses.field(default_factory=dict)  # for a full critic
+    tools: tuple = (None, None)  # the train and valid prompts' ToolUse (--tool)
 
 
 def run_ppo(config: PPOConfig) -> Path:
@@ -196,10 +198,16 @@ def run_ppo(config: PPOConfig) -> Path:
 
 def ppo_data(run: StageRun) -> PPOData:
     config, (train_records, valid_records) = run.config, run.records
-    return PPOData(
-        usable_prompts(train_records, run.tokenizer, config),
-        usable_prompts(valid_records, run.tokenizer, config),
-    )
+    if not uses_tools(config):
+        return PPOData(
+            usable_prompts(train_records, run.tokenizer, config),
+            usable_prompts(valid_records, run.tokenizer, config),
+        )
+    room = config.max_length - config.max_completion_tokens
+    splits = [r or [] for r in (train_records, valid_records)]
+    tools = tuple(ToolUse(config, run.tokenizer, r, room) if r else None for r in splits)  # fmt: skip
+    train, valid = ((r, t.prompts if t else []) for r, t in zip(splits, tools, strict=True))  # fmt: skip
+    return PPOData(train, valid, tools=tools)
 
 
 def actor_critic(run: StageRun) -> Trained:
@@ -225,11 +233,10 @@ def ppo_job(run: StageRun) -> Job:
         scorer,
         run.tokenizer,
         run.data.prompts,
+        run.data.tools,
     )
     if should_fuse(policy, config.fuse_rollout):
         rollouts.sampler = FusedSampler(policy)
-    if distributed.is_main():  # another rank may not remove what rank 0 wrote
-        (Path(config.out) / "samples.jsonl").unlink(missing_ok=True)
     tqdm.write(
         f"PPO: {len(run.data.prompts[0])} prompts, rollout batches of {rollouts.rollout_size}, "
         f"{rollouts.steps_per_rollout} optimizer steps each"
@@ -276,8 +283,19 @@ def valid_split(config: PPOConfig, rollouts: PPORollouts, prompts) -> tuple | No
     plan = BatchPlan.by_length([len(p) for p in tokens], config.batch_size, config.seed)
 
     def make(indices: list[int]) -> PPOBatch:
-        return rollouts.eval_batch(
-            [records[i] for i in indices], [tokens[i] for i in indices]
-        )
+        return rollouts.eval_batch(indices, records, tokens)
 
     return plan, make
+
+
+def usable_prompts(
+    records: list[Record] | None, tokenizer, config: PPOConfig
+) -> tuple[list[Record], list[list[int]]]:
+    """The records whose prompt leaves room for a full completion within
+    ``--max-length``, and their prompt tokens."""
+    if not records:
+        return [], []
+    limit = config.max_length - config.max_completion_tokens
+    pairs = [(r, encode_prompt(tokenizer, r)) for r in records]
+    kept = [(r, p) for r, p in pairs if len(p) <= limit]
+    return [r for r, _ in kept], [p for _, p in kept]

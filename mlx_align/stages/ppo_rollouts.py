@@ -37,15 +37,22 @@ from mlx_align.core import distributed
 from mlx_align.core.errors import UserError
 from mlx_align.core.events import emit
 from mlx_align.data.jsonl import Record
-from mlx_align.data.tokenize import Encoded, encode_prompt, pad_id_of
+from mlx_align.data.tokenize import Encoded, pad_id_of
 from mlx_align.losses.ppo import gae, kl_shaped_rewards, masked_whiten
 from mlx_align.model.reward_head import RewardModel
 from mlx_align.model.value_head import ActorCritic
 from mlx_align.rewards.scoring import GroupScorer
+from mlx_align.sampling.conversations import conversation_stats
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
 from mlx_align.sampling.reward_model import score_examples
-from mlx_align.sampling.rollout import Group
-from mlx_align.stages.grpo_rollouts import draw, seed_for_rank, write_samples
+from mlx_align.sampling.rollout import Group, continue_rows
+from mlx_align.stages.grpo_rollouts import (
+    draw,
+    masked_turns,
+    seed_for_rank,
+    write_samples,
+)
+from mlx_align.stages.tool_rollouts import TOOL_STATS, ToolUse, sample_rows
 
 ROLLOUT_STATS = (
     "objective/kl",
@@ -144,16 +151,22 @@ class CompletionScorer:
         return names + (["rewards/reward_model/mean"] if self.reward_model else [])
 
     def __call__(
-        self, records: Sequence[Record], groups: Sequence[Group], texts: Sequence[str]
+        self,
+        records: Sequence[Record],
+        groups: Sequence[Group],
+        texts: Sequence[str],
+        columns: dict | None = None,
     ) -> tuple[np.ndarray, dict[str, float]]:
-        """(N,) scores of the completions (one per record) and their metrics."""
+        """(N,) scores of the completions (one per record) and their metrics;
+        ``columns`` go to the reward functions (e.g. ``environments``)."""
         scores, metrics = np.zeros(len(texts), dtype=np.float32), {}
         if self.reward_model is not None:
             from_model = np.array(self.model_scores(records, groups, texts))
             metrics["rewards/reward_model/mean"] = float(from_model.mean())
             scores += from_model
         if self.functions is not None:
-            rewards, function_metrics = self.functions(records, 1, texts)
+            per_function = self.functions.per_function(records, 1, texts, columns)
+            rewards, function_metrics = self.functions.combine(per_function)
             scores += np.array(rewards)
             metrics.update(function_metrics)
         return scores, metrics
@@ -187,8 +200,12 @@ class PPORollouts:
         scorer: CompletionScorer,
         tokenizer,
         prompts: tuple[list[Record], list[list[int]]],
+        tools: tuple[ToolUse | None, ToolUse | None] = (None, None),
     ):
+        """``tools``: the train and valid prompts' ``--tool`` / ``--environment``
+        (``tool_rollouts.ToolUse``), whose trajectories are then the completions."""
         self.config, self.model, self.reference = config, model, reference
+        self.tools = tools
         self.scorer, self.tokenizer = scorer, tokenizer
         self.records, self.prompts = prompts
         if len(self.records) < self.rollout_size * distributed.size():
@@ -221,14 +238,18 @@ class PPORollouts:
     @property
     def stat_names(self) -> list[str]:
         """What ``PPOBatch.stats`` holds, in order."""
-        return [*ROLLOUT_STATS, *self.scorer.metric_names]
+        return [
+            *ROLLOUT_STATS,
+            *self.scorer.metric_names,
+            *(TOOL_STATS if self.tools[0] else ()),
+        ]
 
     def micro_batch(self, k: int) -> PPOBatch:
         rollout_id, epoch, start = locate(k, self.config)
         if self.cached is None or self.cached[0] != rollout_id:
             self.seed_rollout(rollout_id)
             indices = self.plan.local_batch(rollout_id)
-            batch = self.make_batch(indices, self.records, self.prompts, rollout_id)
+            batch = self.make_batch(indices, self.records, self.prompts, rollout_id, self.tools[0])  # fmt: skip
             self.cached = (rollout_id, batch)
         order = np.random.default_rng([self.config.seed, rollout_id, epoch])
         rows = order.permutation(self.rollout_size)[
@@ -242,10 +263,10 @@ class PPORollouts:
         samples what the uninterrupted run did."""
         seed_for_rank(self.config.seed, rollout_id * self.steps_per_rollout + 1)
 
-    def eval_batch(self, records: list[Record], prompts: list[list[int]]) -> PPOBatch:
-        """A held-out batch: ``prompts`` sampled from the current policy, scored, valued."""
+    def eval_batch(self, indices: list[int], records: list[Record], prompts: list[list[int]]) -> PPOBatch:  # fmt: skip
+        """A held-out batch: prompts ``indices`` sampled from the current policy, scored, valued."""
         mx.random.seed(self.config.seed)  # every evaluation draws alike
-        return self.make_batch(range(len(records)), records, prompts)
+        return self.make_batch(indices, records, prompts, None, self.tools[1])
 
     def make_batch(
         self,
@@ -253,35 +274,57 @@ class PPORollouts:
         records: Sequence[Record],
         prompts: Sequence[list[int]],
         rollout_id: int | None = None,
+        tool_use: ToolUse | None = None,
     ) -> PPOBatch:
-        """Sample one completion of each prompt ``indices``, score it, and fix PPO's targets."""
-        records = [records[i] for i in indices]
-        groups = self.sample([prompts[i] for i in indices])
+        """Sample one completion (with ``tool_use``, one conversation) of each prompt
+        ``indices``, score it, and fix PPO's targets."""
+        chosen = [records[i] for i in indices]
+        columns, tool_stats = {}, {}
+        if tool_use:
+            groups, trajectories = self.converse(tool_use, indices, chosen)
+            texts = [t.final_text for t in trajectories]
+            shown, tool_stats = (
+                sample_rows(trajectories),
+                conversation_stats(trajectories),
+            )
+            if tool_use.factory:
+                columns["environments"] = [t.toolbox.environment for t in trajectories]
+        else:
+            groups = self.sample([prompts[i] for i in indices])
+            texts = shown = [
+                self.tokenizer.decode(
+                    [t for t in g.completions[0] if t not in self.eos_ids]
+                )
+                for g in groups
+            ]
         completions = [g.completions[0] for g in groups]
-        texts = [
-            self.tokenizer.decode([t for t in c if t not in self.eos_ids])
-            for c in completions
-        ]
-        scores, metrics = self.score(records, groups, texts)
+        scores, metrics = self.score(chosen, groups, texts, columns)
+        metrics |= tool_stats
         log_now = rollout_id is not None and rollout_id % self.config.log_every == 0
         if log_now and distributed.is_main():
             write_samples(
-                self.samples_path, rollout_id, self.tokenizer, groups, texts, scores
+                self.samples_path, rollout_id, self.tokenizer, groups, shown, scores
             )
         rows = [Encoded(g.prompt + g.completions[0], len(g.prompt)) for g in groups]
         inputs = FullRows.pad(rows, len(rows), self.buckets, self.pad_id)
+        if tool_use:  # the critic and the loss read the model's own tokens only
+            inputs = masked_turns(inputs, groups)
         metrics["completion_length_mean"] = float(
             np.mean([len(c) for c in completions])
         )
         return self.targets(inputs, mx.array(scores), metrics)
 
     def score(
-        self, records: list[Record], groups: list[Group], texts: list[str]
+        self,
+        records: list[Record],
+        groups: list[Group],
+        texts: list[str],
+        columns: dict,  # fmt: skip
     ) -> tuple[np.ndarray, dict[str, float]]:
         """The completions' scores, less ``--missing-eos-penalty`` where no EOS was
         sampled (TRL's ``missing_eos_penalty``), and the scorer's metrics."""
         tic = time.perf_counter()
-        scores, metrics = self.scorer(records, groups, texts)
+        scores, metrics = self.scorer(records, groups, texts, columns)
         emit("rewards", seconds=time.perf_counter() - tic)
         finished = np.array(
             [
@@ -291,6 +334,20 @@ class PPORollouts:
         )
         scores = scores - self.config.missing_eos_penalty * ~finished
         return scores, {**metrics, "val/num_eos_tokens": float(finished.sum())}
+
+    def converse(self, tool_use: ToolUse, indices, records):
+        """One conversation per prompt ``indices``, continued turn by turn."""
+        policy, stops = self.model.policy, self.eos_ids | {tool_use.stop_id}
+        config = self.config
+        with evaluating(policy), sampling_model(policy, self.sampler) as model:
+
+            def sample_turn(prompts, group_size, max_tokens):
+                return draw(model, config, prompts, group_size, stops, max_tokens, keep_history=True)  # fmt: skip
+
+            def continue_turn(histories, feeds, max_tokens):
+                return continue_rows(model, histories, feeds, max_tokens, stops, config.temperature, config.top_p)  # fmt: skip
+
+            return tool_use.roll_out(sample_turn, indices, records, 1, config.max_completion_tokens, continue_turn)  # fmt: skip
 
     def sample(self, prompts: list[list[int]]) -> list[Group]:
         """One completion of each prompt from the policy (or its fused twin), decoded together."""
@@ -331,16 +388,3 @@ class PPORollouts:
         batch = PPOBatch(inputs, old_logps, values, advantages, returns, stats_array)
         mx.eval(batch)
         return batch
-
-
-def usable_prompts(
-    records: list[Record] | None, tokenizer, config: PPOConfig
-) -> tuple[list[Record], list[list[int]]]:
-    """The records whose prompt leaves room for a full completion within
-    ``--max-length``, and their prompt tokens."""
-    if not records:
-        return [], []
-    limit = config.max_length - config.max_completion_tokens
-    pairs = [(r, encode_prompt(tokenizer, r)) for r in records]
-    kept = [(r, p) for r, p in pairs if len(p) <= limit]
-    return [r for r, _ in kept], [p for _, p in kept]
