@@ -296,6 +296,10 @@ def kto_command(config: KTOConfig) -> None:
     "--entropy-coef 0.01\n\n"
     "  mlx-align grpo --model M --data D --out R --reward math --reward format "
     "--multi-objective-aggregation normalize_then_sum   # GDPO\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward math --tool mytools:add "
+    "--max-turns 4   # multi-turn, calling add(a, b)\n\n"
+    "  mlx-align grpo --model M --data D --out R --reward mytools:solved "
+    "--environment mytools:make_game   # one environment per trajectory\n\n"
     "Defaults are TRL 1.16's GRPOConfig's (loss dapo, G = 8, β = 0, ε = 0.2, "
     "temperature 1.0, 256 new tokens) except: --learning-rate 1e-5 (TRL's 1e-6, "
     "for full fine-tuning; LoRA wants more), --batch-size counts prompts (TRL's "
@@ -362,6 +366,8 @@ def eval_math_command(config: EvalMathConfig) -> None:
     "--kl-coef 0.05 --ppo-epochs 4 --num-mini-batches 2\n\n"
     "  mlx-align ppo --model M --data D --out R --reward-model RM --value-model models/small "
     "--vf-coef 0.1 --cliprange-value 0.2 --gamma 1.0 --lam 0.95\n\n"
+    "  mlx-align ppo --model M --data D --out R --reward mytools:solved "
+    "--environment mytools:make_game   # multi-turn, as grpo\n\n"
     "D holds prompts (train.jsonl; valid.jsonl for held-out scores), as for grpo. The policy's "
     "adapters land in R (fuse them with `mlx-align fuse`), the critic in R/critic.",
 )
