@@ -107,7 +107,7 @@ def save_cached(key: str, logps: np.ndarray) -> Path:
     """Write atomically: a run interrupted mid-write leaves the old cache intact."""
     path = cache_path(key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # runs side by side
     np.save(tmp, logps)
     os.replace(tmp, path)
     return path
