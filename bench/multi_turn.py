@@ -7,7 +7,10 @@ B prompts x G rows each sample the same number of model tokens three ways:
   between them, each later turn fed after the rows' kept keys and values
   (``continue_rows``), as ``--tool`` rollouts run;
 * ``prefilled``: the same three turns, each prefilling the whole history
-  again (what continuing saves).
+  again (what continuing saves);
+* ``single, same total length``: one turn as long as a whole trajectory,
+  tool turns included (3n + 2k), the issue's yardstick for trajectory
+  tokens per second.
 
 The model is a random-weight ``init-model`` preset (the capstone's ``small``
 by default) with the ``chatml-tools`` template; rows never stop early (no
@@ -46,13 +49,16 @@ def build_model(preset: str, work: Path) -> Path:
 
 
 def rollouts(model, prompts, group, turn, glue, stop):
-    """The three ways, each a function of no arguments that samples and returns
-    the number of model tokens it sampled."""
+    """The ways, each a function of no arguments that samples and returns the
+    model tokens it sampled and the trajectories' tokens (tool turns included)."""
     from mlx_align.sampling.rollout import continue_rows, sample_groups
 
-    def single():
-        groups = sample_groups(model, prompts, group, 3 * turn, stop)
-        return sum(len(c) for g in groups for c in g.completions)
+    rows = len(prompts) * group
+
+    def single(length: int):
+        groups = sample_groups(model, prompts, group, length, stop)
+        tokens = sum(len(c) for g in groups for c in g.completions)
+        return tokens, tokens
 
     def continued():
         groups = sample_groups(model, prompts, group, turn, stop, keep_history=True)
@@ -63,7 +69,7 @@ def rollouts(model, prompts, group, turn, glue, stop):
             feeds = [r[-1:] + glue for r in rows]
             rows, histories = continue_rows(model, histories, feeds, turn, stop)
             total += sum(map(len, rows))
-        return total
+        return total, total + 2 * len(glue) * len(rows)
 
     def prefilled():
         groups = sample_groups(model, prompts, group, turn, stop)
@@ -73,9 +79,14 @@ def rollouts(model, prompts, group, turn, glue, stop):
             grown = sample_groups(model, [h + glue for h in histories], 1, turn, stop)
             histories = [h + glue + g.completions[0] for h, g in zip(histories, grown, strict=True)]  # fmt: skip
             total += sum(len(g.completions[0]) for g in grown)
-        return total
+        return total, total + 2 * len(glue) * rows
 
-    return {"single": single, "continued": continued, "prefilled": prefilled}
+    return {
+        "single": lambda: single(3 * turn),
+        "single, same total length": lambda: single(3 * turn + 2 * len(glue)),
+        "continued": continued,
+        "prefilled": prefilled,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -104,25 +115,31 @@ def main(argv: list[str] | None = None) -> None:
         for name, run in ways.items():
             mx.random.seed(0)
             run()  # compile
-            seconds, cpu, tokens = [], [], 0
+            seconds, cpu, tokens = [], [], (0, 0)
             for _ in range(args.repeats):
                 tic, cpu_tic = time.perf_counter(), time.process_time()
                 tokens = run()
                 seconds.append(time.perf_counter() - tic)
                 cpu.append(time.process_time() - cpu_tic)
-            rates[name] = (tokens, statistics.median(seconds), statistics.median(cpu))
+            rates[name] = (*tokens, statistics.median(seconds), statistics.median(cpu))
     print(
         f"{args.preset}: B {args.prompts} x G {args.group_size}, 3 turns of "
         f"{args.turn_tokens} model tokens, 2 tool turns of {len(glue)} tokens; "
         f"median of {args.repeats} warm runs"
     )
-    print("| way | model tokens | seconds | tokens/s | vs single | CPU seconds | vs single (CPU) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    _, base, base_cpu = rates["single"]
-    for name, (tokens, seconds, cpu) in rates.items():
+    print(
+        "| way | model tokens | trajectory tokens | seconds | model tokens/s | vs single "
+        "| trajectory tokens/s | vs single of the same length | CPU seconds |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    single_tokens, _, single_seconds, _ = rates["single"]
+    _, long_tokens, long_seconds, _ = rates["single, same total length"]
+    single_rate, long_rate = single_tokens / single_seconds, long_tokens / long_seconds
+    for name, (model_tokens, tokens, seconds, cpu) in rates.items():
+        model_rate, rate = model_tokens / seconds, tokens / seconds
         print(
-            f"| {name} | {tokens} | {seconds:.2f} | {tokens / seconds:,.0f} | "
-            f"{base / seconds:.2f}x | {cpu:.2f} | {base_cpu / cpu:.2f}x |"
+            f"| {name} | {model_tokens} | {tokens} | {seconds:.2f} | {model_rate:,.0f} | "
+            f"{model_rate / single_rate:.2f}x | {rate:,.0f} | {rate / long_rate:.2f}x | {cpu:.2f} |"
         )
 
 
