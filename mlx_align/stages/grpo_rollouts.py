@@ -247,22 +247,8 @@ class Rollouts:
 
     def converse(self, indices: list[int], records: list[Record]):
         """Multi-turn groups (``--tool`` / ``--environment``) and their trajectories."""
-        stops = self.eos_ids | {self.tool_use.stop_id}
         with sampling_model(self.model, self.sampler) as model:
-
-            def sample_turn(prompts, group_size, max_tokens):
-                return draw(model, self.config, prompts, group_size, stops, max_tokens, keep_history=True)  # fmt: skip
-
-            def continue_turn(histories, feeds, max_tokens):
-                tic = time.perf_counter()
-                rows = continue_rows(model, histories, feeds, max_tokens, stops, self.config.temperature, self.config.top_p)  # fmt: skip
-                emit("rollout", lengths=[len(r) for r in rows[0]], seconds=time.perf_counter() - tic)  # fmt: skip
-                return rows
-
-            return self.tool_use.roll_out(
-                sample_turn, indices, records, self.config.group_size,
-                self.config.max_completion_tokens, continue_turn,
-            )  # fmt: skip
+            return converse_with(self.tool_use, model, self.config, indices, records, self.config.group_size)  # fmt: skip
 
     def inputs(self, groups: list[Group]) -> FullRows | SharedPrompt:
         """The groups as the loss scores them: prompts once per group, or full rows;
@@ -292,6 +278,32 @@ class Rollouts:
         per_token = mx.stop_gradient(inputs.token_logps(model)[0])
         mx.eval(per_token)
         return per_token
+
+
+def converse_with(
+    tool_use: ToolUse,
+    model: nn.Module,
+    settings: SamplingSettings,
+    indices: list[int],
+    records: list[Record],
+    group_size: int,
+):
+    """``group_size`` conversations of each prompt ``indices``, sampled by
+    ``model`` with the stage's settings: each turn ``draw``n, every later one
+    continued from the rows' keys and values (``rollout.continue_rows``)."""
+    stops = tool_use.template.eos_ids | {tool_use.stop_id}
+
+    def sample_turn(prompts, group_size, max_tokens):
+        return draw(model, settings, prompts, group_size, stops, max_tokens, keep_history=True)  # fmt: skip
+
+    def continue_turn(histories, feeds, max_tokens):
+        tic = time.perf_counter()
+        rows = continue_rows(model, histories, feeds, max_tokens, stops, settings.temperature, settings.top_p)  # fmt: skip
+        emit("rollout", lengths=[len(r) for r in rows[0]], seconds=time.perf_counter() - tic)  # fmt: skip
+        return rows
+
+    budget = settings.max_completion_tokens
+    return tool_use.roll_out(sample_turn, indices, records, group_size, budget, continue_turn)  # fmt: skip
 
 
 def masked_turns(

@@ -45,8 +45,9 @@ from mlx_align.rewards.scoring import GroupScorer
 from mlx_align.sampling.conversations import conversation_stats
 from mlx_align.sampling.fused_sampler import FusedSampler, sampling_model
 from mlx_align.sampling.reward_model import score_examples
-from mlx_align.sampling.rollout import Group, continue_rows
+from mlx_align.sampling.rollout import Group
 from mlx_align.stages.grpo_rollouts import (
+    converse_with,
     draw,
     masked_turns,
     seed_for_rank,
@@ -337,17 +338,9 @@ class PPORollouts:
 
     def converse(self, tool_use: ToolUse, indices, records):
         """One conversation per prompt ``indices``, continued turn by turn."""
-        policy, stops = self.model.policy, self.eos_ids | {tool_use.stop_id}
-        config = self.config
+        policy = self.model.policy
         with evaluating(policy), sampling_model(policy, self.sampler) as model:
-
-            def sample_turn(prompts, group_size, max_tokens):
-                return draw(model, config, prompts, group_size, stops, max_tokens, keep_history=True)  # fmt: skip
-
-            def continue_turn(histories, feeds, max_tokens):
-                return continue_rows(model, histories, feeds, max_tokens, stops, config.temperature, config.top_p)  # fmt: skip
-
-            return tool_use.roll_out(sample_turn, indices, records, 1, config.max_completion_tokens, continue_turn)  # fmt: skip
+            return converse_with(tool_use, model, self.config, indices, records, 1)
 
     def sample(self, prompts: list[list[int]]) -> list[Group]:
         """One completion of each prompt from the policy (or its fused twin), decoded together."""
