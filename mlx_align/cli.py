@@ -48,6 +48,16 @@ def check_writable(out: Path, directory: bool = True) -> None:
         raise UserError("--out", f"cannot write to {folder}: {e.strerror}") from None
 
 
+TRAINING_STAGES: dict[str, type] = {}  # stage name -> its config class
+
+
+def config_for(name: str, argv: list[str]):
+    """The config ``mlx-align NAME ARGV`` would run (a training stage; nothing runs)."""
+    cls = TRAINING_STAGES[name]
+    flags = dict(plan.commands[name].make_context(name, list(argv)).params)
+    return build_config(cls, flags, flags.pop("config_file", None))
+
+
 def stage_command(name: str, cls: type, epilog: str) -> Callable:
     def decorate(run: Callable) -> Callable:
         @cli.command(name, help=run.__doc__, epilog=epilog)
@@ -66,6 +76,7 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
             if getattr(config, "out", ""):  # before any model loads
                 check_writable(Path(config.out), directory=cls is not EvalMathConfig)
             if issubclass(cls, TrainSettings):
+                config = planned(name, config)
                 from mlx_align.core import distributed
 
                 if distributed.size() > 1:
@@ -76,9 +87,47 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
                     )
             run(config)
 
+        if issubclass(cls, TrainSettings):
+            TRAINING_STAGES[name] = cls
+            plan_command(name, cls, epilog)
         return command
 
     return decorate
+
+
+def planned(name: str, config):
+    """``config`` fitted to ``--memory-limit`` (``apps/plan.py``), before any weight
+    loads. Under the default (auto) a plan that cannot be made is said and skipped."""
+    from mlx_align.apps.plan import fit_to_memory
+
+    echo = lambda text: click.echo(text, err=True)  # noqa: E731
+    if config.memory_limit.strip().lower() != "auto":
+        return fit_to_memory(name, config, echo)
+    try:
+        return fit_to_memory(name, config, echo)
+    except (DataError, UserError):  # bad input: the run would fail on it too
+        raise
+    except Exception as e:  # a family the planner does not know: the run goes on
+        echo(f"memory plan skipped: {type(e).__name__}: {str(e)[:200]}")
+        return config
+
+
+def plan_command(name: str, cls: type, epilog: str) -> None:
+    """``mlx-align plan NAME``: the stage's own flags, its predicted peak memory."""
+
+    @plan.command(
+        name,
+        help=f"Predict the peak memory of `mlx-align {name}` with these flags "
+        "(no weight is loaded; the data is read and batched).",
+        epilog=epilog.replace("mlx-align ", "mlx-align plan ", 1).split(
+            "\n\n  mlx-align", 1
+        )[0],
+    )
+    @options_from(cls)
+    def command(config_file: str | None, **flags) -> None:
+        from mlx_align.apps.plan import print_plan
+
+        print_plan(name, build_config(cls, flags, config_file))
 
 
 @click.group(
@@ -86,6 +135,15 @@ def stage_command(name: str, cls: type, epilog: str) -> Callable:
 )
 def cli() -> None:
     """mlx-align: pretrain, SFT, preference-tune, RL-tune and fuse language models on MLX."""
+
+
+@cli.group(
+    epilog="Examples:\n\n  mlx-align plan dpo --model Qwen/Qwen2.5-0.5B-Instruct --data D --max-length 2048\n\n"
+    "  mlx-align plan grpo --model M --data D --group-size 8 --memory-limit 16GB\n\n"
+    "A training stage plans by itself before it loads (--memory-limit, default auto)."
+)
+def plan() -> None:
+    """Predict a training run's peak memory before it loads: `mlx-align plan dpo --model M --data D`."""
 
 
 @stage_command(

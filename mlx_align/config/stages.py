@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlx_align.config.losses import DPOLossSettings
+from mlx_align.config.memory import MemorySettings
 from mlx_align.config.settings import (
     FIELD_MAP,
     MIN_VOCAB_SIZE,
@@ -87,7 +88,7 @@ REPORT_TARGETS: dict[str, str | None] = {**{t: t for t in TRACKERS}, "none": Non
 
 
 @dataclass
-class TrainSettings:
+class TrainSettings(MemorySettings):
     """The training loop: steps, batch, schedule, eval, checkpoints."""
 
     steps: int = setting(200, "Optimizer steps to train for.", check=at_least(1))

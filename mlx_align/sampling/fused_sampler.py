@@ -23,7 +23,6 @@ layers point back at the policy's LoRA modules and hold no extra memory.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -32,6 +31,7 @@ import mlx.nn as nn
 from mlx.utils import tree_unflatten
 
 from mlx_align.core.errors import UserError
+from mlx_align.core.sizes import machine_memory
 
 FUSE_MEMORY_SHARE = 0.1
 FUSE_CHOICES = ("auto", "on", "off")
@@ -63,15 +63,6 @@ def fuse_in_place(model: nn.Module) -> None:
     model.update_modules(fused_layers(model))
 
 
-def machine_memory() -> int:
-    """Bytes of memory the backend may use: Metal's working set, else physical RAM."""
-    info = mx.device_info()
-    for key in ("max_recommended_working_set_size", "memory_size"):
-        if key in info:
-            return int(info[key])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def should_fuse(model: nn.Module, mode: str) -> bool:
     """``on``: whenever there is an adapter to fuse; ``auto``: also if the copy is under 10% of memory."""
     if mode not in FUSE_CHOICES:
@@ -81,8 +72,14 @@ def should_fuse(model: nn.Module, mode: str) -> bool:
     adapters = fusable_adapters(model)
     if mode == "off" or not adapters:
         return False
-    copy_bytes = sum(_base_layer(m).weight.nbytes for _, m in adapters)
-    return mode == "on" or copy_bytes <= FUSE_MEMORY_SHARE * machine_memory()
+    return (
+        mode == "on" or fused_copy_bytes(model) <= FUSE_MEMORY_SHARE * machine_memory()
+    )
+
+
+def fused_copy_bytes(model: nn.Module) -> int:
+    """What the fused twin holds besides the shared arrays: each adapted layer's fused weight."""
+    return sum(_base_layer(m).weight.nbytes for _, m in fusable_adapters(model))
 
 
 def _copy_tree(value):
