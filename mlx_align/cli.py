@@ -101,13 +101,13 @@ def planned(name: str, config):
     from mlx_align.apps.plan import fit_to_memory
 
     echo = lambda text: click.echo(text, err=True)  # noqa: E731
-    if config.memory_limit.strip().lower() != "auto":
-        return fit_to_memory(name, config, echo)
     try:
         return fit_to_memory(name, config, echo)
     except (DataError, UserError):  # bad input: the run would fail on it too
         raise
-    except Exception as e:  # a family the planner does not know: the run goes on
+    except Exception as e:  # a family the planner does not know
+        if config.memory_limit.strip().lower() != "auto":
+            raise  # a limit the user set is kept or refused, never skipped
         echo(f"memory plan skipped: {type(e).__name__}: {str(e)[:200]}")
         return config
 

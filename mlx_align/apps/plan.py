@@ -159,9 +159,7 @@ def plan_stage(stage: str, config) -> MemoryPlan:
         geometry = worst(pair_geometries(config, tokenizer, layout), fp)
     else:
         geometry = worst(row_geometries(stage, config, tokenizer), fp)
-    training_parts(plan, fp, geometry, config.grad_checkpoint)
-    if stage == "reward":  # a scalar head: no vocabulary logits
-        plan.parts = [p for p in plan.parts if p.name != "logits / log-probs"]
+    training_parts(plan, fp, geometry, config.grad_checkpoint, stage != "reward")
     if stage in SAMPLING_STAGES:
         cache = rows * (width + config.max_completion_tokens) * kv_width(model) * fp.dtype_bytes  # fmt: skip
         plan.add("sampling caches", cache, f"{rows} rows' keys and values")
@@ -186,7 +184,7 @@ def fit_to_memory(stage: str, config, echo: Callable[[str], None]) -> object:
         echo(f"memory plan: peak {gb(plan.peak)}, under the {gb(limit)} limit")  # fmt: skip
         return config
     tried = [(config, plan, "as given")]
-    for change, why in fits(stage, config):
+    for change, why in fits(config, plan):
         fitted = quiet_plan(stage, change)
         tried.append((change, fitted, why))
         if fitted.peak <= limit:
@@ -207,10 +205,10 @@ def quiet_plan(stage: str, config) -> MemoryPlan:
         return plan_stage(stage, config)
 
 
-def fits(stage: str, config) -> Iterable[tuple[object, str]]:
-    """Settings that cut the peak and keep the update, cheapest first."""
-    if getattr(config, "max_batch_tokens", 0) != 0:
-        budget = 1 << 15
+def fits(config, plan: MemoryPlan) -> Iterable[tuple[object, str]]:
+    """Settings that cut ``plan``'s peak and keep the update, cheapest first."""
+    if getattr(config, "max_batch_tokens", 0) != 0:  # below the widest batch
+        budget = 1 << (plan.geometry.positions - 1).bit_length() - 1
         while budget >= 64:
             yield dataclasses.replace(config, max_batch_tokens=budget), f"--max-batch-tokens {budget}"  # fmt: skip
             budget //= 2

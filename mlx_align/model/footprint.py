@@ -81,8 +81,8 @@ def footprint(model: nn.Module, adapters: dict | None, quantize: int = 0) -> Foo
     floats = [v.dtype for _, v in tree_flatten(model.parameters()) if v.dtype in HUB_DTYPES.values()]  # fmt: skip
     args = getattr(model, "args", None)
     return Footprint(
-        frozen_bytes=total - trainable if adapters else 0,
-        trainable_bytes=trainable if adapters else total,
+        frozen_bytes=total - trainable,  # 0 when every weight trains
+        trainable_bytes=trainable,
         layers=len(blocks),
         hidden=_arg(args, "hidden_size", 0),
         vocab=_vocab(model),
@@ -112,19 +112,20 @@ def _input_features(module: nn.Module) -> int:
 
 
 def _experts_per_token(block: nn.Module) -> int:
-    for _, module in block.named_modules():
-        for name in ("num_experts_per_tok", "top_k", "n_activated_experts"):
-            if isinstance(getattr(module, name, None), int):
-                return getattr(module, name)
-    return 1
+    return _first_int(block, ("num_experts_per_tok", "top_k", "n_activated_experts"), 1)
 
 
 def attention_heads(block: nn.Module) -> int:
+    return _first_int(block, ("n_heads", "num_heads", "num_attention_heads"), 0)
+
+
+def _first_int(block: nn.Module, names: tuple[str, ...], default: int) -> int:
+    """The first of ``names`` that a module of ``block`` holds as an int."""
     for _, module in block.named_modules():
-        for name in ("n_heads", "num_heads", "num_attention_heads"):
-            if isinstance(getattr(module, name, None), int):
-                return getattr(module, name)
-    return 0
+        for name in names:
+            if isinstance(value := getattr(module, name, None), int):
+                return value
+    return default
 
 
 def _arg(args, name: str, default):

@@ -60,13 +60,12 @@ class Geometry:
     attention: int  # Σ over attention calls of rows x queries x keys
     widest_call: int  # the largest single call's rows x queries x keys
     logit_positions: int  # positions the head forms logits for
-    rows: int = 0
 
     @classmethod
     def full_rows(cls, rows: int, width: int) -> Geometry:
         """``rows`` right-padded rows of ``width`` tokens."""
         area = rows * width * width
-        return cls(rows * width, area, area, rows * width, rows)
+        return cls(rows * width, area, area, rows * width)
 
     @classmethod
     def shared_prompt(
@@ -80,7 +79,6 @@ class Geometry:
             first + second,
             max(first, second),
             completions * completion_width,
-            prompts + completions,
         )
 
     def cost(self, footprint: Footprint) -> float:
@@ -132,6 +130,7 @@ class MemoryPlan:
     stage: str
     parts: list[Part] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    geometry: Geometry | None = None  # the worst micro-batch
 
     @property
     def peak(self) -> float:
@@ -156,8 +155,11 @@ def training_parts(
     footprint: Footprint,
     geometry: Geometry,
     checkpoint: bool,
+    vocabulary_head: bool = True,
 ) -> None:
-    """The parts every training step has: weights, trainable state, the worst batch."""
+    """The parts every training step has: weights, trainable state, the worst
+    batch; the logits with ``vocabulary_head`` (a reward model scores instead)."""
+    plan.geometry = geometry
     trained = "adapters" if footprint.frozen_bytes else "every weight"
     plan.add(
         "weights",
@@ -176,8 +178,9 @@ def training_parts(
         what + (", checkpointed" if checkpoint else ""),
     )
     plan.add("attention buffers", transient(footprint, geometry), "widest call")
-    plan.add(
-        "logits / log-probs",
-        logits(footprint, geometry),
-        f"{footprint.vocab:,}-token vocabulary",
-    )
+    if vocabulary_head:
+        plan.add(
+            "logits / log-probs",
+            logits(footprint, geometry),
+            f"{footprint.vocab:,}-token vocabulary",
+        )
