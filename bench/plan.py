@@ -91,18 +91,21 @@ def stage_flags(stage: str, model: Path, data: Path, out: Path, opts, prompt: in
     flags += ["--max-length", str(prompt + completion + 64), *opts.flags.split()]
     if stage in SAMPLING:
         flags += ["--max-completion-tokens", str(completion), "--reward", "math"]
-        flags += ["--group-size", "4"] if stage in ("grpo", "rloo", "ppo") else []
+        flags += ["--group-size", "4"] if stage in ("grpo", "rloo") else []
     return flags
 
 
 def predicted(stage: str, argv: list[str]) -> dict:
-    """``plan_stage``'s parts (GB) for the stage's flags, parsed as the CLI parses them."""
-    from mlx_align.apps.plan import plan_stage
+    """``plan_stage``'s parts (GB) for the stage's flags, parsed as the CLI parses
+    them, after what ``--memory-limit`` (when given in ``--flags``) changes."""
+    from mlx_align.apps.plan import fit_to_memory, plan_stage
     from mlx_align.cli import config_for
 
-    config = config_for(stage, argv)
+    chosen = []
+    config = fit_to_memory(stage, config_for(stage, argv), chosen.append)
     result = plan_stage(stage, config)
-    return {p.name: p.bytes / 1e9 for p in result.parts} | {"peak": result.peak / 1e9}
+    parts = {p.name: p.bytes / 1e9 for p in result.parts}
+    return parts | {"peak": result.peak / 1e9, "chosen": " ".join(chosen)}
 
 
 def measured(stage: str, argv: list[str], work: Path) -> float:
@@ -127,7 +130,7 @@ def main() -> None:
     p.add_argument("--stages", default="sft,dpo,orpo,kto,reward,grpo,ppo,online-dpo")
     p.add_argument("--lengths", default="250,500,1000", help="prompt + completion tokens (4:1)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--flags", default="", help="more flags for every run")
+    p.add_argument("--flags", default="", help="more flags for every run (`--memory-limit 16GB` replaces none)")  # fmt: skip
     p.add_argument("--work", type=Path, default=Path("/tmp/mlx-align-bench-plan"))
     p.add_argument("--replan", action="store_true", help="re-predict the saved cases (new coefficients), measure nothing")  # fmt: skip
     opts = p.parse_args()
@@ -136,7 +139,8 @@ def main() -> None:
         rows = [json.loads(line) for line in open(RESULTS_DIR / f"plan{suffix}.jsonl")]
         for row in rows:
             row["parts"] = predicted(row["stage"], row["argv"])
-            row["predicted"] = row["parts"]["peak"]
+            row["predicted"] = row["parts"].pop("peak")
+            row["chosen"] = row["parts"].pop("chosen")
         return report(rows, suffix)
     from mlx_lm.utils import load_tokenizer
 
@@ -152,20 +156,35 @@ def main() -> None:
             argv = stage_flags(stage, model, data, opts.work / "run", opts, prompt, completion)  # fmt: skip
             plan = predicted(stage, argv)
             peak = measured(stage, argv, opts.work)
-            row = {"stage": stage, "model": model.name, "tokens": total, "predicted": plan["peak"], "measured": peak, "parts": plan, "argv": argv}  # fmt: skip
+            chosen = plan.pop("chosen")
+            row = {"stage": stage, "model": model.name, "tokens": total, "predicted": plan.pop("peak"), "measured": peak, "chosen": chosen, "parts": plan, "argv": argv}  # fmt: skip
             print(json.dumps(row), flush=True)
             rows.append(row)
     report(rows, suffix)
 
 
+def extra_flags(argv: list[str]) -> list[str]:
+    """The ``--flags`` of a case: what follows ``--max-length N``, before the sampling flags."""
+    start = argv.index("--max-length") + 2
+    end = argv.index("--max-completion-tokens") if "--max-completion-tokens" in argv else len(argv)  # fmt: skip
+    return argv[start:end]
+
+
 def report(rows: list[dict], suffix: str) -> None:
-    """The JSON lines and the markdown table of ``rows``."""
-    with open(RESULTS_DIR / f"plan{suffix}.jsonl", "w") as f:
+    """The JSON lines and the markdown table of ``rows`` and of the cases saved
+    before that these did not measure again."""
+    path = RESULTS_DIR / f"plan{suffix}.jsonl"
+    key = lambda r: (r["stage"], r["model"], r["tokens"], " ".join(r["argv"][6:]))  # noqa: E731
+    fresh = {key(r) for r in rows}
+    saved = [json.loads(line) for line in open(path)] if path.exists() else []
+    rows = [r for r in saved if key(r) not in fresh] + rows
+    with open(path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
-    lines = ["| stage | model | tokens | predicted GB | measured GB | error |", "|---|---|---:|---:|---:|---:|"]  # fmt: skip
+    lines = ["| stage | model | tokens | flags | predicted GB | measured GB | error | --memory-limit chose |", "|---|---|---:|---|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         error = 100 * (r["predicted"] - r["measured"]) / r["measured"]
-        lines.append(f"| {r['stage']} | {r['model']} | {r['tokens']} | {r['predicted']:.3f} | {r['measured']:.3f} | {error:+.1f}% |")  # fmt: skip
+        flags = " ".join(extra_flags(r["argv"]))
+        lines.append(f"| {r['stage']} | {r['model']} | {r['tokens']} | {flags} | {r['predicted']:.3f} | {r['measured']:.3f} | {error:+.1f}% | {r.get('chosen', '')} |")  # fmt: skip
     write_results(RESULTS_DIR / f"plan{suffix}.md", "\n".join(lines) + "\n")
 
 

@@ -258,14 +258,23 @@ def test_chunked_head_logps_equal_whole_logits_with_gradients(tiny_model, monkey
         )
 
 
-def test_chunked_head_logps_hold_fewer_logits(tiny_model, monkeypatch):
+@pytest.mark.parametrize("with_entropy", [False, True])
+def test_chunked_head_logps_hold_fewer_logits(with_entropy, tiny_model, monkeypatch):
     """8 rows x 512 positions of a 367-token vocabulary: 6 MB of logits per copy.
 
     In 128 chunks of 32 positions the forward + backward peak stays well
     below the whole-logits peak (the hidden states, 64 floats a position,
-    and about a dozen chunks in flight).
+    and about a dozen chunks in flight). With each position's entropy read
+    beside the log-probs (PPO's metric) too: the stat's chunks are chained
+    like the log-probs' (unchained, every chunk's logits waited for it).
     """
     from mlx_align.model import logprobs
+
+    def loss(h):
+        if not with_entropy:
+            return logprobs.head_logps(model, h, targets).sum()
+        logps, entropy = logprobs.head_logps_and_stat(model, h, targets, logprobs.entropy_stat)  # fmt: skip
+        return logps.sum(), entropy
 
     model, _ = mlx_lm.load(str(tiny_model))
     model.freeze()
@@ -277,7 +286,7 @@ def test_chunked_head_logps_hold_fewer_logits(tiny_model, monkeypatch):
     peaks = []
     for rows in (32, None):
         chunk_logits(monkeypatch, rows)
-        grad_fn = mx.grad(lambda h: logprobs.head_logps(model, h, targets).sum())
+        grad_fn = mx.value_and_grad(loss)
         mx.eval(grad_fn(hidden))  # warm up allocations
         base = mx.get_active_memory()
         mx.reset_peak_memory()

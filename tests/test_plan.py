@@ -13,6 +13,7 @@ from mlx_align.model.adapters import attach_adapters
 from mlx_align.model.footprint import footprint, lazy_model, nbytes
 from mlx_align.model.load import load_model
 from mlx_align.train.adapted import adapter_config
+from mlx_align.train.memory_plan import SAMPLING, STEP, MemoryPlan
 
 WORDS = "red green blue cat dog sat on the mat and a small big sky".split()
 
@@ -33,6 +34,14 @@ def long_pairs(tmp_path_factory):
         }  # fmt: skip
         for i in range(8)
     ]
+    write_jsonl(root / "train.jsonl", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def long_prompts(tmp_path_factory):
+    root = tmp_path_factory.mktemp("long_prompts")
+    rows = [{"prompt": long_text(150, i), "answer": "7"} for i in range(8)]
     write_jsonl(root / "train.jsonl", rows)
     return root
 
@@ -86,11 +95,35 @@ def measured_peak(argv: list[str]) -> float:
     return (mx.get_peak_memory() - before) / 1e9
 
 
-@pytest.mark.parametrize("stage", ["dpo", "sft"])
-def test_plan_predicts_the_measured_peak(stage, tiny_model, long_pairs, long_sft, tmp_path, capsys):  # fmt: skip
-    data = long_pairs if stage == "dpo" else long_sft
-    flags = ["--model", str(tiny_model), "--data", str(data), "--batch-size", "4"]
-    flags += ["--max-length", "256", "--max-batch-tokens", "0"] if stage == "dpo" else ["--max-length", "256"]  # fmt: skip
+def test_a_rollout_and_the_step_are_not_held_together():
+    plan = MemoryPlan("grpo")
+    plan.add("weights", 10.0)
+    plan.add("activations", 5.0, phase=STEP)
+    plan.add("attention buffers", 2.0, phase=STEP)
+    plan.add("sampling caches", 4.0, phase=SAMPLING)
+    assert plan.phase_peaks() == {STEP: 17.0, SAMPLING: 14.0}
+    assert plan.peak == 17.0
+    plan.add("fused sampling copy", 4.0, phase=SAMPLING)
+    assert plan.peak == 18.0
+    lines = plan.lines()
+    assert lines[-1] == "peak memory: 1.8e-08 GB"
+    assert any("[sampling]" in line and "fused" in line for line in lines)
+
+
+SAMPLED = ["--max-completion-tokens", "16", "--reward", "math", "--max-length", "512"]
+
+
+@pytest.mark.parametrize("case", ["dpo", "sft", "sft --grad-checkpoint", "grpo", "ppo"])  # fmt: skip
+def test_plan_predicts_the_measured_peak(case, tiny_model, long_pairs, long_sft, long_prompts, tmp_path, capsys):  # fmt: skip
+    stage, *extra = case.split()
+    data = {"dpo": long_pairs, "sft": long_sft}.get(stage, long_prompts)
+    flags = ["--model", str(tiny_model), "--data", str(data), "--batch-size", "4", *extra]  # fmt: skip
+    flags += {
+        "dpo": ["--max-length", "256", "--max-batch-tokens", "0"],
+        "sft": ["--max-length", "256"],
+        "grpo": [*SAMPLED, "--group-size", "4"],
+        "ppo": SAMPLED,
+    }[stage]
     main(["plan", stage, *flags])
     predicted = peak_of(capsys)
     run = ["--out", str(tmp_path / "run"), "--steps", "1", "--eval-every", "0", "--memory-limit", "none"]  # fmt: skip
@@ -143,3 +176,38 @@ def test_a_run_that_cannot_fit_stops_before_loading(tiny_model, long_sft, tmp_pa
         len(lines) == 1 and "--memory-limit" in lines[0] and "smallest plan" in lines[0]
     )
     assert "Traceback" not in err and "trainable parameters" not in err
+
+
+def test_fuse_rollout_auto_fuses_only_where_the_copy_costs_no_peak(tiny_model, long_prompts, tmp_path):  # fmt: skip
+    from mlx_align.apps.plan import fit_to_memory, plan_stage
+
+    short = tmp_path / "short"
+    write_jsonl(short / "train.jsonl", [{"prompt": "sum 1 2", "answer": "3"}] * 8)
+    flags = ["--model", str(tiny_model), "--batch-size", "4", "--max-length", "512", "--reward", "math", "--memory-limit", "100GB"]  # fmt: skip
+    cases = {  # long prompts: the step dwarfs sampling; 64 rows of 8 tokens: the caches win
+        "on": [
+            *flags,
+            "--data",
+            str(long_prompts),
+            "--max-completion-tokens",
+            "16",
+            "--group-size",
+            "4",
+        ],  # fmt: skip
+        "off": [
+            *flags,
+            "--data",
+            str(short),
+            "--max-completion-tokens",
+            "8",
+            "--group-size",
+            "16",
+        ],  # fmt: skip
+    }
+    for expected, argv in cases.items():
+        said = []
+        fitted = fit_to_memory("grpo", config_for("grpo", argv), said.append)
+        assert fitted.fuse_rollout == expected
+        assert any(f"--fuse-rollout auto: {expected}" in line for line in said)
+        peaks = plan_stage("grpo", fitted).phase_peaks()
+        assert (peaks[SAMPLING] <= peaks[STEP]) == (expected == "on")

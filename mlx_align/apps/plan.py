@@ -32,9 +32,20 @@ from mlx_align.core.sizes import parse_size
 from mlx_align.model.footprint import Footprint, footprint, kv_width, lazy_model
 from mlx_align.sampling.fused_sampler import fused_copy_bytes, should_fuse
 from mlx_align.train.adapted import adapter_config
-from mlx_align.train.memory_plan import Geometry, MemoryPlan, gb, training_parts
+from mlx_align.train.memory_plan import (
+    ADAM_COPIES,
+    SAMPLING,
+    STEP,
+    Geometry,
+    MemoryPlan,
+    activations,
+    gb,
+    training_parts,
+    transient,
+)
 
 PAIR_STAGES = ("dpo", "orpo", "cpo", "reward")
+CRITIC_SCORES = 0.5  # measured: bench/plan.py --stages ppo
 SAMPLING_STAGES = ("grpo", "rloo", "ppo", "online-dpo")
 
 
@@ -99,10 +110,15 @@ def row_geometries(stage: str, config, tokenizer) -> Iterable[Geometry]:
         yield geometry_of(train_set.pad(indices).inputs if stage == "kto" else train_set.pad(indices))  # fmt: skip
 
 
+def completions_per_prompt(stage: str, config) -> int:
+    """Online DPO samples a pair; GRPO and RLOO a group; PPO one."""
+    return 2 if stage == "online-dpo" else getattr(config, "group_size", 1)
+
+
 def sampled_geometry(
     stage: str, config, tokenizer, layout: str
-) -> tuple[Geometry, int, int]:
-    """(the training batch of the longest prompts, completion rows, prompt width)
+) -> tuple[Geometry, int]:
+    """(the training batch of the longest prompts, their prompt width)
     of a sampling stage: each prompt with its completions of at most
     ``--max-completion-tokens``."""
     from mlx_align.data.prompts import encode_prompts
@@ -115,26 +131,56 @@ def sampled_geometry(
         [len(p) for p in prompts], config.batch_size, config.seed
     )
     longest = max(max(len(prompts[i]) for i in b) for b in visited_batches(plan, config, "train"))  # fmt: skip
-    group = 2 if stage == "online-dpo" else config.group_size if hasattr(config, "group_size") else 1  # fmt: skip
-    rows = config.batch_size * group
+    rows = config.batch_size * completions_per_prompt(stage, config)
     width = bucket_for(longest, piece_bucket_lengths(config.max_length))
     span = bucket_for(
         config.max_completion_tokens, piece_bucket_lengths(config.max_length)
     )
     if layout == "full":
         total = bucket_for(longest + config.max_completion_tokens, bucket_lengths(config.max_length))  # fmt: skip
-        return Geometry.full_rows(rows, total), rows, width
-    return Geometry.shared_prompt(config.batch_size, width, rows, span), rows, width
+        return Geometry.full_rows(rows, total), width
+    return Geometry.shared_prompt(config.batch_size, width, rows, span), width
 
 
-def side_models(stage: str, config) -> list[tuple[str, str]]:
-    """(part name, model) of the other models a stage holds: judge, reward, critic."""
+def sampling_parts(
+    plan: MemoryPlan, stage: str, config, model, fp: Footprint, prompt_width: int
+) -> None:
+    """What a rollout holds while it samples (freed before the step): every sampled
+    row's keys and values (mlx-lm's ``KVCache`` grows by ``step`` positions), and
+    the fused copy of the adapted weights."""
+    from mlx_lm.models.cache import KVCache
+
+    rows = config.batch_size * completions_per_prompt(stage, config)
+    if stage == "ppo":  # a rollout batch holds every mini-batch of the update
+        rows *= config.grad_accumulation * config.num_mini_batches
+    step = KVCache.step
+    positions = -(-(prompt_width + config.max_completion_tokens) // step) * step
+    cache = rows * positions * kv_width(model) * fp.dtype_bytes
+    plan.add("sampling caches", cache, f"{rows} rows' keys and values", SAMPLING)
+    if not should_fuse(model, "on"):  # no unquantized adapter to fuse
+        return
+    copy = fused_copy_bytes(model)
+    if config.fuse_rollout == "auto":  # fuse only where the copy costs no peak
+        peaks = plan.phase_peaks()
+        fuse = peaks[SAMPLING] + copy <= peaks[STEP]
+        plan.choices["fuse_rollout"] = "on" if fuse else "off"
+        plan.notes.append(
+            f"  --fuse-rollout auto: {'on' if fuse else 'off'} (the copy, {gb(copy)}, "
+            f"{'fits under' if fuse else 'would raise'} the step's peak)"
+        )
+        if not fuse:
+            return
+    elif config.fuse_rollout == "off":
+        return
+    plan.add("fused sampling copy", copy, "--fuse-rollout", SAMPLING)
+
+
+def side_models(config) -> list[tuple[str, str]]:
+    """(part name, model) of the other models a stage holds: a judge, a reward model."""
     found = []
-    for flag, name in (("reward_model", "reward model"), ("judge_model", "judge model"), ("value_model", "critic backbone")):  # fmt: skip
+    for flag, name in (("reward_model", "reward model"), ("judge_model", "judge model")):  # fmt: skip
         if getattr(config, flag, ""):
             found.append((name, getattr(config, flag)))
-    if stage == "ppo" and not getattr(config, "value_model", ""):
-        found.append(("critic adapters", ""))
     return found
 
 
@@ -144,7 +190,7 @@ def plan_stage(stage: str, config) -> MemoryPlan:
 
     model, _ = lazy_model(config.model)
     layout = likely_layout(model, getattr(config, "padding_free", False))
-    if stage == "reward":  # a score at each row's last token: full rows
+    if stage in ("reward", "ppo"):  # a score / a value at each token: full rows
         layout = "full"
     adapters = (
         None if getattr(config, "full", stage == "pretrain") else adapter_config(config)
@@ -154,24 +200,40 @@ def plan_stage(stage: str, config) -> MemoryPlan:
     plan = MemoryPlan(stage)
     plan.notes.append(f"  layout: {layout}; batch {config.batch_size} x {config.grad_accumulation} accumulation")  # fmt: skip
     if stage in SAMPLING_STAGES:
-        geometry, rows, width = sampled_geometry(stage, config, tokenizer, layout)
+        geometry, prompt_width = sampled_geometry(stage, config, tokenizer, layout)
     elif stage in PAIR_STAGES:
         geometry = worst(pair_geometries(config, tokenizer, layout), fp)
     else:
         geometry = worst(row_geometries(stage, config, tokenizer), fp)
     training_parts(plan, fp, geometry, config.grad_checkpoint, stage != "reward")
-    if stage in SAMPLING_STAGES:
-        cache = rows * (width + config.max_completion_tokens) * kv_width(model) * fp.dtype_bytes  # fmt: skip
-        plan.add("sampling caches", cache, f"{rows} rows' keys and values")
-        if stage in ("grpo", "rloo") and should_fuse(model, config.fuse_rollout):
-            plan.add("fused sampling copy", fused_copy_bytes(model), "--fuse-rollout")
-    for name, path in side_models(stage, config):
-        if path:
-            other, _ = lazy_model(path)
-            plan.add(name, footprint(other, None).weight_bytes)
-        else:
-            plan.add(name, 4 * fp.trainable_bytes, "a second set of adapters")
+    for name, path in side_models(config):
+        other, _ = lazy_model(path)
+        plan.add(name, footprint(other, None).weight_bytes)
+    if stage == "ppo":
+        critic_parts(plan, config, fp, adapters, geometry)
+    if stage in SAMPLING_STAGES:  # last: whether to fuse weighs the step's peak
+        sampling_parts(plan, stage, config, model, fp, prompt_width)
     return plan
+
+
+def critic_parts(plan: MemoryPlan, config, fp: Footprint, adapters, geometry) -> None:
+    """PPO's critic: its trainable state, and what its branch of the step adds.
+
+    The step differentiates policy loss + vf_coef · value loss, but MLX runs the
+    critic's forward and backward before the policy's (the branches share no
+    node), so the two sets of activations are not held together: measured, the
+    step is the larger branch plus about half of one attention call's buffers.
+    """
+    critic = fp
+    if config.value_model:
+        other, _ = lazy_model(config.value_model)
+        critic = footprint(other, adapters, config.quantize)
+        plan.add("critic backbone", critic.frozen_bytes)
+    plan.add("critic trainable + optimizer", ADAM_COPIES * critic.trainable_bytes)
+    checkpoint = config.grad_checkpoint
+    larger = activations(critic, geometry, checkpoint) - activations(fp, geometry, checkpoint)  # fmt: skip
+    extra = max(0.0, larger) + CRITIC_SCORES * transient(critic, geometry)
+    plan.add("critic branch", extra, "run before the policy's", STEP)
 
 
 def fit_to_memory(stage: str, config, echo: Callable[[str], None]) -> object:
@@ -182,14 +244,14 @@ def fit_to_memory(stage: str, config, echo: Callable[[str], None]) -> object:
     plan = quiet_plan(stage, config)
     if plan.peak <= limit:
         echo(f"memory plan: peak {gb(plan.peak)}, under the {gb(limit)} limit")  # fmt: skip
-        return config
+        return resolved(config, plan, echo)
     tried = [(config, plan, "as given")]
     for change, why in fits(config, plan):
         fitted = quiet_plan(stage, change)
         tried.append((change, fitted, why))
         if fitted.peak <= limit:
             echo(f"memory plan: {gb(plan.peak)} is over the {gb(limit)} limit; {why}: {gb(fitted.peak)}")  # fmt: skip
-            return change
+            return resolved(change, fitted, echo)
     smallest = min(tried, key=lambda t: t[1].peak)
     raise UserError(
         "--memory-limit",
@@ -197,6 +259,14 @@ def fit_to_memory(stage: str, config, echo: Callable[[str], None]) -> object:
         f"the smallest plan ({smallest[2]}) still needs {gb(smallest[1].peak)} "
         "(`mlx-align plan` shows the parts)",
     )
+
+
+def resolved(config, plan: MemoryPlan, echo: Callable[[str], None]) -> object:
+    """``config`` with the settings the plan decided (``--fuse-rollout auto``)."""
+    for name in plan.choices:
+        flag = "--" + name.replace("_", "-")
+        echo("memory plan: " + next(n.strip() for n in plan.notes if flag in n))
+    return dataclasses.replace(config, **plan.choices)
 
 
 def quiet_plan(stage: str, config) -> MemoryPlan:

@@ -35,8 +35,10 @@ class SamplingSettings:
     )
     fuse_rollout: str = setting(
         "auto",
-        "Sample from LoRA-fused weights, a copy held while sampling "
-        "(auto: when the copy is under 10% of memory; never for a quantized base).",
+        "Sample from LoRA-fused weights, a copy held while sampling (auto: where "
+        "the memory plan finds that the copy does not raise the run's peak, or "
+        "with --memory-limit none where it is under 10% of memory; never for a "
+        "quantized base).",
         choices="mlx_align.sampling.fused_sampler:FUSE_CHOICES",
     )
 

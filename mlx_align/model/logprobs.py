@@ -132,9 +132,11 @@ def chunk_rows(vocab: int) -> int:
     return max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // vocab)
 
 
-def in_turn(x: mx.array, previous: list[mx.array]) -> mx.array:
-    """``x`` once the last of ``previous`` is computed (``mx.depends``): chunks one after another."""
-    return mx.depends([x], [previous[-1]])[0] if previous else x
+def in_turn(x: mx.array, *previous: list[mx.array]) -> mx.array:
+    """``x`` once the last of each ``previous`` list is computed (``mx.depends``):
+    chunks one after another, each done with its logits before the next forms its own."""
+    last = [p[-1] for p in previous if p]
+    return mx.depends([x], last)[0] if last else x
 
 
 def linear_logps(weight: mx.array, hidden: mx.array, targets: mx.array) -> mx.array:
@@ -223,7 +225,8 @@ def _chunked_linear_logps(
     def logps(weight, hidden, targets):
         parts, spreads = [], []
         for i in starts:
-            logits = in_turn(hidden[i : i + rows], parts) @ weight.T
+            # with a stat, its chunk too: else every chunk's logits wait for it
+            logits = in_turn(hidden[i : i + rows], parts, spreads) @ weight.T
             if not stat:
                 parts.append(token_logps(logits, targets[i : i + rows]))
                 continue

@@ -9,8 +9,11 @@ kernel has a fixed cost, so the fused step is shorter: 5.0 ms against
 6.3 ms with LoRA at G = 4 for the ``small`` preset on CPU (bench/README.md).
 
 The price is a copy of every fused weight while the rollout runs; it is
-freed afterwards. ``--fuse-rollout auto`` fuses only when that copy is under
-a tenth of the machine's memory; quantized bases (QLoRA) are never fused:
+freed afterwards. The run's memory plan (``apps/plan.py``) settles
+``--fuse-rollout auto`` before the model loads: on where the rollout with
+the copy stays under the training step's peak (the copy is free), else off.
+Unplanned (``--memory-limit none``), auto fuses when the copy is under a
+tenth of the machine's memory. Quantized bases (QLoRA) are never fused:
 re-quantizing ``W + delta`` would change the policy.
 
 The sampler is a twin of the policy: its module tree is copied, its arrays

@@ -202,6 +202,20 @@ def _decode_slots(model, slots, start, max_tokens, eos_ids, sampling, keep):
     return rows, histories_of(slots, begin, rows) if keep else None
 
 
+def last_logits(model: nn.Module, prompt: list[int], cache: list) -> mx.array:
+    """``prompt`` through ``cache``; the (1, V) logits after its last token.
+
+    As mlx-lm's prefill: all but the last token only fill the cache, so the
+    vocabulary head runs for one position, not for each (at a 150k vocabulary
+    and 1,000 prompt tokens that is 0.6 GB of float32 logits and a quarter
+    of a 0.5B model's prefill, thrown away).
+    """
+    if len(prompt) > 1:
+        model(mx.array(prompt[:-1])[None], cache=cache)
+        mx.eval([c.state for c in cache])
+    return model(mx.array(prompt[-1:])[None], cache=cache)[:, -1, :]
+
+
 def _prefill(model, prompts, group_size, eos, temperature, top_p):
     """Each prompt once through mlx-lm's cache (batch 1); the first token of its G rows.
 
@@ -210,7 +224,7 @@ def _prefill(model, prompts, group_size, eos, temperature, top_p):
     caches, logits = [], []
     for prompt in prompts:
         caches.append(make_prompt_cache(model))
-        logits.append(model(mx.array(prompt)[None], cache=caches[-1])[:, -1, :])
+        logits.append(last_logits(model, prompt, caches[-1]))
     logits = mx.repeat(mx.concatenate(logits), group_size, axis=0)  # (B * G, V)
     done = mx.zeros((logits.shape[0],), dtype=mx.bool_)
     return caches, *pick_tokens(logits, done, eos, temperature, top_p)
