@@ -15,6 +15,7 @@ from mlx_align.apps.tools import (
     plot_command,
     rerank_command,
     score_command,
+    set_template_command,
     upload_command,
 )
 from mlx_align.config.build import build_config, config_yaml
@@ -329,7 +330,9 @@ def online_dpo_command(config: OnlineDPOConfig) -> None:
 @stage_command(
     "eval-math",
     EvalMathConfig,
-    "Example:\n\n  mlx-align eval-math --model runs/sft-fused --data data/grpo --split test",
+    "Examples:\n\n  mlx-align eval-math --model runs/sft-fused --data data/grpo --split test\n\n"
+    "  mlx-align eval-math --model runs/tools-grpo-fused --data data/tools/grpo "
+    "--tool calculator:add --max-turns 4 --max-tokens 80 --out eval/tools.jsonl",
 )
 def eval_math_command(config: EvalMathConfig) -> None:
     """Held-out accuracy on prompt/answer math problems with greedy decoding."""
@@ -358,7 +361,7 @@ def ppo_command(config: PPOConfig) -> None:
     click.echo(f"result written to {run_ppo(config)}")
 
 
-for tool in (score_command, rerank_command, fuse_command, upload_command, plot_command):
+for tool in (score_command, rerank_command, fuse_command, upload_command, plot_command, set_template_command):  # fmt: skip
     cli.add_command(tool)
 cli.add_command(chat_command)
 

@@ -14,7 +14,9 @@ then writes ``REPORT.md`` beside it:
 - ``times.json``: each stage's wall time (``recipes/timed.py``);
 - ``serve.txt``: the question asked over mlx-lm's HTTP server and its answer;
 - ``rerank/figures.json``: best-of-K by DPO's implicit reward against one
-  sample from the DPO policy (``recipes/rerank_eval.py``).
+  sample from the DPO policy (``recipes/rerank_eval.py``);
+- ``eval/tools-*.jsonl`` (``make capstone-tools``): the calculator's figures
+  and conversations (``recipes/tools_report.py``).
 
 A missing input leaves a dash in its cell, so a partial run still reports.
 """
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from make_data import HEDGES, Problem, is_hedged
+from tools_report import TOOL_STAGES, tools_figures, tools_section
 
 from mlx_align.rewards.format import format_reward
 
@@ -189,12 +192,13 @@ def stage_table(run: Path) -> list[str]:
         if (run / "times.json").exists()
         else {}
     )
-    figures = held_out_figures(run)
+    figures = held_out_figures(run) | tools_figures(run)
+    stages = STAGES | {s: name for s, name in TOOL_STAGES.items() if s in figures}
     lines = [
         "| stage | held-out figure | goal | | wall | tokens/s | peak memory |",
         "|---|---|---|---|---:|---:|---:|",
     ]
-    for stage, name in STAGES.items():
+    for stage, name in stages.items():
         figure, goal, met = figures.get(stage, ("-", "-", None))
         cells = [name, figure, goal, verdict(met), *stage_costs(run, stage, times)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -321,6 +325,7 @@ def write_report(run: Path) -> str:
         "",
         *rerank_section(run),
         *optional_section(run),
+        *tools_section(run),
         "## Held-out questions, three models",
         "",
         *side_by_side(run),
@@ -333,7 +338,7 @@ def write_report(run: Path) -> str:
         "## Curves",
         "",
     ]
-    for stage, name in STAGES.items():
+    for stage, name in (STAGES | TOOL_STAGES).items():
         if (run / stage / "metrics.png").exists():
             lines += [f"### {name}", "", f"![{name}]({stage}/metrics.png)", ""]
     text = "\n".join(lines)

@@ -19,6 +19,16 @@ class Box:
         return self.secret
 
 
+def add(a: int, b: int) -> int:
+    """Add two integers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    return a + b
+
+
 def make_box() -> Box:
     return Box()
 

@@ -1,4 +1,4 @@
-"""The commands around the stages: score, rerank, fuse, upload and plot.
+"""The commands around the stages: score, rerank, fuse, upload, plot and set-template.
 
 Each is a plain ``click`` command; ``cli.py`` adds them to the ``mlx-align``
 group beside the training stages.
@@ -7,6 +7,8 @@ group beside the training stages.
 from __future__ import annotations
 
 import click
+
+from mlx_align.model.chat_templates import CHAT_TEMPLATES
 
 
 @click.command(
@@ -259,3 +261,33 @@ def plot_command(run_dirs: tuple[str, ...], out: str | None) -> None:
     for run_dir in run_dirs:
         png = plot_metrics(Path(run_dir), Path(out) if out else None)
         click.echo(f"curves written to {png}")
+
+
+@click.command(
+    "set-template",
+    epilog="Examples:\n\n  mlx-align set-template --model runs/capstone/dpo-fused "
+    "--chat-template qa-tools --save-path runs/capstone/tools/base\n\n"
+    "  mlx-align set-template --model models/base --chat-template chatml --save-path models/chat\n\n"
+    "A copy of the model: the template's special tokens (qa-tools: <|tool_call_start|> and "
+    "<|tool_call_end|>) appended to the tokenizer, one new embedding row each, every "
+    "other token's id and logits unchanged.",
+)
+@click.option("--model", required=True, type=click.Path(exists=True, file_okay=False), help="Model directory.")  # fmt: skip
+@click.option(
+    "--chat-template",
+    required=True,
+    type=click.Choice(sorted(CHAT_TEMPLATES)),
+    help="The template to give the model.",
+)
+@click.option("--save-path", required=True, help="Output model directory.")
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the new rows."
+)
+def set_template_command(
+    model: str, chat_template: str, save_path: str, seed: int
+) -> None:
+    """Give a model another chat template, adding the special tokens it needs."""
+    from mlx_align.model.retemplate import set_chat_template
+
+    out = set_chat_template(model, save_path, chat_template, seed)
+    click.echo(f"model with the {chat_template} template written to {out}")

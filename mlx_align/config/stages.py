@@ -30,6 +30,7 @@ from mlx_align.config.settings import (
     setting,
     stage_defaults,
 )
+from mlx_align.config.tools import EvalToolSettings
 from mlx_align.data.source import DataOptions, DataSource
 from mlx_align.model.chat_templates import CHAT_TEMPLATES
 
@@ -248,7 +249,7 @@ class InitModelConfig:
     chat_template: str = setting(
         "chatml",
         "Chat template: chatml, chatml-tools (ChatML with <tool_call> tokens, as "
-        "Qwen2.5 calls tools), or qa (a user turn is 'Question: ...\\nAnswer:').",
+        "Qwen2.5 calls tools), qa (a user turn is 'Question: ...\\nAnswer:') or qa-tools (qa with pythonic calls).",
         choices=tuple(CHAT_TEMPLATES),
     )
 
@@ -366,7 +367,7 @@ class RewardConfig(RunSettings, TrainSettings, AdapterSettings):
 
 
 @dataclass
-class EvalMathConfig:
+class EvalMathConfig(EvalToolSettings):
     model: str = setting("", "Model directory or hub id.", required=True)
     data: str = setting(
         "",

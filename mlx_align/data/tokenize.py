@@ -10,6 +10,7 @@ through the model's chat template.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from mlx_align.core.errors import DataError
@@ -86,17 +87,37 @@ def render_chat(
         ) from None
 
 
+def record_tools(record: Record | None) -> list[dict] | None:
+    """A record's ``tools`` column (TRL's: JSON schemas, or their JSON text), which
+    the chat template shows; None without one."""
+    tools = record.fields.get("tools") if record is not None else None
+    if tools is None:
+        return None
+    try:
+        tools = json.loads(tools) if isinstance(tools, str) else tools
+        schemas = [json.loads(t) if isinstance(t, str) else t for t in tools]
+        if not all(isinstance(t, dict) for t in schemas):
+            raise ValueError("not a list of JSON schemas")
+    except (TypeError, ValueError) as error:
+        raise DataError(record.path, record.line, f"field 'tools': {error}") from None
+    return schemas
+
+
 def encode_chat(
     tokenizer,
     prompt_messages: list[dict],
     completion_messages: list[dict],
     record: Record | None = None,
 ) -> Encoded:
-    """Chat data through the model's template; the completion is the final turn(s)."""
+    """Chat data through the model's template, with the record's ``tools``; the
+    completion is the final turn(s)."""
+    tools = record_tools(record)
     prompt_text = render_chat(
-        tokenizer, prompt_messages, record, add_generation_prompt=True
+        tokenizer, prompt_messages, record, add_generation_prompt=True, tools=tools
     )
-    full_text = render_chat(tokenizer, prompt_messages + completion_messages, record)
+    full_text = render_chat(
+        tokenizer, prompt_messages + completion_messages, record, tools=tools
+    )
     prompt_ids = list(tokenizer.encode(prompt_text, add_special_tokens=False))
     full = list(tokenizer.encode(full_text, add_special_tokens=False))
     return Encoded(full, common_prefix_length(prompt_ids, full))

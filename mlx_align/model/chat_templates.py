@@ -8,6 +8,15 @@
 - ``qa``: a user turn renders as ``Question: ...\\nAnswer:``, the plain format
   the capstone trains on, so ``mlx_lm server``'s ``/v1/chat/completions``
   sends the model exactly the prompt it learned to answer.
+- ``qa-tools``: ``qa`` plus tools, short enough for the capstone's model: a
+  ``Tools: add(a, b)`` line first, calls in mlx-lm's ``pythonic`` form
+  ``<|tool_call_start|>[add(a=9, b=3)]<|tool_call_end|>`` (special tokens),
+  and a result right after its call as `` = 12.``, where a worked step
+  writes its sum (``9 + 3 = 12.``), so the model reads it where it has
+  learned to read sums. Without tools or tool turns it renders what ``qa``
+  renders (tested), but for an assistant turn that already starts with
+  whitespace: that one renders verbatim, as the model sampled it, so a
+  conversation grows by exactly the model's tokens.
 """
 
 # The BOS is written by the template because transformers tokenizes a
@@ -46,7 +55,36 @@ CHATML_TOOLS = (
     "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
-CHAT_TEMPLATES = {"chatml": CHATML, "chatml-tools": CHATML_TOOLS, "qa": QUESTION_ANSWER}
+# A call (in content, as sampled, or in ``tool_calls``, as TRL's data holds
+# it) ends the turn without EOS: the model stops at the call's end token.
+QUESTION_ANSWER_TOOLS = (
+    "{% if tools %}Tools: {% for tool in tools %}{% set f = tool.function or tool %}"
+    "{{ f.name }}({{ f.parameters.properties | list | join(', ') }})"
+    "{% if not loop.last %}, {% endif %}{% endfor %}{{ '\n' }}{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}{{ 'Question: ' + message['content'] + '\n"
+    "Answer:' }}"
+    "{% elif message['role'] == 'tool' %}{{ ' = ' + message['content'] + '.' }}"
+    "{% elif message['role'] == 'assistant' %}{% set content = message['content'] %}"
+    "{{ content if content[:1] in [' ', '\n'] else ' ' + content }}"
+    "{% for call in message.tool_calls or [] %}{% set call = call.function or call %}"
+    "<|tool_call_start|>[{{ call.name }}({% for key, value in call.arguments.items() %}"
+    "{{ key }}={{ value | tojson }}{% if not loop.last %}, {% endif %}{% endfor %})]"
+    "<|tool_call_end|>{% endfor %}"
+    "{% if not (message.tool_calls or content.endswith('<|tool_call_end|>')) %}"
+    "{{ eos_token }}{% endif %}"
+    "{% endif %}{% endfor %}"
+)
+
+CHAT_TEMPLATES = {
+    "chatml": CHATML,
+    "chatml-tools": CHATML_TOOLS,
+    "qa": QUESTION_ANSWER,
+    "qa-tools": QUESTION_ANSWER_TOOLS,
+}
 
 # Special tokens a template needs beyond the tokenizer's own.
-TEMPLATE_TOKENS = {"chatml-tools": ["<tool_call>", "</tool_call>"]}
+TEMPLATE_TOKENS = {
+    "chatml-tools": ["<tool_call>", "</tool_call>"],
+    "qa-tools": ["<|tool_call_start|>", "<|tool_call_end|>"],
+}
