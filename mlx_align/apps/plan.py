@@ -30,7 +30,7 @@ from mlx_align.batches.planning import (
 from mlx_align.core.errors import UserError
 from mlx_align.core.sizes import parse_size
 from mlx_align.model.footprint import Footprint, footprint, kv_width, lazy_model
-from mlx_align.sampling.fused_sampler import fused_copy_bytes, should_fuse
+from mlx_align.sampling.fused_sampler import fusable_adapters, fused_copy_bytes
 from mlx_align.train.adapted import adapter_config
 from mlx_align.train.memory_plan import (
     ADAM_COPIES,
@@ -157,7 +157,7 @@ def sampling_parts(
     positions = -(-(prompt_width + config.max_completion_tokens) // step) * step
     cache = rows * positions * kv_width(model) * fp.dtype_bytes
     plan.add("sampling caches", cache, f"{rows} rows' keys and values", SAMPLING)
-    if not should_fuse(model, "on"):  # no unquantized adapter to fuse
+    if not fusable_adapters(model):  # none, or a quantized base: never fused
         return
     copy = fused_copy_bytes(model)
     if config.fuse_rollout == "auto":  # fuse only where the copy costs no peak
